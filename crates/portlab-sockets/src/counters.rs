@@ -68,7 +68,11 @@ impl Counters {
     /// # Errors
     /// [`CountersError`] when a file cannot be read or lacks a counter.
     pub fn read() -> Result<Self, CountersError> {
-        Self::read_from(Path::new("/proc/net/netstat"), Path::new("/proc/net/snmp"))
+        // thread-self: /proc/net follows the main thread, which may sit in another namespace.
+        Self::read_from(
+            Path::new("/proc/thread-self/net/netstat"),
+            Path::new("/proc/thread-self/net/snmp"),
+        )
     }
 
     /// Reads the counters from files laid out as `/proc/net/netstat` and `/proc/net/snmp`.

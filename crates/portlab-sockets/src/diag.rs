@@ -107,6 +107,63 @@ pub fn for_each_socket_netlink(
     states: StateMask,
     mut visit: impl FnMut(SocketEntry),
 ) -> Result<(), SockDiagError> {
+    dump(states, None, &mut visit)
+}
+
+/// Reads every TCP socket whose state is in `states` with two dumps running in parallel on
+/// two threads, each filled by the kernel with half of the table.
+///
+/// Most of a dump's cost is the kernel filling one message per socket, so two dumps of halves
+/// on two cores take about half the wall time of one. The halves are chosen by an inet_diag
+/// bytecode filter (net/ipv4/inet_diag.c `inet_diag_bc_run()`) on which side of `split_port`
+/// the local and remote ports fall: a connection's ephemeral end is spread evenly over the
+/// range, and "(sport < split) XOR (dport < split)" splits both the client sides (ephemeral
+/// sport) and the server sides (ephemeral dport) of such connections in two. `split_port` is
+/// best the middle of `ip_local_port_range`. Like `ss`, the result is not one atomic
+/// snapshot: a socket that changes state during the dump may be seen in either state.
+///
+/// # Errors
+/// As [`for_each_socket_netlink`].
+pub fn read_table_parallel(
+    states: StateMask,
+    split_port: u16,
+) -> Result<Vec<SocketEntry>, SockDiagError> {
+    let split_port = split_port.max(1);
+    std::thread::scope(|scope| {
+        let other_half = scope.spawn(move || {
+            let mut entries = Vec::new();
+            dump(states, Some(Half::Different { split_port }), &mut |e| {
+                entries.push(e)
+            })
+            .map(|()| entries)
+        });
+        let mut entries = Vec::new();
+        let mine = dump(states, Some(Half::Same { split_port }), &mut |e| {
+            entries.push(e)
+        });
+        let theirs = other_half
+            .join()
+            .map_err(|_| SockDiagError::Decode("dump thread panicked".into()))?;
+        mine?;
+        entries.extend(theirs?);
+        Ok(entries)
+    })
+}
+
+/// One half of the table for [`read_table_parallel`].
+#[derive(Debug, Clone, Copy)]
+enum Half {
+    /// Sockets whose sport and dport fall on the same side of `split_port`.
+    Same { split_port: u16 },
+    /// Sockets whose sport and dport fall on different sides of `split_port`.
+    Different { split_port: u16 },
+}
+
+fn dump(
+    states: StateMask,
+    half: Option<Half>,
+    visit: &mut impl FnMut(SocketEntry),
+) -> Result<(), SockDiagError> {
     let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(classify_open_error)?;
     socket.bind_auto().map_err(classify_open_error)?;
     socket
@@ -114,8 +171,11 @@ pub fn for_each_socket_netlink(
         .map_err(classify_open_error)?;
     let mut buffer = vec![0u8; RECV_BUFFER_BYTES];
     for family in [AF_INET, AF_INET6] {
-        send_dump_request(&socket, family, states)?;
-        receive_dump(&socket, &mut buffer, &mut visit)?;
+        match half {
+            None => send_dump_request(&socket, family, states)?,
+            Some(half) => send_filtered_dump_request(&socket, family, states, half)?,
+        }
+        receive_dump(&socket, &mut buffer, visit)?;
     }
     Ok(())
 }
@@ -150,6 +210,103 @@ fn send_dump_request(socket: &Socket, family: u8, states: StateMask) -> Result<(
     let mut bytes = vec![0u8; packet.buffer_len()];
     packet.serialize(&mut bytes);
     socket.send(&bytes, 0).map_err(SockDiagError::Io)?;
+    Ok(())
+}
+
+// inet_diag bytecode (include/uapi/linux/inet_diag.h): ops of 4 bytes {code, yes, no}; a port
+// comparison is two ops, the second carrying the port in `no`. `yes`/`no` are byte offsets
+// from the op; landing exactly on the end accepts the socket, 4 bytes past it rejects it. The
+// kernel's audit (`inet_diag_bc_audit()`) requires the chain of `yes` offsets to visit every
+// op and end exactly at the end, and every `no` target to lie on that chain.
+const BC_JMP: u8 = 1;
+const BC_S_LE: u8 = 3;
+const BC_D_GE: u8 = 4;
+const BC_D_LE: u8 = 5;
+const INET_DIAG_REQ_BYTECODE: u16 = 1;
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+
+/// The bytecode that accepts one [`Half`]:
+/// ```text
+/// @0  S_LE split-1   yes → @8            no → @20   (sport < split?)
+/// @8  D_xx           yes → @16           no → reject/accept
+/// @16 JMP            (yes → @20)         no → accept/reject
+/// @20 D_yy           yes → accept (end)  no → reject
+/// ```
+fn half_bytecode(half: Half) -> [u8; 28] {
+    let (split, same) = match half {
+        Half::Same { split_port } => (split_port, true),
+        Half::Different { split_port } => (split_port, false),
+    };
+    let below = split - 1;
+    // sport below: "same" wants dport below too (D_LE), "different" wants dport ≥ split.
+    // sport not below: "same" wants dport ≥ split (D_GE), "different" wants dport below.
+    let (when_sport_below, when_sport_above) = if same {
+        ((BC_D_LE, below), (BC_D_GE, split))
+    } else {
+        ((BC_D_GE, split), (BC_D_LE, below))
+    };
+    let mut bc = [0u8; 28];
+    put_op(&mut bc[0..8], BC_S_LE, 8, 20, Some(below));
+    // @8: remaining 20 bytes → accept = 20, reject = 24. Yes continues to the JMP (accept).
+    put_op(
+        &mut bc[8..16],
+        when_sport_below.0,
+        8,
+        24,
+        Some(when_sport_below.1),
+    );
+    // @16: remaining 12 → accept = 12.
+    put_op(&mut bc[16..20], BC_JMP, 4, 12, None);
+    // @20: remaining 8 → accept = 8, reject = 12.
+    put_op(
+        &mut bc[20..28],
+        when_sport_above.0,
+        8,
+        12,
+        Some(when_sport_above.1),
+    );
+    bc
+}
+
+fn put_op(out: &mut [u8], code: u8, yes: u8, no: u16, port: Option<u16>) {
+    out[0] = code;
+    out[1] = yes;
+    out[2..4].copy_from_slice(&no.to_ne_bytes());
+    if let Some(port) = port {
+        out[4] = 0;
+        out[5] = 0;
+        out[6..8].copy_from_slice(&port.to_ne_bytes());
+    }
+}
+
+/// Sends a SOCK_DIAG_BY_FAMILY dump request carrying an INET_DIAG_REQ_BYTECODE filter.
+/// netlink-packet-sock-diag has no encoder for request attributes, so the message is laid out
+/// here: nlmsghdr (16) + inet_diag_req_v2 (56) + nlattr (4) + bytecode.
+fn send_filtered_dump_request(
+    socket: &Socket,
+    family: u8,
+    states: StateMask,
+    half: Half,
+) -> Result<(), SockDiagError> {
+    let bytecode = half_bytecode(half);
+    let attr_len = 4 + bytecode.len();
+    let total = 16 + 56 + attr_len;
+    let mut msg = Vec::with_capacity(total);
+    msg.extend_from_slice(&(total as u32).to_ne_bytes());
+    msg.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    msg.extend_from_slice(&(NLM_F_REQUEST | NLM_F_DUMP).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // sequence number
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
+    msg.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
+    msg.extend_from_slice(&states.bits().to_ne_bytes());
+    // inet_diag_sockid: ports, addresses, interface, cookie all zero = no identity filter;
+    // the cookie must be INET_DIAG_NOCOOKIE (all ones) to be ignored.
+    msg.extend_from_slice(&[0u8; 40]);
+    msg.extend_from_slice(&[0xff; 8]);
+    msg.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+    msg.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+    msg.extend_from_slice(&bytecode);
+    socket.send(&msg, 0).map_err(SockDiagError::Io)?;
     Ok(())
 }
 
@@ -216,6 +373,8 @@ fn endpoint(ip: IpAddr, port: u16) -> SocketAddr {
 
 /// Visits every TCP socket whose state is in `states` by parsing `/proc/net/tcp` and
 /// `/proc/net/tcp6` (net/ipv4/tcp_ipv4.c `tcp4_seq_show()`); the filter runs in user space.
+/// The files are read through `/proc/thread-self/net`, because `/proc/net` follows the
+/// process's main thread and would show another namespace to a thread that entered one.
 ///
 /// # Errors
 /// [`SockDiagError::Proc`] when a file cannot be read. A missing `tcp6` (IPv6 disabled) is
@@ -224,7 +383,7 @@ pub fn for_each_socket_proc(
     states: StateMask,
     mut visit: impl FnMut(SocketEntry),
 ) -> Result<(), SockDiagError> {
-    for path in ["/proc/net/tcp", "/proc/net/tcp6"] {
+    for path in ["/proc/thread-self/net/tcp", "/proc/thread-self/net/tcp6"] {
         let text = match fs::read_to_string(path) {
             Ok(text) => text,
             Err(err) if err.kind() == io::ErrorKind::NotFound && path.ends_with('6') => continue,

@@ -144,7 +144,8 @@ impl Snapshot {
         options: &SnapshotOptions,
     ) -> Result<Snapshot, SockDiagError> {
         let mut entries = Vec::new();
-        let (source, source_note) = read_table(options.table, &mut entries)?;
+        let split_port = midpoint(settings);
+        let (source, source_note) = read_table(options.table, split_port, &mut entries)?;
         let mut snapshot = Self::from_entries(settings, &entries, options.destination);
         snapshot.source = source;
         snapshot.source_note = source_note;
@@ -243,8 +244,15 @@ impl Snapshot {
     }
 }
 
+/// The middle of the ephemeral range: where [`diag::read_table_parallel`] splits the table.
+fn midpoint(settings: &PortPoolSettings) -> u16 {
+    let range = settings.ip_local_port_range;
+    (u32::from(range.low) + u32::from(range.high)).div_ceil(2) as u16
+}
+
 fn read_table(
     choice: TableChoice,
+    split_port: u16,
     entries: &mut Vec<SocketEntry>,
 ) -> Result<(TableSource, Option<String>), SockDiagError> {
     if choice == TableChoice::Proc {
@@ -254,8 +262,11 @@ fn read_table(
             Some("/proc/net/tcp{,6} requested".into()),
         ));
     }
-    match diag::for_each_socket_netlink(StateMask::ALL, |e| entries.push(e)) {
-        Ok(()) => Ok((TableSource::SockDiag, None)),
+    match diag::read_table_parallel(StateMask::ALL, split_port) {
+        Ok(read) => {
+            *entries = read;
+            Ok((TableSource::SockDiag, None))
+        }
         Err(netlink_err @ (SockDiagError::PermissionDenied(_) | SockDiagError::Open(_))) => {
             entries.clear();
             diag::for_each_socket_proc(StateMask::ALL, |e| entries.push(e)).map_err(

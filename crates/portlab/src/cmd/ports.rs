@@ -242,7 +242,10 @@ fn time_to_fill(free_ports: u64, churn_per_sec: f64, block_ms: u32) -> String {
     if churn_per_sec <= 0.0 || block_ms < LINUX_TIME_WAIT_SECS * 1000 {
         return String::new();
     }
-    format!("; at this churn the free ports last ≈ {:.0} s", free_ports as f64 / churn_per_sec)
+    format!(
+        "; at this churn the free ports last ≈ {:.0} s",
+        free_ports as f64 / churn_per_sec
+    )
 }
 
 fn render_text(reading: &Reading, rates: Option<CounterRates>, args: &Args, p: Painter) -> String {
