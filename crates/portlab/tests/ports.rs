@@ -182,3 +182,52 @@ fn bad_input_is_one_line_and_exit_code_2() {
         assert!(out.stdout.is_empty());
     }
 }
+
+#[test]
+fn reads_without_root() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            PORTLAB,
+            "ports",
+            "--json",
+        ])
+        .output()
+        .expect("setpriv runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        report["snapshot"]["source"], "sock_diag",
+        "netlink works unprivileged"
+    );
+}
+
+#[test]
+fn watch_prints_one_reading_per_interval_with_rates() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let mut child = Command::new(PORTLAB)
+        .args(["ports", "--json", "--watch", "0.1"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("portlab starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let first: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("JSON");
+    let second: serde_json::Value =
+        serde_json::from_str(&lines.next().expect("a line").expect("read")).expect("JSON");
+    child.kill().expect("stop portlab by PID");
+    let _ = child.wait();
+    assert!(first["counter_rates_per_sec"].is_null());
+    let interval = second["counter_rates_per_sec"]["interval_secs"]
+        .as_f64()
+        .expect("rates");
+    assert!((0.09..5.0).contains(&interval), "{interval}");
+}
