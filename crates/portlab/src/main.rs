@@ -9,6 +9,7 @@
 
 mod cmd;
 mod exit;
+mod render;
 mod style;
 
 use std::process::ExitCode;
@@ -28,6 +29,9 @@ enum Command {
     /// Show this host's ephemeral-port pool: settings, sockets by state, usage per destination,
     /// headroom and kernel counters.
     Ports(cmd::ports::Args),
+    /// Diagnose this host without generating load: settings, pool usage, counters, findings
+    /// and remedies.
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +41,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Ports(args) => cmd::ports::run(args),
+        Command::Doctor(args) => cmd::doctor::run(args),
     };
     match result {
         Ok(code) => code,
