@@ -1,7 +1,14 @@
-//! A background sampler of the port pool towards given destinations: it reads the socket table
-//! (filtered in the kernel to those destinations) and the TCP counters at a fixed interval on
-//! its own thread, beside a load run and never on its hot path, and keeps per-second maxima so
-//! its memory stays flat however long the run.
+//! A background sampler of the port pool towards given destinations, on its own thread beside a
+//! load run and never on its hot path. It keeps per-second maxima, so its memory stays flat
+//! however long the run.
+//!
+//! Two speeds, so its cost stays small at any table size:
+//! - every tick (10 Hz by default): `/proc/net/sockstat` — the namespace's TIME_WAIT and in-use
+//!   TCP socket counts, O(1) to read (net/ipv4/proc.c `sockstat_seq_show()`);
+//! - the socket table filtered in the kernel to the destinations (inet_diag bytecode) and the
+//!   counters: every tick while that is cheap, and otherwise no more often than keeps its time
+//!   under [`DUMP_BUDGET_FRACTION`] of one core. A dump costs the kernel about a microsecond
+//!   per matching socket, so at 50,000 sockets a 10 Hz dump would take half a core.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -71,15 +78,58 @@ impl DestinationCounts {
     }
 }
 
+/// Share of one core the detailed dumps may use: the dump interval stretches to
+/// `dump time / DUMP_BUDGET_FRACTION` when dumps are slow.
+pub const DUMP_BUDGET_FRACTION: f64 = 0.01;
+
+/// The namespace-wide TCP socket counts of `/proc/net/sockstat`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SockStat {
+    /// TCP sockets in use (not TIME_WAIT): `TCP: inuse`.
+    pub tcp_in_use: u64,
+    /// TIME_WAIT entries of the namespace: `TCP: tw`.
+    pub tcp_time_wait: u64,
+}
+
+impl SockStat {
+    /// Reads `/proc/thread-self/net/sockstat` (the caller thread's namespace).
+    pub fn read() -> Option<SockStat> {
+        let text = std::fs::read_to_string("/proc/thread-self/net/sockstat").ok()?;
+        Self::parse(&text)
+    }
+
+    fn parse(text: &str) -> Option<SockStat> {
+        let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+        let mut fields = line.split_whitespace().skip(1);
+        let mut stat = SockStat::default();
+        while let (Some(name), Some(value)) = (fields.next(), fields.next()) {
+            let value = value.parse().ok()?;
+            match name {
+                "inuse" => stat.tcp_in_use = value,
+                "tw" => stat.tcp_time_wait = value,
+                _ => {}
+            }
+        }
+        Some(stat)
+    }
+
+    fn max_with(&mut self, other: &SockStat) {
+        self.tcp_in_use = self.tcp_in_use.max(other.tcp_in_use);
+        self.tcp_time_wait = self.tcp_time_wait.max(other.tcp_time_wait);
+    }
+}
+
 /// The maxima of one second of samples (second 0 is the first second after `start`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct SecondSample {
     /// Second since the sampler started.
     pub second: u64,
-    /// Samples taken in this second.
+    /// Detailed (socket-table) samples taken in this second; 0 when only sockstat was read.
     pub samples: u32,
-    /// Per-field maxima over those samples.
+    /// Per-field maxima over those samples (towards the destinations).
     pub max: DestinationCounts,
+    /// Namespace-wide maxima from sockstat over every tick of this second.
+    pub netns_max: SockStat,
     /// TCP counters (cumulative) at the last sample of this second.
     pub counters: Counters,
 }
@@ -91,18 +141,25 @@ pub struct SamplerReport {
     pub destinations: Vec<SocketAddr>,
     /// Interval between samples, ms.
     pub interval_ms: u64,
-    /// Samples taken.
+    /// Detailed samples (socket-table dumps) taken.
     pub samples: u64,
+    /// Sockstat readings taken (one per tick).
+    pub ticks: u64,
+    /// The longest gap between two detailed samples, ms (longer than `interval_ms` when dumps
+    /// were slow and the budget stretched it).
+    pub max_dump_gap_ms: u64,
     /// Per-second maxima, in order.
     pub seconds: Vec<SecondSample>,
-    /// Maxima over the whole run.
+    /// Maxima over the whole run (towards the destinations).
     pub peak: DestinationCounts,
+    /// Namespace-wide maxima over the whole run (sockstat).
+    pub netns_peak: SockStat,
     /// Time from start to the first sample whose fullest pool held `pool_size` ports or more,
     /// in ms; `None` if the pool never filled (or no pool size was given).
     pub pool_full_at_ms: Option<u64>,
     /// Counter increase from start to stop.
     pub counters_delta: Counters,
-    /// Wall time spent reading the table, ms (the sampler's own cost).
+    /// Wall time spent reading the table and counters, ms (the sampler's own cost).
     pub busy_ms: u64,
     /// The first error that stopped sampling early, if any.
     pub error: Option<String>,
@@ -159,8 +216,11 @@ impl Sampler {
             destinations: Vec::new(),
             interval_ms: 0,
             samples: 0,
+            ticks: 0,
+            max_dump_gap_ms: 0,
             seconds: Vec::new(),
             peak: DestinationCounts::default(),
+            netns_peak: SockStat::default(),
             pool_full_at_ms: None,
             counters_delta: Counters::default(),
             busy_ms: 0,
@@ -177,6 +237,8 @@ struct SamplerState {
     report: SamplerReport,
     entries: Vec<SocketEntry>,
     busy: Duration,
+    next_dump: Instant,
+    last_dump: Option<Instant>,
 }
 
 impl SamplerState {
@@ -185,8 +247,11 @@ impl SamplerState {
             destinations: config.destinations.clone(),
             interval_ms: config.interval.as_millis() as u64,
             samples: 0,
+            ticks: 0,
+            max_dump_gap_ms: 0,
             seconds: Vec::new(),
             peak: DestinationCounts::default(),
+            netns_peak: SockStat::default(),
             pool_full_at_ms: None,
             counters_delta: Counters::default(),
             busy_ms: 0,
@@ -200,6 +265,8 @@ impl SamplerState {
             report,
             entries: Vec::new(),
             busy: Duration::ZERO,
+            next_dump: start,
+            last_dump: None,
         }
     }
 
@@ -218,13 +285,14 @@ impl SamplerState {
                 break;
             }
             next += self.config.interval;
-            if let Err(err) = self.sample(socket, filter) {
+            if let Err(err) = self.tick(socket, filter, false) {
                 self.report.error = Some(err.to_string());
                 break;
             }
         }
         if self.report.error.is_none() {
-            if let Err(err) = self.sample(socket, filter) {
+            // A last detailed sample whatever the budget: the state at the end of the run.
+            if let Err(err) = self.tick(socket, filter, true) {
                 self.report.error = Some(err.to_string());
             }
         }
@@ -233,12 +301,33 @@ impl SamplerState {
         self.report
     }
 
-    fn sample(
+    /// One tick: sockstat always; the filtered table and counters when the budget allows (or
+    /// `force`).
+    fn tick(
         &mut self,
         socket: &mut DiagSocket,
         filter: Option<&[u8]>,
+        force: bool,
     ) -> Result<(), SockDiagError> {
         let began = Instant::now();
+        let sockstat = SockStat::read();
+        let at_ms = (began - self.start).as_millis() as u64;
+        let counts = if force || began >= self.next_dump {
+            Some(self.dump(socket, filter, began)?)
+        } else {
+            None
+        };
+        self.busy += began.elapsed();
+        self.record(at_ms, counts, sockstat.unwrap_or_default());
+        Ok(())
+    }
+
+    fn dump(
+        &mut self,
+        socket: &mut DiagSocket,
+        filter: Option<&[u8]>,
+        began: Instant,
+    ) -> Result<DestinationCounts, SockDiagError> {
         self.entries.clear();
         let states = StateMask::ALL.without(TcpState::Listen);
         let entries = &mut self.entries;
@@ -247,34 +336,55 @@ impl SamplerState {
         if let Ok(counters) = Counters::read() {
             self.last_counters = counters;
         }
-        let now = Instant::now();
-        self.busy += now - began;
-        let at_ms = (began - self.start).as_millis() as u64;
-        self.record(at_ms, counts);
-        Ok(())
+        let cost = began.elapsed();
+        let budget_gap = cost.div_f64(DUMP_BUDGET_FRACTION);
+        self.next_dump = began + budget_gap.max(self.config.interval);
+        if let Some(last) = self.last_dump {
+            let gap = (began - last).as_millis() as u64;
+            self.report.max_dump_gap_ms = self.report.max_dump_gap_ms.max(gap);
+        }
+        self.last_dump = Some(began);
+        Ok(counts)
     }
 
-    fn record(&mut self, at_ms: u64, counts: DestinationCounts) {
+    /// Takes the first, detailed sample (before the thread starts).
+    fn sample(
+        &mut self,
+        socket: &mut DiagSocket,
+        filter: Option<&[u8]>,
+    ) -> Result<(), SockDiagError> {
+        self.tick(socket, filter, true)
+    }
+
+    fn record(&mut self, at_ms: u64, counts: Option<DestinationCounts>, sockstat: SockStat) {
         let report = &mut self.report;
-        report.samples += 1;
-        report.peak.max_with(&counts);
-        if report.pool_full_at_ms.is_none()
-            && self.config.pool_size > 0
-            && counts.max_pool_ports_in_use >= self.config.pool_size
-        {
-            report.pool_full_at_ms = Some(at_ms);
+        report.ticks += 1;
+        report.netns_peak.max_with(&sockstat);
+        let detailed = u32::from(counts.is_some());
+        let counts = counts.unwrap_or_default();
+        if detailed == 1 {
+            report.samples += 1;
+            report.peak.max_with(&counts);
+            if report.pool_full_at_ms.is_none()
+                && self.config.pool_size > 0
+                && counts.max_pool_ports_in_use >= self.config.pool_size
+            {
+                report.pool_full_at_ms = Some(at_ms);
+            }
         }
         let second = at_ms / 1000;
         match report.seconds.last_mut() {
             Some(last) if last.second == second => {
-                last.samples += 1;
+                last.samples += detailed;
                 last.max.max_with(&counts);
+                last.netns_max.max_with(&sockstat);
                 last.counters = self.last_counters;
             }
             _ => report.seconds.push(SecondSample {
                 second,
-                samples: 1,
+                samples: detailed,
                 max: counts,
+                netns_max: sockstat,
                 counters: self.last_counters,
             }),
         }
@@ -313,6 +423,21 @@ mod tests {
     }
 
     #[test]
+    fn parses_sockstat() {
+        let text =
+            "sockets: used 17\nTCP: inuse 3 orphan 0 tw 39019 alloc 3 mem 27\nUDP: inuse 0 mem 0\n";
+        let stat = SockStat::parse(text).expect("parses");
+        assert_eq!(
+            stat,
+            SockStat {
+                tcp_in_use: 3,
+                tcp_time_wait: 39_019
+            }
+        );
+        assert_eq!(SockStat::parse("UDP: inuse 0\n"), None);
+    }
+
+    #[test]
     fn keeps_per_second_maxima_and_first_full_time() {
         let config = SamplerConfig {
             destinations: vec![],
@@ -325,12 +450,20 @@ mod tests {
             max_pool_ports_in_use: ports,
             ..DestinationCounts::default()
         };
-        state.record(0, at(1, 1));
-        state.record(500, at(5, 5));
-        state.record(900, at(3, 10));
-        state.record(1200, at(2, 2));
+        let netns = |tw| SockStat {
+            tcp_in_use: 1,
+            tcp_time_wait: tw,
+        };
+        state.record(0, Some(at(1, 1)), netns(1));
+        state.record(500, Some(at(5, 5)), netns(5));
+        state.record(700, None, netns(9));
+        state.record(900, Some(at(3, 10)), netns(3));
+        state.record(1200, Some(at(2, 2)), netns(2));
         let r = &state.report;
         assert_eq!(r.samples, 4);
+        assert_eq!(r.ticks, 5);
+        assert_eq!(r.seconds[0].netns_max.tcp_time_wait, 9);
+        assert_eq!(r.netns_peak.tcp_time_wait, 9);
         assert_eq!(r.seconds.len(), 2);
         assert_eq!(r.seconds[0].max.time_wait, 5);
         assert_eq!(r.seconds[0].max.max_pool_ports_in_use, 10);
