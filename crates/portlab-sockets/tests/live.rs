@@ -160,7 +160,10 @@ fn sampler_sees_time_wait_build_up_and_the_pool_fill() {
         "the final sample sees every TIME_WAIT"
     );
     assert_eq!(report.peak.max_pool_ports_in_use, 200);
-    assert_eq!(report.netns_peak.tcp_time_wait, 200, "sockstat sees the namespace's TIME_WAIT");
+    assert_eq!(
+        report.netns_peak.tcp_time_wait, 200,
+        "sockstat sees the namespace's TIME_WAIT"
+    );
     assert!(report.ticks >= report.samples);
     assert!(report.pool_full_at_ms.is_some());
     assert_eq!(report.counters_delta.active_opens, 200);

@@ -9,6 +9,8 @@
 
 mod cmd;
 mod exit;
+#[allow(dead_code)] // used by load, simulate and reproduce as they land
+mod plot;
 mod render;
 mod style;
 
