@@ -28,6 +28,9 @@ enum Command {
     /// Show this host's ephemeral-port pool: settings, sockets by state, usage per destination,
     /// headroom and kernel counters.
     Ports(cmd::ports::Args),
+    /// Load a URL like hey, at wrk's speed, counting and classifying every failure (errno →
+    /// class, connection stats, per-second timeline).
+    Load(Box<cmd::load::Args>),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Ports(args) => cmd::ports::run(args),
+        Command::Load(args) => cmd::load::run(*args),
     };
     match result {
         Ok(code) => code,
