@@ -537,25 +537,29 @@ impl Worker {
     /// Applies the connection policy once a response is complete.
     async fn after_response(&self, conn: &mut Option<Conn>, io: &mut ReadBuf, resp: Response) {
         let leftover = io.end > io.start;
-        match self.plan.config.policy {
-            ConnectionPolicy::KeepAlive if resp.reusable && !leftover => {}
-            ConnectionPolicy::KeepAlive => {
-                *conn = None;
-                self.stats.borrow_mut().closed_by_server += u64::from(!resp.reusable);
+        let policy = self.plan.config.policy;
+        let server_closes = !resp.reusable;
+        if policy == ConnectionPolicy::KeepAlive && resp.reusable && !leftover {
+            return;
+        }
+        if policy == ConnectionPolicy::ServerCloses && server_closes {
+            // Wait for the server's FIN so that the server is the active closer and holds
+            // TIME_WAIT; a server that never closes is given up on at the request timeout.
+            if let Some(c) = conn.as_mut() {
+                let (limit, _) = self.limit(self.plan.config.request_timeout);
+                let _ = timeout_at(limit, c.wait_for_fin(io)).await;
             }
-            ConnectionPolicy::ClientCloses => {
-                // Plain close(): FIN, not RST, so the client side goes through TIME_WAIT.
-                *conn = None;
-                self.stats.borrow_mut().closed_by_client += 1;
-            }
-            ConnectionPolicy::ServerCloses => {
-                if let Some(c) = conn.as_mut() {
-                    let (limit, _) = self.limit(self.plan.config.request_timeout);
-                    let _ = timeout_at(limit, c.wait_for_fin(io)).await;
-                }
-                *conn = None;
-                self.stats.borrow_mut().closed_by_server += 1;
-            }
+        }
+        // Plain close(): FIN, not RST (no SO_LINGER 0), so a client that closes first goes
+        // through TIME_WAIT as real applications do.
+        *conn = None;
+        let mut s = self.stats.borrow_mut();
+        if server_closes {
+            s.closed_by_server += 1;
+        } else {
+            // `drop`, or a server that ignored `Connection: close`, or unsolicited bytes after
+            // the response: the client closes first.
+            s.closed_by_client += 1;
         }
     }
 

@@ -17,14 +17,54 @@ struct Nginx {
 
 impl Nginx {
     fn start() -> Self {
+        Self::start_with(false)
+    }
+
+    /// nginx with TLS on its port, using a self-signed P-256 certificate made by openssl.
+    fn start_tls() -> Self {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
+        let ssl = if tls {
+            let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+            let ok = Command::new("openssl")
+                .args([
+                    "req",
+                    "-x509",
+                    "-newkey",
+                    "ec",
+                    "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1",
+                    "-nodes",
+                    "-days",
+                    "1",
+                ])
+                .args(["-subj", "/CN=localhost", "-keyout"])
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .expect("openssl (Debian package `openssl`)");
+            assert!(ok.success(), "openssl req failed");
+            format!(
+                " ssl; ssl_certificate {}; ssl_certificate_key {}",
+                cert.display(),
+                key.display()
+            )
+        } else {
+            String::new()
+        };
         let conf = format!(
             "worker_processes 1;\nerror_log {d}/error.log;\npid {d}/nginx.pid;\n\
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d};\n  proxy_temp_path {d};\n\
                fastcgi_temp_path {d};\n  uwsgi_temp_path {d};\n  scgi_temp_path {d};\n\
-               server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"hello\\n\"; }} }}\n}}\n",
+               server {{ listen 127.0.0.1:{port}{ssl}; location / {{ return 200 \"hello\\n\"; }} }}\n}}\n",
             d = dir.path().display()
         );
         let conf_path = dir.path().join("nginx.conf");
@@ -115,4 +155,36 @@ fn success_count_equals_nginx_access_log() {
         });
         assert_eq!(nginx.access_log_lines(), expected, "{policy:?}");
     }
+}
+
+#[test]
+fn https_with_insecure_succeeds_and_unverifiable_certificate_is_a_tls_failure() {
+    let nginx = Nginx::start_tls();
+    let url = format!("https://127.0.0.1:{}/", nginx.port);
+    let run = |insecure: bool, policy: ConnectionPolicy| {
+        let config = LoadConfig {
+            url: url.clone(),
+            requests: 200,
+            concurrency: 4,
+            policy,
+            insecure,
+            ..LoadConfig::default()
+        };
+        portlab_load::run(&config.validate().expect("valid"), &mut |_| {}).expect("run")
+    };
+    let keep = run(true, ConnectionPolicy::KeepAlive);
+    assert_eq!(keep.summary.succeeded, 200, "{:?}", keep.errors);
+    assert_eq!(keep.connections.opened, 4);
+    let drop = run(true, ConnectionPolicy::ClientCloses);
+    assert_eq!(drop.summary.succeeded, 200, "{:?}", drop.errors);
+    assert_eq!(drop.connections.opened, 200);
+
+    // Self-signed: verification fails, each request counted once as a Tls failure at connect.
+    let verified = run(false, ConnectionPolicy::KeepAlive);
+    assert_eq!(verified.summary.failed, 200);
+    assert_eq!(verified.errors.len(), 1, "{:?}", verified.errors);
+    assert_eq!(verified.errors[0].class.name(), "Tls");
+    assert_eq!(verified.errors[0].by_phase.values().sum::<u64>(), 200);
+    wait_until(Duration::from_secs(10), || nginx.access_log_lines() >= 400);
+    assert_eq!(nginx.access_log_lines(), 400);
 }
