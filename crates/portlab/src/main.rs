@@ -34,6 +34,9 @@ enum Command {
     /// Diagnose this host without generating load: settings, pool usage, counters, findings
     /// and remedies.
     Doctor(cmd::doctor::Args),
+    /// Load a URL like hey, at wrk's speed, counting and classifying every failure (errno →
+    /// class, connection stats, per-second timeline).
+    Load(Box<cmd::load::Args>),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +47,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Ports(args) => cmd::ports::run(args),
         Command::Doctor(args) => cmd::doctor::run(args),
+        Command::Load(args) => cmd::load::run(*args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,45 @@
+//! portlab-load: an HTTP/1.1 (+TLS) load generator that counts and classifies every failure.
+//!
+//! A user who saw failures under load runs the same load through this engine and gets, besides
+//! throughput and latency, an exact account of every request: with `-n N`,
+//! `succeeded + failed = N`, each failure mapped from its errno to an [`ErrorClass`]
+//! (EADDRNOTAVAIL → [`ErrorClass::AddrNotAvailable`], "ephemeral ports exhausted"), plus the
+//! connection statistics and the per-second timeline a diagnosis needs.
+//!
+//! Main types:
+//! - [`LoadConfig`] → [`LoadConfig::validate`] → [`Plan`]: settings checked once at the edge.
+//! - [`ConnectionPolicy`]: keep-alive, server closes (`Connection: close`), client closes.
+//! - [`run`]: the engine (one current-thread tokio runtime per OS thread, no shared locks).
+//! - [`LoadReport`]: plain data (Serialize), HDR histograms included.
+//!
+//! ```no_run
+//! use portlab_load::{LoadConfig, ConnectionPolicy};
+//! let plan = LoadConfig {
+//!     url: "http://127.0.0.1:8080/".into(),
+//!     requests: 3000,
+//!     concurrency: 1,
+//!     policy: ConnectionPolicy::ClientCloses,
+//!     ..LoadConfig::default()
+//! }
+//! .validate()?;
+//! let report = portlab_load::run(&plan, &mut |_progress| {})?;
+//! assert_eq!(report.summary.succeeded + report.summary.failed, 3000);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![warn(missing_docs)]
+
+mod config;
+mod engine;
+mod error;
+mod http;
+mod report;
+mod stats;
+mod tls;
+
+pub use config::{ConfigError, ConnectionPolicy, LoadConfig, Plan, RateLimit, Target};
+pub use engine::{run, LoadError, Progress};
+pub use error::{ErrorClass, Phase, Side};
+pub use report::{
+    ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport, LoadReport, Percentiles,
+    RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond, SCHEMA_VERSION,
+};

@@ -1,0 +1,438 @@
+//! [`LoadReport`]: the plain-data result of a run (Serialize; field names are stable and
+//! documented in `docs/load-report.schema.json`). Built from the merged per-thread statistics.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use base64::Engine as _;
+use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::config::{ConnectionPolicy, Plan, RateLimit};
+use crate::error::{ErrorClass, Phase, Side};
+use crate::stats::{ErrorCounts, SecondBucket, Stats};
+
+/// Version of the JSON layout; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The result of a load run.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadReport {
+    /// Layout version ([`SCHEMA_VERSION`]).
+    pub schema_version: u32,
+    /// Where the requests went.
+    pub target: TargetReport,
+    /// The settings the run used.
+    pub settings: SettingsReport,
+    /// Counts and rates.
+    pub summary: Summary,
+    /// Latency of successful requests.
+    pub latency: LatencyReport,
+    /// Responses by HTTP status code (all complete responses, whatever the code).
+    pub status_codes: BTreeMap<u16, u64>,
+    /// Connections opened, reused and closed.
+    pub connections: ConnectionReport,
+    /// Requests that finally failed (after any retries), by class; largest count first.
+    pub errors: Vec<ErrorEntry>,
+    /// Retries, reported apart from first attempts.
+    pub retries: RetryReport,
+    /// One entry per second of the run, from second 0.
+    pub timeline: Vec<TimelineSecond>,
+}
+
+/// The target as resolved once before the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TargetReport {
+    /// URL as given.
+    pub url: String,
+    /// HTTP method.
+    pub method: String,
+    /// Every address the host resolved to.
+    pub resolved: Vec<SocketAddr>,
+    /// The address connections went to.
+    pub connected_to: SocketAddr,
+}
+
+/// Settings of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct SettingsReport {
+    /// `-n` (absent in duration mode).
+    pub requests: Option<u64>,
+    /// `-z` in seconds (absent in count mode).
+    pub duration_secs: Option<f64>,
+    /// `-c`.
+    pub concurrency: usize,
+    /// Engine threads.
+    pub threads: usize,
+    /// Connection policy.
+    pub connection: ConnectionPolicy,
+    /// Pacing.
+    pub rate: RateLimit,
+    /// `-t` in milliseconds.
+    pub request_timeout_ms: u64,
+    /// `--connect-timeout` in milliseconds.
+    pub connect_timeout_ms: u64,
+    /// `--source-ip` addresses.
+    pub source_ips: Vec<std::net::IpAddr>,
+    /// `--retry`.
+    pub retries: u32,
+    /// `--backoff` in milliseconds.
+    pub backoff_ms: u64,
+}
+
+/// Counts and rates. Accounting: `requests = succeeded + failed + cancelled_at_deadline`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    /// Requests started (each counted once, whatever its number of attempts).
+    pub requests: u64,
+    /// Requests that got a complete HTTP response (any status code).
+    pub succeeded: u64,
+    /// Requests whose last attempt failed; see `errors`.
+    pub failed: u64,
+    /// Duration mode only: requests in flight when the deadline came, abandoned uncounted in
+    /// latency (neither success nor failure).
+    pub cancelled_at_deadline: u64,
+    /// Responses with status 400 or above (included in `succeeded`).
+    pub non_success_status: u64,
+    /// Wall time of the run, seconds.
+    pub elapsed_secs: f64,
+    /// `succeeded / elapsed_secs`.
+    pub requests_per_sec: f64,
+    /// Response body bytes received.
+    pub body_bytes: u64,
+}
+
+/// Latency percentiles and histogram (µs).
+#[derive(Debug, Clone, Serialize)]
+pub struct LatencyReport {
+    /// Requests measured (successful ones).
+    pub count: u64,
+    /// Fastest.
+    pub min_us: u64,
+    /// Mean.
+    pub mean_us: f64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th percentile.
+    pub p90_us: u64,
+    /// 99th percentile.
+    pub p99_us: u64,
+    /// 99.9th percentile.
+    pub p99_9_us: u64,
+    /// Slowest.
+    pub max_us: u64,
+    /// Ten equal-width buckets between fastest and slowest (as hey prints).
+    pub buckets: Vec<HistogramBucket>,
+    /// `true` when latency was measured from the intended send time (`--rate`).
+    pub corrected_for_coordinated_omission: bool,
+    /// The full HDR histogram: V2 + DEFLATE encoding, base64 (the HdrHistogram log format),
+    /// so runs can be merged later.
+    pub hdr_histogram: String,
+}
+
+/// One bucket of the latency histogram.
+#[derive(Debug, Clone, Serialize)]
+pub struct HistogramBucket {
+    /// Upper bound of the bucket, µs (inclusive).
+    pub upper_us: u64,
+    /// Requests in the bucket.
+    pub count: u64,
+}
+
+/// Connection statistics.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnectionReport {
+    /// Successful connects.
+    pub opened: u64,
+    /// Failed connects (counted in `errors` with phase `connect`).
+    pub connect_failures: u64,
+    /// `opened / elapsed_secs`.
+    pub new_per_sec: f64,
+    /// Request attempts sent on a fresh connection.
+    pub requests_on_new: u64,
+    /// Request attempts sent on a reused (kept-alive) connection.
+    pub requests_on_reused: u64,
+    /// `requests_on_reused / (requests_on_new + requests_on_reused)`.
+    pub reuse_ratio: f64,
+    /// Connections the server closed (Connection: close, close-delimited body, or waited-for FIN).
+    pub closed_by_server: u64,
+    /// Connections the client closed first after a response (`--connection drop`).
+    pub closed_by_client: u64,
+    /// Connect latency of successful connects (TCP, plus TLS for https), µs.
+    pub connect_latency: Percentiles,
+    /// Connect-latency HDR histogram (V2 + DEFLATE, base64).
+    pub connect_hdr_histogram: String,
+}
+
+/// A compact percentile set, µs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50_us: u64,
+    /// 90th.
+    pub p90_us: u64,
+    /// 99th.
+    pub p99_us: u64,
+    /// Maximum.
+    pub max_us: u64,
+}
+
+/// Failures of one class.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorEntry {
+    /// Class name (`AddrNotAvailable`, ..., `Other`).
+    pub class: ErrorClass,
+    /// errno number when one stands for the class (`Other` keeps its own).
+    pub errno: Option<i32>,
+    /// Symbolic errno name(s) or a tag (`EADDRNOTAVAIL`, `http`, `tls`).
+    pub errno_name: String,
+    /// Plain-language meaning.
+    pub meaning: &'static str,
+    /// Local or remote side.
+    pub side: Side,
+    /// Failures of this class.
+    pub count: u64,
+    /// Split of `count` by phase (`connect`, `write`, `read`); phases with 0 are omitted.
+    pub by_phase: BTreeMap<Phase, u64>,
+}
+
+/// Retries (`--retry`), apart from first attempts.
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryReport {
+    /// Attempts after the first, over all requests.
+    pub attempts: u64,
+    /// Requests that succeeded on a retry.
+    pub succeeded: u64,
+    /// Failed attempts that were retried, by class.
+    pub retried_errors: Vec<ErrorEntry>,
+}
+
+/// One second of the run.
+#[derive(Debug, Clone, Serialize)]
+pub struct TimelineSecond {
+    /// Seconds since start.
+    pub second: u64,
+    /// Requests completed successfully in this second.
+    pub succeeded: u64,
+    /// Requests failed in this second.
+    pub failed: u64,
+    /// Connections opened in this second.
+    pub new_connections: u64,
+    /// 99th-percentile latency of this second's successes, µs (2 significant digits).
+    pub p99_us: u64,
+    /// Failures of this second by class (absent when none).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl TimelineSecond {
+    pub(crate) fn from_bucket(b: &SecondBucket) -> Self {
+        let p99_us = if b.latency.is_empty() {
+            0
+        } else {
+            b.latency.value_at_quantile(0.99)
+        };
+        Self {
+            second: b.second,
+            succeeded: b.succeeded,
+            failed: b.failed,
+            new_connections: b.new_connections,
+            p99_us,
+            errors: b.errors.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+        }
+    }
+}
+
+/// Builds the report from merged statistics.
+pub(crate) fn build(
+    plan: &Plan,
+    stats: &Stats,
+    elapsed: Duration,
+    timeline: Vec<TimelineSecond>,
+) -> LoadReport {
+    let c = &plan.config;
+    let secs = elapsed.as_secs_f64().max(1e-9);
+    let status_codes: BTreeMap<u16, u64> = stats
+        .status
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(code, n)| (code as u16, *n))
+        .collect();
+    let non_success_status = status_codes
+        .iter()
+        .filter(|(code, _)| **code >= 400 || **code == 0)
+        .map(|(_, n)| n)
+        .sum();
+    let connect_failures = stats
+        .errors
+        .iter()
+        .chain(stats.retried_errors.iter())
+        .map(|(_, by_phase)| by_phase[Phase::Connect.index()])
+        .sum();
+    let sent = stats.requests_on_new_connection + stats.requests_on_reused_connection;
+    LoadReport {
+        schema_version: SCHEMA_VERSION,
+        target: TargetReport {
+            url: plan.target.url.clone(),
+            method: c.method.clone(),
+            resolved: plan.target.resolved.clone(),
+            connected_to: plan.target.addr,
+        },
+        settings: SettingsReport {
+            requests: c.duration.is_none().then_some(c.requests),
+            duration_secs: c.duration.map(|d| d.as_secs_f64()),
+            concurrency: c.concurrency,
+            threads: plan.threads,
+            connection: c.policy,
+            rate: c.rate,
+            request_timeout_ms: c.request_timeout.as_millis() as u64,
+            connect_timeout_ms: c.connect_timeout.as_millis() as u64,
+            source_ips: c.source_ips.clone(),
+            retries: c.retries,
+            backoff_ms: c.backoff.as_millis() as u64,
+        },
+        summary: Summary {
+            requests: stats.succeeded + stats.failed + stats.cancelled_at_deadline,
+            succeeded: stats.succeeded,
+            failed: stats.failed,
+            cancelled_at_deadline: stats.cancelled_at_deadline,
+            non_success_status,
+            elapsed_secs: secs,
+            requests_per_sec: stats.succeeded as f64 / secs,
+            body_bytes: stats.body_bytes,
+        },
+        latency: latency_report(&stats.latency, matches!(c.rate, RateLimit::Global { .. })),
+        status_codes,
+        connections: ConnectionReport {
+            opened: stats.connections_opened,
+            connect_failures,
+            new_per_sec: stats.connections_opened as f64 / secs,
+            requests_on_new: stats.requests_on_new_connection,
+            requests_on_reused: stats.requests_on_reused_connection,
+            reuse_ratio: if sent == 0 {
+                0.0
+            } else {
+                stats.requests_on_reused_connection as f64 / sent as f64
+            },
+            closed_by_server: stats.closed_by_server,
+            closed_by_client: stats.closed_by_client,
+            connect_latency: percentiles(&stats.connect),
+            connect_hdr_histogram: encode_histogram(&stats.connect),
+        },
+        errors: error_entries(&stats.errors),
+        retries: RetryReport {
+            attempts: stats.retry_attempts,
+            succeeded: stats.retry_succeeded,
+            retried_errors: error_entries(&stats.retried_errors),
+        },
+        timeline,
+    }
+}
+
+fn latency_report(h: &Histogram<u64>, corrected: bool) -> LatencyReport {
+    let empty = h.is_empty();
+    let q = |quantile: f64| {
+        if empty {
+            0
+        } else {
+            h.value_at_quantile(quantile)
+        }
+    };
+    LatencyReport {
+        count: h.len(),
+        min_us: if empty { 0 } else { h.min() },
+        mean_us: if empty { 0.0 } else { h.mean() },
+        p50_us: q(0.5),
+        p90_us: q(0.9),
+        p99_us: q(0.99),
+        p99_9_us: q(0.999),
+        max_us: if empty { 0 } else { h.max() },
+        buckets: linear_buckets(h),
+        corrected_for_coordinated_omission: corrected,
+        hdr_histogram: encode_histogram(h),
+    }
+}
+
+fn percentiles(h: &Histogram<u64>) -> Percentiles {
+    let empty = h.is_empty();
+    let q = |quantile: f64| {
+        if empty {
+            0
+        } else {
+            h.value_at_quantile(quantile)
+        }
+    };
+    Percentiles {
+        count: h.len(),
+        p50_us: q(0.5),
+        p90_us: q(0.9),
+        p99_us: q(0.99),
+        max_us: if empty { 0 } else { h.max() },
+    }
+}
+
+/// Ten equal-width buckets from min to max; counts come from the HDR histogram, so a bucket
+/// edge is exact to 3 significant digits.
+fn linear_buckets(h: &Histogram<u64>) -> Vec<HistogramBucket> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let (lo, hi) = (h.min(), h.max());
+    let width = ((hi - lo) / 10).max(1);
+    let mut out = Vec::with_capacity(10);
+    let mut low = lo;
+    for i in 0..10 {
+        let upper = if i == 9 {
+            hi
+        } else {
+            (lo + width * (i + 1)).min(hi)
+        };
+        if upper < low {
+            break;
+        }
+        let count = h.count_between(low, upper);
+        out.push(HistogramBucket {
+            upper_us: upper,
+            count,
+        });
+        low = h.next_non_equivalent(upper);
+        if upper == hi {
+            break;
+        }
+    }
+    out
+}
+
+fn encode_histogram(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    match V2DeflateSerializer::new().serialize(h, &mut bytes) {
+        Ok(_) => base64::engine::general_purpose::STANDARD.encode(&bytes),
+        Err(_) => String::new(),
+    }
+}
+
+fn error_entries(errors: &ErrorCounts) -> Vec<ErrorEntry> {
+    let mut out: Vec<ErrorEntry> = errors
+        .iter()
+        .map(|(class, by_phase)| ErrorEntry {
+            class,
+            errno: class.errno(),
+            errno_name: class.errno_name(),
+            meaning: class.meaning(),
+            side: class.side(),
+            count: by_phase.iter().sum(),
+            by_phase: Phase::ALL
+                .iter()
+                .filter(|p| by_phase[p.index()] > 0)
+                .map(|p| (*p, by_phase[p.index()]))
+                .collect(),
+        })
+        .collect();
+    out.sort_by(|a, b| b.count.cmp(&a.count).then(a.class.cmp(&b.class)));
+    out
+}

@@ -1,0 +1,164 @@
+//! Aggregation: each engine thread owns one [`Stats`] (no locks on the hot path) and one
+//! [`SecondBucket`] for the current second of the timeline; they are merged by the caller of
+//! the engine after the run (`merge`), as wrk and oha do.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+
+use crate::error::{ErrorClass, Phase};
+
+/// Highest latency the histograms hold, in microseconds (one hour); larger values are clamped.
+pub(crate) const MAX_LATENCY_US: u64 = 3_600_000_000;
+
+/// Highest HTTP status code counted individually; others land in slot 0.
+const STATUS_SLOTS: usize = 1000;
+
+/// Failures by class, each split by the phase it happened in.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ErrorCounts {
+    map: BTreeMap<ErrorClass, [u64; 3]>,
+}
+
+impl ErrorCounts {
+    pub fn add(&mut self, class: ErrorClass, phase: Phase) {
+        self.map.entry(class).or_default()[phase.index()] += 1;
+    }
+
+    pub fn merge(&mut self, other: &ErrorCounts) {
+        for (class, counts) in &other.map {
+            let mine = self.map.entry(*class).or_default();
+            for (m, o) in mine.iter_mut().zip(counts) {
+                *m += o;
+            }
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ErrorClass, [u64; 3])> + '_ {
+        self.map.iter().map(|(c, n)| (*c, *n))
+    }
+}
+
+/// Latency histogram in microseconds with 3 significant digits (HdrHistogram).
+pub(crate) fn latency_histogram() -> Histogram<u64> {
+    // Bounds are constants within hdrhistogram's limits, so creation cannot fail.
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3).unwrap_or_else(|_| unreachable!())
+}
+
+/// Everything one engine thread counts over the whole run.
+#[derive(Debug, Clone)]
+pub(crate) struct Stats {
+    /// Latency of successful requests, µs, from the first attempt's (intended) start.
+    pub latency: Histogram<u64>,
+    /// TCP (+TLS) connect latency of successful connects, µs.
+    pub connect: Histogram<u64>,
+    /// Responses by status code (index = code; slot 0 = out of range).
+    pub status: Vec<u64>,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub cancelled_at_deadline: u64,
+    /// Final failures (after retries), by class and phase.
+    pub errors: ErrorCounts,
+    /// Attempts that were retries (second and later attempts of a request).
+    pub retry_attempts: u64,
+    /// Requests that succeeded on a retry.
+    pub retry_succeeded: u64,
+    /// Failed attempts that were followed by a retry, by class and phase.
+    pub retried_errors: ErrorCounts,
+    pub connections_opened: u64,
+    pub requests_on_new_connection: u64,
+    pub requests_on_reused_connection: u64,
+    pub closed_by_server: u64,
+    pub closed_by_client: u64,
+    pub body_bytes: u64,
+}
+
+impl Stats {
+    pub fn new() -> Self {
+        Self {
+            latency: latency_histogram(),
+            connect: latency_histogram(),
+            status: vec![0; STATUS_SLOTS],
+            succeeded: 0,
+            failed: 0,
+            cancelled_at_deadline: 0,
+            errors: ErrorCounts::default(),
+            retry_attempts: 0,
+            retry_succeeded: 0,
+            retried_errors: ErrorCounts::default(),
+            connections_opened: 0,
+            requests_on_new_connection: 0,
+            requests_on_reused_connection: 0,
+            closed_by_server: 0,
+            closed_by_client: 0,
+            body_bytes: 0,
+        }
+    }
+
+    pub fn count_status(&mut self, status: u16) {
+        let slot = usize::from(status);
+        let slot = if slot < STATUS_SLOTS { slot } else { 0 };
+        self.status[slot] += 1;
+    }
+
+    pub fn merge(&mut self, o: &Stats) {
+        // Both histograms share bounds, so `add` cannot fail.
+        let _ = self.latency.add(&o.latency);
+        let _ = self.connect.add(&o.connect);
+        for (m, x) in self.status.iter_mut().zip(&o.status) {
+            *m += x;
+        }
+        self.succeeded += o.succeeded;
+        self.failed += o.failed;
+        self.cancelled_at_deadline += o.cancelled_at_deadline;
+        self.errors.merge(&o.errors);
+        self.retry_attempts += o.retry_attempts;
+        self.retry_succeeded += o.retry_succeeded;
+        self.retried_errors.merge(&o.retried_errors);
+        self.connections_opened += o.connections_opened;
+        self.requests_on_new_connection += o.requests_on_new_connection;
+        self.requests_on_reused_connection += o.requests_on_reused_connection;
+        self.closed_by_server += o.closed_by_server;
+        self.closed_by_client += o.closed_by_client;
+        self.body_bytes += o.body_bytes;
+    }
+}
+
+/// One second of one thread's timeline. Latency precision is 2 significant digits to keep the
+/// bucket small (about 13 KB); only the seconds not yet merged are in memory.
+#[derive(Debug, Clone)]
+pub(crate) struct SecondBucket {
+    /// Seconds since the start of the run.
+    pub second: u64,
+    pub succeeded: u64,
+    pub failed: u64,
+    pub new_connections: u64,
+    pub errors: BTreeMap<ErrorClass, u64>,
+    pub latency: Histogram<u32>,
+}
+
+impl SecondBucket {
+    pub fn new(second: u64) -> Self {
+        Self {
+            second,
+            succeeded: 0,
+            failed: 0,
+            new_connections: 0,
+            errors: BTreeMap::new(),
+            // Constant bounds within hdrhistogram's limits: cannot fail.
+            latency: Histogram::new_with_bounds(1, MAX_LATENCY_US, 2)
+                .unwrap_or_else(|_| unreachable!()),
+        }
+    }
+
+    pub fn merge(&mut self, o: &SecondBucket) {
+        self.succeeded += o.succeeded;
+        self.failed += o.failed;
+        self.new_connections += o.new_connections;
+        for (c, n) in &o.errors {
+            *self.errors.entry(*c).or_default() += n;
+        }
+        // Counts per second stay far below u32::MAX per slot; saturation is harmless here.
+        let _ = self.latency.add(&o.latency);
+    }
+}
