@@ -9,6 +9,7 @@
 
 mod cmd;
 mod exit;
+mod serving;
 mod style;
 
 use std::process::ExitCode;
@@ -28,6 +29,12 @@ enum Command {
     /// Show this host's ephemeral-port pool: settings, sockets by state, usage per destination,
     /// headroom and kernel counters.
     Ports(cmd::ports::Args),
+    /// Run the HTTP/1.1 target: any path answers with a small fixed body; keep-alive knobs,
+    /// delays and seeded fault injection.
+    Serve(cmd::serve::Args),
+    /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
+    /// with an upstream connection pool.
+    Proxy(cmd::proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +44,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Ports(args) => cmd::ports::run(args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
     };
     match result {
         Ok(code) => code,
