@@ -34,6 +34,7 @@ mod http_proxy;
 mod net;
 mod server;
 mod tcp_proxy;
+mod watchdog;
 
 pub use error_class::UpstreamErrorClass;
 pub use fault::{DelayRange, Fault, FaultSpec, SpecError};
