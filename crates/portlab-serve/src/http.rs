@@ -27,6 +27,8 @@ pub(crate) struct HeadFacts {
     pub(crate) chunked: bool,
     pub(crate) conn_close: bool,
     pub(crate) conn_keep_alive: bool,
+    /// A `Connection` header names other options: those headers are hop-by-hop too.
+    pub(crate) conn_options: bool,
     /// A header that cannot be honoured: two different Content-Lengths, a non-chunked
     /// Transfer-Encoding, or an unparsable length (request smuggling guard, RFC 9112 §6.3).
     pub(crate) invalid: bool,
@@ -58,6 +60,8 @@ impl HeadFacts {
                         facts.conn_close = true;
                     } else if token.eq_ignore_ascii_case(b"keep-alive") {
                         facts.conn_keep_alive = true;
+                    } else if !token.is_empty() {
+                        facts.conn_options = true;
                     }
                 }
             }

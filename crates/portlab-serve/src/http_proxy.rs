@@ -558,7 +558,9 @@ impl ClientConn<'_> {
                 expect_continue = framing != BodyFraming::Empty;
                 continue;
             }
-            if is_hop_by_hop(h.name) || named_in_connection(req.headers, h.name) {
+            if is_hop_by_hop(h.name)
+                || (facts.conn_options && named_in_connection(req.headers, h.name))
+            {
                 continue;
             }
             has_host |= h.name.eq_ignore_ascii_case("host");
@@ -808,9 +810,11 @@ fn parse_response(
     head_request: bool,
     out: &mut Vec<u8>,
 ) -> Result<Option<Response>, ParseError> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut headers);
-    let head_len = match resp.parse(buf) {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
+    let head_len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(_) => return Err(ParseError::Malformed),
@@ -831,7 +835,9 @@ fn parse_response(
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
     for h in resp.headers.iter() {
-        if is_hop_by_hop(h.name) || named_in_connection(resp.headers, h.name) {
+        if is_hop_by_hop(h.name)
+            || (facts.conn_options && named_in_connection(resp.headers, h.name))
+        {
             continue;
         }
         if framing == BodyFraming::Chunked && h.name.eq_ignore_ascii_case("content-length") {
