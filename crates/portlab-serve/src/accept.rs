@@ -6,7 +6,7 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,20 +16,42 @@ use tokio::task::JoinSet;
 
 use crate::net::add;
 
+/// The connection counters every listener keeps.
+#[derive(Debug, Default)]
+pub(crate) struct ConnCounters {
+    /// Connections accepted.
+    pub(crate) accepted: AtomicU64,
+    /// Connections whose task is still running.
+    pub(crate) active: AtomicU64,
+    /// accept() failures.
+    pub(crate) accept_errors: AtomicU64,
+}
+
+/// Decrements the active gauge when a connection task ends or is aborted.
+struct ActiveConn(Arc<ConnCounters>);
+
+impl Drop for ActiveConn {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Accepts connections until `shutdown` completes, running `handle(stream, peer, number)` for
-/// each (number counts from 1 in accept order). Failed accepts are counted in `accept_errors`;
-/// on fd or memory exhaustion the loop pauses briefly instead of spinning.
+/// each (number counts from 1 in accept order), at most `max_conns` at once. Counts accepted,
+/// active and failed accepts in `conns`; on fd or memory exhaustion the loop pauses briefly
+/// instead of spinning.
 pub(crate) async fn accept_loop<S, H, Fut>(
     listener: TcpListener,
-    limit: Option<Arc<Semaphore>>,
+    max_conns: Option<usize>,
     shutdown: S,
-    accept_errors: &AtomicU64,
+    conns: &Arc<ConnCounters>,
     mut handle: H,
 ) where
     S: Future<Output = ()>,
     H: FnMut(TcpStream, SocketAddr, u64) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
+    let limit = max_conns.map(|n| Arc::new(Semaphore::new(n)));
     let mut tasks = JoinSet::new();
     let mut accepted = 0u64;
     tokio::pin!(shutdown);
@@ -53,7 +75,7 @@ pub(crate) async fn accept_loop<S, H, Fut>(
         let (stream, peer) = match accepted_conn {
             Ok(conn) => conn,
             Err(err) => {
-                add(accept_errors, 1);
+                add(&conns.accept_errors, 1);
                 if is_resource_exhaustion(&err) {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -61,10 +83,13 @@ pub(crate) async fn accept_loop<S, H, Fut>(
             }
         };
         accepted += 1;
+        add(&conns.accepted, 1);
+        add(&conns.active, 1);
+        let active = ActiveConn(Arc::clone(conns));
         let conn = handle(stream, peer, accepted);
         tasks.spawn(async move {
             conn.await;
-            drop(permit);
+            drop((permit, active));
         });
         while tasks.try_join_next().is_some() {}
     }

@@ -26,7 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::accept::accept_loop;
+use crate::accept::{accept_loop, ConnCounters};
 use crate::http::{
     is_hop_by_hop, named_in_connection, push_chunk_size, push_decimal, BodyFraming, ChunkedScanner,
     HeadFacts, MAX_HEADERS, MAX_HEAD_BYTES,
@@ -147,8 +147,7 @@ pub struct HttpProxyStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    clients: AtomicU64,
-    clients_active: AtomicU64,
+    conns: Arc<ConnCounters>,
     requests: AtomicU64,
     responses: AtomicU64,
     upstream_opened: AtomicU64,
@@ -165,7 +164,6 @@ struct Counters {
     upstream_aborts: AtomicU64,
     request_body_bytes: AtomicU64,
     response_body_bytes: AtomicU64,
-    accept_errors: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -214,8 +212,8 @@ impl HttpProxy {
     pub fn stats(&self) -> HttpProxyStats {
         let c = &self.shared.counters;
         HttpProxyStats {
-            client_connections: load(&c.clients),
-            client_connections_active: load(&c.clients_active),
+            client_connections: load(&c.conns.accepted),
+            client_connections_active: load(&c.conns.active),
             requests: load(&c.requests),
             responses: load(&c.responses),
             upstream_connections_opened: load(&c.upstream_opened),
@@ -232,7 +230,7 @@ impl HttpProxy {
             upstream_aborts: load(&c.upstream_aborts),
             request_body_bytes: load(&c.request_body_bytes),
             response_body_bytes: load(&c.response_body_bytes),
-            accept_errors: load(&c.accept_errors),
+            accept_errors: load(&c.conns.accept_errors),
         }
     }
 
@@ -243,11 +241,6 @@ impl HttpProxy {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> HttpProxyStats {
-        let limit = self
-            .shared
-            .config
-            .max_conns
-            .map(|n| Arc::new(Semaphore::new(n)));
         let shared = &self.shared;
         let ticker = tokio::spawn({
             let shared = Arc::clone(shared);
@@ -255,9 +248,9 @@ impl HttpProxy {
         });
         accept_loop(
             listener,
-            limit,
+            shared.config.max_conns,
             shutdown,
-            &shared.counters.accept_errors,
+            &shared.counters.conns,
             |client, _peer: SocketAddr, _n| {
                 let shared = Arc::clone(shared);
                 async move { serve_client(client, shared).await }
@@ -404,25 +397,11 @@ impl Shared {
 // ---------------------------------------------------------------------------------------------
 // One client connection.
 
-struct ActiveGuard(Arc<Shared>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0
-            .counters
-            .clients_active
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn serve_client(client: TcpStream, shared: Arc<Shared>) {
-    add(&shared.counters.clients, 1);
-    add(&shared.counters.clients_active, 1);
-    let guard = ActiveGuard(shared);
     let _ = client.set_nodelay(true);
     let mut conn = ClientConn {
         client,
-        shared: &guard.0,
+        shared: &shared,
         cbuf: BytesMut::with_capacity(8 * 1024),
         ubuf: BytesMut::with_capacity(8 * 1024),
         req_head: Vec::with_capacity(1024),

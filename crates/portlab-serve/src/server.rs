@@ -9,7 +9,7 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,9 +17,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
-use crate::accept::accept_loop;
+use crate::accept::{accept_loop, ConnCounters};
 use crate::fault::{DelayRange, Dice, Fault, FaultSpec};
 use crate::http::{BodyFraming, ChunkedScanner, HeadFacts, MAX_HEADERS, MAX_HEAD_BYTES};
 use crate::net::{add, load};
@@ -146,15 +145,13 @@ pub struct ServerStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    accepted: AtomicU64,
-    active: AtomicU64,
+    conns: Arc<ConnCounters>,
     requests: AtomicU64,
     responses: AtomicU64,
     bad_requests: AtomicU64,
     request_body_bytes: AtomicU64,
     response_bytes: AtomicU64,
     closed_by_server: AtomicU64,
-    accept_errors: AtomicU64,
     fault_reset: AtomicU64,
     fault_garbage: AtomicU64,
     fault_stall: AtomicU64,
@@ -261,15 +258,15 @@ impl Server {
     pub fn stats(&self) -> ServerStats {
         let c = &self.shared.counters;
         ServerStats {
-            connections_accepted: load(&c.accepted),
-            connections_active: load(&c.active),
+            connections_accepted: load(&c.conns.accepted),
+            connections_active: load(&c.conns.active),
             requests: load(&c.requests),
             responses: load(&c.responses),
             bad_requests: load(&c.bad_requests),
             request_body_bytes: load(&c.request_body_bytes),
             response_bytes: load(&c.response_bytes),
             closed_by_server: load(&c.closed_by_server),
-            accept_errors: load(&c.accept_errors),
+            accept_errors: load(&c.conns.accept_errors),
             faults: FaultCounts {
                 reset: load(&c.fault_reset),
                 garbage: load(&c.fault_garbage),
@@ -286,17 +283,12 @@ impl Server {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> ServerStats {
-        let limit = self
-            .shared
-            .config
-            .max_conns
-            .map(|n| Arc::new(Semaphore::new(n)));
         let shared = &self.shared;
         accept_loop(
             listener,
-            limit,
+            shared.config.max_conns,
             shutdown,
-            &shared.counters.accept_errors,
+            &shared.counters.conns,
             |stream, _peer: SocketAddr, number| {
                 let shared = Arc::clone(shared);
                 async move { serve_connection(stream, shared, number).await }
@@ -319,24 +311,12 @@ pub async fn run_server(
     Ok(Server::new(config)?.run(listener, shutdown).await)
 }
 
-/// Decrements the active-connection gauge when a connection task ends (or is aborted).
-struct ActiveGuard(Arc<Shared>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.counters.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, number: u64) {
-    add(&shared.counters.accepted, 1);
-    add(&shared.counters.active, 1);
-    let guard = ActiveGuard(shared);
     // Small responses must leave at once, not after Nagle's 40 ms delayed-ACK dance.
     let _ = stream.set_nodelay(true);
     let mut conn = Connection {
         stream,
-        shared: &guard.0,
+        shared: &shared,
         number,
         buf: BytesMut::with_capacity(4096),
         out: Vec::with_capacity(4096),

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,9 +16,8 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
-use crate::accept::accept_loop;
+use crate::accept::{accept_loop, ConnCounters};
 use crate::net::{add, connect_upstream, load, ClassCounters};
 use crate::UpstreamErrorClass;
 
@@ -81,14 +80,12 @@ impl TcpProxyStats {
 
 #[derive(Debug, Default)]
 struct Counters {
-    accepted: AtomicU64,
-    active: AtomicU64,
+    conns: Arc<ConnCounters>,
     upstream_connects: AtomicU64,
     connect_failures: ClassCounters,
     relay_errors: ClassCounters,
     to_upstream: AtomicU64,
     to_client: AtomicU64,
-    accept_errors: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -118,14 +115,14 @@ impl TcpProxy {
     pub fn stats(&self) -> TcpProxyStats {
         let c = &self.shared.counters;
         TcpProxyStats {
-            connections_accepted: load(&c.accepted),
-            connections_active: load(&c.active),
+            connections_accepted: load(&c.conns.accepted),
+            connections_active: load(&c.conns.active),
             upstream_connects: load(&c.upstream_connects),
             upstream_connect_failures: c.connect_failures.snapshot(),
             relay_errors: c.relay_errors.snapshot(),
             bytes_client_to_upstream: load(&c.to_upstream),
             bytes_upstream_to_client: load(&c.to_client),
-            accept_errors: load(&c.accept_errors),
+            accept_errors: load(&c.conns.accept_errors),
         }
     }
 
@@ -136,17 +133,12 @@ impl TcpProxy {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> TcpProxyStats {
-        let limit = self
-            .shared
-            .config
-            .max_conns
-            .map(|n| Arc::new(Semaphore::new(n)));
         let shared = &self.shared;
         accept_loop(
             listener,
-            limit,
+            shared.config.max_conns,
             shutdown,
-            &shared.counters.accept_errors,
+            &shared.counters.conns,
             |client, _peer: SocketAddr, _n| {
                 let shared = Arc::clone(shared);
                 async move { forward(client, shared).await }
@@ -166,20 +158,7 @@ pub async fn run_tcp_proxy(
     TcpProxy::new(config).run(listener, shutdown).await
 }
 
-struct ActiveGuard(Arc<Shared>);
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.counters.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 async fn forward(client: TcpStream, shared: Arc<Shared>) {
-    let c = &shared.counters;
-    add(&c.accepted, 1);
-    add(&c.active, 1);
-    let guard = ActiveGuard(shared);
-    let shared = &guard.0;
     let c = &shared.counters;
     let _ = client.set_nodelay(true);
     let config = &shared.config;

@@ -1,5 +1,5 @@
 //! No file descriptor leaks: 100,000 connections through the in-process TCP forwarder and
-//! 20,000 through the HTTP proxy leave /proc/self/fd as it was. One test in its own binary, so
+//! 10,000 through the HTTP proxy leave /proc/self/fd as it was. One test in its own binary, so
 //! no other test opens descriptors meanwhile.
 //!
 //! Every request says `Connection: close`, so the server closes first and TIME_WAIT lands on
@@ -18,7 +18,7 @@ use portlab_serve::{HttpProxyConfig, ServerConfig, TcpProxyConfig};
 /// Connections through the TCP forwarder (override with PORTLAB_FD_TEST_CONNS).
 const TCP_CONNECTIONS: usize = 100_000;
 /// Connections through the HTTP proxy.
-const HTTP_CONNECTIONS: usize = 20_000;
+const HTTP_CONNECTIONS: usize = 10_000;
 const PARALLEL: usize = 64;
 
 async fn hammer(addr: SocketAddr, total: usize) -> usize {
