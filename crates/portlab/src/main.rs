@@ -12,6 +12,7 @@ mod exit;
 #[allow(dead_code)] // used by load, simulate and reproduce as they land
 mod plot;
 mod render;
+mod serving;
 mod style;
 
 use std::process::ExitCode;
@@ -37,6 +38,12 @@ enum Command {
     /// Load a URL like hey, at wrk's speed, counting and classifying every failure (errno →
     /// class, connection stats, per-second timeline).
     Load(Box<cmd::load::Args>),
+    /// Run the HTTP/1.1 target: any path answers with a small fixed body; keep-alive knobs,
+    /// delays and seeded fault injection.
+    Serve(cmd::serve::Args),
+    /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
+    /// with an upstream connection pool.
+    Proxy(cmd::proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +55,8 @@ fn main() -> ExitCode {
         Command::Ports(args) => cmd::ports::run(args),
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::Load(args) => cmd::load::run(*args),
+        Command::Serve(args) => cmd::serve::run(args),
+        Command::Proxy(args) => cmd::proxy::run(args),
     };
     match result {
         Ok(code) => code,

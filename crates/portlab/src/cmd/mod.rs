@@ -3,3 +3,5 @@
 pub mod doctor;
 pub mod load;
 pub mod ports;
+pub mod proxy;
+pub mod serve;

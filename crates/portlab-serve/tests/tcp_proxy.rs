@@ -1,0 +1,303 @@
+//! The TCP forwarder on real loopback sockets: every address-family pair, half-close, 10 MB
+//! both ways, upstream down, upstream resets, client disconnects, --source-ip.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{closed_port, get_once, listener, start_server, start_tcp_proxy, wait_until, Client};
+use portlab_serve::{ServerConfig, TcpProxyConfig, UpstreamErrorClass, HELLO_BODY};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn through_proxy(proxy_bind: &str, server_bind: &str) {
+    let server = start_server(server_bind, ServerConfig::default());
+    let proxy = start_tcp_proxy(proxy_bind, TcpProxyConfig::new(server.addr));
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..3 {
+        client.get("/hello.html", "").await;
+        assert_eq!(
+            client.read_response().await.expect("response").body,
+            HELLO_BODY
+        );
+    }
+    drop(client);
+    let handle = proxy.handle.clone();
+    wait_until("relay finished", WAIT, || {
+        handle.stats().connections_active == 0
+    })
+    .await;
+    let stats = proxy.stop().await;
+    assert_eq!(stats.connections_accepted, 1);
+    assert_eq!(
+        stats.upstream_connects, 1,
+        "one upstream connection per client connection"
+    );
+    let server_stats = server.stop().await;
+    assert_eq!(server_stats.requests, 3);
+    assert_eq!(stats.bytes_upstream_to_client, server_stats.response_bytes);
+}
+
+#[tokio::test]
+async fn forwards_v4_to_v4() {
+    through_proxy("127.0.0.1:0", "127.0.0.1:0").await;
+}
+
+#[tokio::test]
+async fn forwards_v4_to_v6() {
+    if common::ipv6_available() {
+        through_proxy("127.0.0.1:0", "[::1]:0").await;
+    }
+}
+
+#[tokio::test]
+async fn forwards_v6_to_v4() {
+    if common::ipv6_available() {
+        through_proxy("[::1]:0", "127.0.0.1:0").await;
+    }
+}
+
+#[tokio::test]
+async fn forwards_v6_to_v6() {
+    if common::ipv6_available() {
+        through_proxy("[::1]:0", "[::1]:0").await;
+    }
+}
+
+#[tokio::test]
+async fn one_upstream_connection_per_client_connection() {
+    let server = start_server("127.0.0.1:0", ServerConfig::default());
+    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(server.addr));
+    for _ in 0..20 {
+        assert_eq!(
+            get_once(proxy.addr, "/").await.expect("response").status,
+            200
+        );
+    }
+    let handle = proxy.handle.clone();
+    wait_until("relays finished", WAIT, || {
+        handle.stats().connections_active == 0
+    })
+    .await;
+    assert_eq!(proxy.stop().await.upstream_connects, 20);
+    assert_eq!(
+        server.stop().await.connections_accepted,
+        20,
+        "the portproxy cost: one port each"
+    );
+}
+
+/// An upstream that reads until EOF, then answers `got N` and closes: only works if the
+/// client's FIN reaches it while the other direction stays open.
+fn spawn_count_then_answer() -> (SocketAddr, JoinHandle<()>) {
+    let l = listener("127.0.0.1:0");
+    let addr = l.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.expect("accept");
+        let mut total = 0usize;
+        let mut buf = [0u8; 8192];
+        loop {
+            let n = s.read(&mut buf).await.expect("read");
+            if n == 0 {
+                break;
+            }
+            total += n;
+        }
+        s.write_all(format!("got {total}").as_bytes())
+            .await
+            .expect("answer");
+        s.shutdown().await.expect("shutdown");
+    });
+    (addr, task)
+}
+
+#[tokio::test]
+async fn half_close_is_propagated_both_ways() {
+    let (upstream, task) = spawn_count_then_answer();
+    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(upstream));
+    let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
+    client.write_all(&[7u8; 1000]).await.expect("write");
+    client.shutdown().await.expect("half-close");
+    let mut answer = String::new();
+    tokio::time::timeout(WAIT, client.read_to_string(&mut answer))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    assert_eq!(answer, "got 1000");
+    task.await.expect("upstream task");
+    let handle = proxy.handle.clone();
+    wait_until("relay finished", WAIT, || {
+        handle.stats().connections_active == 0
+    })
+    .await;
+    let stats = proxy.stop().await;
+    assert_eq!(stats.bytes_client_to_upstream, 1000);
+    assert_eq!(stats.bytes_upstream_to_client, 8);
+    assert!(stats.relay_errors.is_empty(), "{:?}", stats.relay_errors);
+}
+
+/// An upstream that echoes every byte back until EOF.
+fn spawn_echo() -> SocketAddr {
+    let l = listener("127.0.0.1:0");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn ten_megabytes_both_ways() {
+    const SIZE: usize = 10 * 1024 * 1024;
+    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(spawn_echo()));
+    let client = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (mut r, mut w) = client.into_split();
+    let payload: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
+    let expected = payload.clone();
+    let writer = tokio::spawn(async move {
+        w.write_all(&payload).await.expect("write 10 MB");
+        w.shutdown().await.expect("half-close");
+    });
+    let mut echoed = Vec::with_capacity(SIZE);
+    tokio::time::timeout(Duration::from_secs(60), r.read_to_end(&mut echoed))
+        .await
+        .expect("in time")
+        .expect("read");
+    writer.await.expect("writer");
+    assert!(
+        echoed == expected,
+        "echoed bytes differ (len {})",
+        echoed.len()
+    );
+    let handle = proxy.handle.clone();
+    wait_until("relay finished", WAIT, || {
+        handle.stats().connections_active == 0
+    })
+    .await;
+    let stats = proxy.stop().await;
+    assert_eq!(stats.bytes_client_to_upstream, SIZE as u64);
+    assert_eq!(stats.bytes_upstream_to_client, SIZE as u64);
+}
+
+#[tokio::test]
+async fn upstream_down_counts_connect_failure_by_class() {
+    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(closed_port()));
+    let mut client = Client::connect(proxy.addr).await;
+    client.get("/", "").await;
+    assert!(
+        client.is_closed().await,
+        "the client must lose its connection"
+    );
+    let stats = proxy.stop().await;
+    assert_eq!(stats.upstream_connects, 0);
+    assert_eq!(
+        stats
+            .upstream_connect_failures
+            .get(&UpstreamErrorClass::ConnectionRefused),
+        Some(&1)
+    );
+}
+
+#[tokio::test]
+async fn upstream_reset_reaches_the_client() {
+    let faults = portlab_serve::FaultSpec::parse("reset=1").expect("spec");
+    let server = start_server(
+        "127.0.0.1:0",
+        ServerConfig {
+            faults,
+            ..ServerConfig::default()
+        },
+    );
+    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(server.addr));
+    let mut client = Client::connect(proxy.addr).await;
+    client.get("/", "").await;
+    match client.read_response().await {
+        Err(common::ReadError::Io(e)) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        other => panic!("expected a reset, got {other:?}"),
+    }
+    let handle = proxy.handle.clone();
+    wait_until("relay finished", WAIT, || {
+        handle.stats().connections_active == 0
+    })
+    .await;
+    let stats = proxy.stop().await;
+    assert_eq!(
+        stats.relay_errors.get(&UpstreamErrorClass::ConnectionReset),
+        Some(&1)
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn client_disconnect_mid_request_releases_both_legs() {
+    let server = start_server("127.0.0.1:0", ServerConfig::default());
+    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(server.addr));
+    let mut client = Client::connect(proxy.addr).await;
+    client
+        .send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\npartial")
+        .await;
+    let (proxy_handle, server_handle) = (proxy.handle.clone(), server.handle.clone());
+    wait_until("upstream leg open", WAIT, || {
+        server_handle.stats().connections_active == 1
+    })
+    .await;
+    socket2::SockRef::from(&client.stream)
+        .set_linger(Some(Duration::ZERO))
+        .expect("linger");
+    drop(client);
+    wait_until("proxy released", WAIT, || {
+        proxy_handle.stats().connections_active == 0
+    })
+    .await;
+    wait_until("server released", WAIT, || {
+        server_handle.stats().connections_active == 0
+    })
+    .await;
+    let stats = proxy.stop().await;
+    assert_eq!(stats.relay_errors.values().sum::<u64>(), 1, "{stats:?}");
+    assert_eq!(server.stop().await.responses, 0);
+}
+
+#[tokio::test]
+async fn source_ip_sets_the_upstream_leg_address() {
+    let l = listener("127.0.0.1:0");
+    let upstream = l.local_addr().expect("addr");
+    let mut config = TcpProxyConfig::new(upstream);
+    config.source_ip = Some("127.0.0.2".parse().expect("ip"));
+    let proxy = start_tcp_proxy("127.0.0.1:0", config);
+    let _client = TcpStream::connect(proxy.addr).await.expect("connect");
+    let (_, peer) = tokio::time::timeout(WAIT, l.accept())
+        .await
+        .expect("in time")
+        .expect("accept");
+    assert_eq!(peer.ip().to_string(), "127.0.0.2");
+    proxy.stop().await;
+}
+
+#[tokio::test]
+async fn non_local_source_ip_is_classified() {
+    let server = start_server("127.0.0.1:0", ServerConfig::default());
+    let mut config = TcpProxyConfig::new(server.addr);
+    config.source_ip = Some("192.0.2.1".parse().expect("ip")); // TEST-NET-1, never local
+    let proxy = start_tcp_proxy("127.0.0.1:0", config);
+    let mut client = Client::connect(proxy.addr).await;
+    assert!(client.is_closed().await);
+    let stats = proxy.stop().await;
+    assert_eq!(
+        stats
+            .upstream_connect_failures
+            .get(&UpstreamErrorClass::AddrNotAvailable),
+        Some(&1)
+    );
+    server.stop().await;
+}

@@ -1,0 +1,268 @@
+//! `portlab proxy`: the TCP port forwarder (`--mode tcp`, the `netsh interface portproxy`
+//! equivalent: one upstream connection, hence one ephemeral port, per client connection) and the
+//! HTTP reverse proxy with an upstream pool (`--mode http`, the fix).
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use portlab_serve::{
+    HttpProxy, HttpProxyConfig, HttpProxyStats, TcpProxy, TcpProxyConfig, TcpProxyStats,
+    UpstreamErrorClass, DEFAULT_BACKLOG,
+};
+use serde::Serialize;
+
+use crate::serving;
+
+/// Which proxy runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Mode {
+    /// Byte-transparent TCP forwarder: one upstream connection per client connection.
+    Tcp,
+    /// HTTP/1.1 reverse proxy over a pool of at most --pool kept-alive upstream connections.
+    Http,
+}
+
+/// Flags of `portlab proxy`.
+#[derive(Debug, clap::Args)]
+#[command(after_help = "\
+Prints one line `listening on ADDR` (with --json: {\"event\":\"listening\",\"address\":ADDR}). \
+Stops on SIGINT or SIGTERM and prints its stats (stderr, or a JSON `stats` event on stdout); \
+--stats-interval prints them periodically too. Upstream connect failures are counted by class: \
+addr_not_available means the upstream leg ran out of ephemeral ports.
+
+Examples:
+  portlab proxy --listen 127.1.1.1:80 --connect 127.0.0.1:8080          # portproxy v4tov4
+  portlab proxy --listen [::1]:8081 --connect 127.0.0.1:8080            # v6tov4
+  portlab proxy --mode http --pool 8 --listen 127.0.0.1:8081 --connect 127.0.0.1:8080")]
+pub struct Args {
+    /// Address to listen on (IPv4 or IPv6, port 0 = any free port).
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:8081")]
+    listen: SocketAddr,
+    /// Upstream address to forward to (IPv4 or IPv6).
+    #[arg(long, value_name = "ADDR:PORT")]
+    connect: SocketAddr,
+    /// tcp: forward bytes; http: reverse proxy with an upstream pool.
+    #[arg(long, value_enum, default_value_t = Mode::Tcp)]
+    mode: Mode,
+    /// Source IP for upstream connections (bound with IP_BIND_ADDRESS_NO_PORT).
+    #[arg(long, value_name = "IP")]
+    source_ip: Option<IpAddr>,
+    /// http mode: most upstream connections open at once.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    pool: usize,
+    /// http mode: seconds to wait for a pooled connection and the response head (then 504).
+    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
+    upstream_timeout: f64,
+    /// Seconds to wait for an upstream connect (http mode answers 502 past it).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    connect_timeout: f64,
+    /// Serve at most N client connections at once; others wait in the listen backlog.
+    #[arg(long, value_name = "N")]
+    max_conns: Option<usize>,
+    /// Print stats every SECS seconds while running.
+    #[arg(long, value_name = "SECS")]
+    stats_interval: Option<f64>,
+    /// Listen backlog (capped by net.core.somaxconn).
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG)]
+    backlog: u32,
+    /// Worker threads (default: the CPUs available).
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// JSON lines on stdout: listening, periodic and final stats events.
+    #[arg(long)]
+    json: bool,
+}
+
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            crate::exit::usage(format!(
+                "{flag} must be a positive number of seconds, got {value}"
+            ))
+        })
+}
+
+/// Either proxy, behind one interface for the run loop.
+#[derive(Clone)]
+enum Proxy {
+    Tcp(TcpProxy),
+    Http(HttpProxy),
+}
+
+/// Stats of either proxy, tagged with the mode in JSON.
+#[derive(Serialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+enum Stats {
+    Tcp(TcpProxyStats),
+    Http(HttpProxyStats),
+}
+
+impl Proxy {
+    fn stats(&self) -> Stats {
+        match self {
+            Proxy::Tcp(p) => Stats::Tcp(p.stats()),
+            Proxy::Http(p) => Stats::Http(p.stats()),
+        }
+    }
+
+    async fn run(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> Stats {
+        match self {
+            Proxy::Tcp(p) => Stats::Tcp(p.run(listener, shutdown).await),
+            Proxy::Http(p) => Stats::Http(p.run(listener, shutdown).await),
+        }
+    }
+}
+
+fn build(args: &Args) -> anyhow::Result<Proxy> {
+    let connect_timeout = seconds("--connect-timeout", args.connect_timeout)?;
+    if args.max_conns == Some(0) {
+        return Err(crate::exit::usage("--max-conns must be at least 1"));
+    }
+    if let Some(ip) = args.source_ip {
+        if ip.is_ipv4() != args.connect.is_ipv4() {
+            return Err(crate::exit::usage(format!(
+                "--source-ip {ip} and --connect {} are of different IP families",
+                args.connect
+            )));
+        }
+    }
+    Ok(match args.mode {
+        Mode::Tcp => Proxy::Tcp(TcpProxy::new(TcpProxyConfig {
+            upstream: args.connect,
+            source_ip: args.source_ip,
+            connect_timeout,
+            max_conns: args.max_conns,
+        })),
+        Mode::Http => {
+            let config = HttpProxyConfig {
+                upstream: args.connect,
+                source_ip: args.source_ip,
+                pool: args.pool,
+                upstream_timeout: seconds("--upstream-timeout", args.upstream_timeout)?,
+                connect_timeout,
+                max_conns: args.max_conns,
+            };
+            Proxy::Http(HttpProxy::new(config).map_err(|e| crate::exit::usage(e.to_string()))?)
+        }
+    })
+}
+
+/// Runs `portlab proxy`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let proxy = build(&args)?;
+    if args.threads == Some(0) {
+        return Err(crate::exit::usage("--threads must be at least 1"));
+    }
+    let interval = args
+        .stats_interval
+        .map(|s| seconds("--stats-interval", s))
+        .transpose()?;
+    let runtime = serving::runtime(args.threads.unwrap_or_else(serving::default_threads))?;
+    let json = args.json;
+    let stats = runtime.block_on(async {
+        let listener = serving::listen(args.listen, args.backlog)?;
+        let shutdown = serving::shutdown_signal()?;
+        serving::announce(listener.local_addr()?, json)?;
+        if let Some(every) = interval {
+            tokio::spawn(report_every(proxy.clone(), every, json));
+        }
+        anyhow::Ok(proxy.run(listener, shutdown).await)
+    })?;
+    runtime.shutdown_background();
+    print_stats("stats", &stats, json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn report_every(proxy: Proxy, every: Duration, json: bool) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.tick().await;
+    loop {
+        ticker.tick().await;
+        if print_stats("interval", &proxy.stats(), json).is_err() {
+            return;
+        }
+    }
+}
+
+fn print_stats(event: &str, stats: &Stats, json: bool) -> anyhow::Result<()> {
+    if json {
+        serving::print_event(event, stats)
+    } else {
+        eprint!("{}", render(stats));
+        Ok(())
+    }
+}
+
+/// The human stats report.
+fn render(stats: &Stats) -> String {
+    match stats {
+        Stats::Tcp(s) => render_tcp(s),
+        Stats::Http(s) => render_http(s),
+    }
+}
+
+fn render_tcp(s: &TcpProxyStats) -> String {
+    let mut text = format!(
+        "portlab proxy (tcp): {} connections accepted ({} open), {} upstream connects, \
+         {} upstream connect failures\n",
+        s.connections_accepted,
+        s.connections_active,
+        s.upstream_connects,
+        s.upstream_connect_failures_total()
+    );
+    push_failures(&mut text, &s.upstream_connect_failures);
+    text.push_str(&format!(
+        "  bytes: {} client→upstream, {} upstream→client\n",
+        s.bytes_client_to_upstream, s.bytes_upstream_to_client
+    ));
+    if !s.relay_errors.is_empty() {
+        let list: Vec<String> = s
+            .relay_errors
+            .iter()
+            .map(|(c, n)| format!("{c} {n}"))
+            .collect();
+        text.push_str(&format!("  relays ended by error: {}\n", list.join(", ")));
+    }
+    text
+}
+
+fn render_http(s: &HttpProxyStats) -> String {
+    let mut text = format!(
+        "portlab proxy (http): {} client connections, {} requests, {} responses\n",
+        s.client_connections, s.requests, s.responses
+    );
+    text.push_str(&format!(
+        "  upstream: {} connections opened (peak {} open), {} reuses, {} pool waits, {} retries\n",
+        s.upstream_connections_opened,
+        s.upstream_connections_peak,
+        s.upstream_reuses,
+        s.pool_waits,
+        s.upstream_retries
+    ));
+    text.push_str(&format!(
+        "  answered by the proxy: {} × 502, {} × 504, {} × 400; {} client aborts, {} upstream aborts\n",
+        s.bad_gateway, s.gateway_timeout, s.bad_requests, s.client_aborts, s.upstream_aborts
+    ));
+    push_failures(&mut text, &s.upstream_connect_failures);
+    text
+}
+
+fn push_failures(
+    text: &mut String,
+    failures: &std::collections::BTreeMap<UpstreamErrorClass, u64>,
+) {
+    for (class, n) in failures {
+        text.push_str(&format!(
+            "  upstream connect failed {n} × {class}: {}\n",
+            class.explain()
+        ));
+    }
+}
