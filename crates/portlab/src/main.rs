@@ -28,6 +28,12 @@ enum Command {
     /// Show this host's ephemeral-port pool: settings, sockets by state, usage per destination,
     /// headroom and kernel counters.
     Ports(cmd::ports::Args),
+    /// Capacity arithmetic for an OS profile: ports per pool, sustainable connections/s, time
+    /// to exhaustion and failure fraction for a churn, beside the folk formula ports/TIME_WAIT.
+    Model(cmd::model::Args),
+    /// Simulate a workload against an OS's port allocator (deterministic, seeded): per-second
+    /// timeline, totals, first failure; text, JSON or an SVG plot.
+    Simulate(cmd::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +43,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Ports(args) => cmd::ports::run(args),
+        Command::Model(args) => cmd::model::run(args),
+        Command::Simulate(args) => cmd::simulate::run(args),
     };
     match result {
         Ok(code) => code,

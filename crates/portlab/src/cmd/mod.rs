@@ -1,3 +1,5 @@
 //! One module per subcommand: its clap `Args` and its `run` function.
 
+pub mod model;
 pub mod ports;
+pub mod simulate;
