@@ -227,7 +227,7 @@ fn churn_outcome(
                     (ports_f / busiest).floor() * latency
                 }
             });
-            let fail_cycle = mean_failed_attempt_secs(w);
+            let fail_cycle = mean_failed_attempt_secs(w, ports);
             // Steady state per pool: successes limited to ports / hold; workers not busy with a
             // successful request spin on failures, one per `fail_cycle`.
             let (successes, failures) = if exhausts {
@@ -286,12 +286,12 @@ fn churn_outcome(
 
 /// Mean time between two failed attempts of one worker: the failed connect itself plus the
 /// backoff, averaged over a request's `1 + retries` attempts.
-fn mean_failed_attempt_secs(w: &Workload) -> f64 {
+fn mean_failed_attempt_secs(w: &Workload, ports: u32) -> f64 {
     let attempts = f64::from(w.retry.retries) + 1.0;
     let backoff: f64 = (1..=w.retry.retries)
         .map(|k| w.retry.backoff_before(k).as_secs_f64())
         .sum();
-    (w.failed_connect.as_secs_f64() + backoff / attempts).max(1e-9)
+    (w.failed_connect_for(ports).as_secs_f64() + backoff / attempts).max(1e-9)
 }
 
 fn fraction(failures: f64, successes: f64) -> f64 {
@@ -438,7 +438,7 @@ mod tests {
         assert!(churn.exhausts);
         let t = churn.time_to_exhaustion_secs.unwrap_or(f64::NAN);
         assert!((t - 1.0).abs() < 1e-9, "{t}");
-        // 1000 ports / 60.001 s of successes against one failure per 20 µs.
+        // 1000 ports / 60.001 s of successes against one failure per 130 µs.
         assert!(churn.steady_state_failure_fraction > 0.99);
     }
 

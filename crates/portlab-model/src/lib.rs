@@ -44,7 +44,9 @@ pub use capacity::{
 };
 pub use profile::{Os, OsProfile, PoolScope, PortRange, TimeWaitCap, TwReuse};
 pub use sim::{simulate, SecondSample, SimReport, Totals, MAX_SIMULATED};
-pub use workload::{ConnectionPolicy, Latency, LoadShape, RetryPolicy, RunLimit, Workload};
+pub use workload::{
+    failed_connect_estimate, ConnectionPolicy, Latency, LoadShape, RetryPolicy, RunLimit, Workload,
+};
 
 use std::time::Duration;
 
@@ -91,6 +93,9 @@ fn serde_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Er
     s.serialize_f64(d.as_secs_f64() * 1e3)
 }
 
-fn serde_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_f64(d.as_secs_f64() * 1e6)
+fn serde_opt_micros<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_secs_f64() * 1e6)),
+        None => s.serialize_none(),
+    }
 }

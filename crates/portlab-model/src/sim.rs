@@ -94,6 +94,9 @@ pub struct SimReport {
     pub events: u64,
     /// The run hit [`MAX_SIMULATED`] before its own limit.
     pub truncated: bool,
+    /// Time one failed connect took in the run, microseconds (given, or estimated from the
+    /// pool size by [`crate::failed_connect_estimate`]).
+    pub failed_connect_us: f64,
     /// Per-second timeline.
     pub timeline: Vec<SecondSample>,
 }
@@ -463,7 +466,8 @@ impl<'a> Sim<'a> {
             end: workload.limit.duration.map_or(max, duration_ns).min(max),
             now: 0,
             events: 0,
-            failed_connect_ns: duration_ns(workload.failed_connect).max(1),
+            failed_connect_ns: duration_ns(workload.failed_connect_for(profile.ports_per_pool()))
+                .max(1),
             pool_of_pair,
             seed,
         }
@@ -728,6 +732,7 @@ impl<'a> Sim<'a> {
             elapsed_secs: end as f64 / 1e9,
             events: self.events,
             truncated,
+            failed_connect_us: self.failed_connect_ns as f64 / 1e3,
             timeline: self.timeline.samples,
         }
     }

@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# model-grid.sh — does `portlab simulate` agree with the real kernel?
+#
+# For each scenario of a grid (range size, concurrency, connection policy, tcp_tw_reuse,
+# one or two destinations) this script makes a private network namespace with its own
+# sysctls, starts a tiny HTTP server on 127.0.0.1 inside it (two ports = two destinations),
+# runs a real client against it, then runs `portlab simulate` for the same workload and
+# compares:
+#   - failure fraction (EADDRNOTAVAIL / attempts): must agree within ±2 percentage points;
+#   - first-failure time: within 10 % or 200 ms.
+# The simulator is given what it cannot know in advance, measured in the same run: the mean
+# request latency and the mean time a failed connect() takes.
+#
+# Clients:
+#   CLIENT=python (default) — a small python3 client (connect/request/close loops, threads);
+#   CLIENT=load             — `portlab load URL... -n N -c C --connection P --json`.
+#
+# Usage: scripts/model-grid.sh [PORTLAB_BIN]       (root; needs ip, python3, jq)
+#   PORTLAB_BIN defaults to target/debug/portlab (build it first: cargo build -p portlab).
+#   SCENARIOS="name1 name2" limits the grid; KEEP_TMP=1 keeps the work directory.
+# Exit code: 0 when every scenario agrees, 1 otherwise, 2 on a set-up error.
+set -euo pipefail
+
+# ---------------------------------------------------------------------------------------
+# jq paths into `portlab load --json` output (CLIENT=load). portlab load is being written on
+# another branch: CHECK THESE against its documented JSON before trusting a load run.
+LOAD_JQ_SUCCESSES='.totals.successes'
+LOAD_JQ_FAILURES='.errors.addr_not_available // .totals.errors_by_class.AddrNotAvailable // 0'
+LOAD_JQ_FIRST_FAILURE_SECS='.first_failure_secs // .errors.first_at_secs // null'
+LOAD_JQ_ELAPSED_SECS='.elapsed_secs // .duration_secs'
+LOAD_JQ_LATENCY_MEAN_MS='.latency.mean_ms // (.latency.mean_us / 1000)'
+# ---------------------------------------------------------------------------------------
+
+PORTLAB=${1:-target/debug/portlab}
+CLIENT=${CLIENT:-python}
+FRACTION_TOLERANCE_POINTS=2
+FIRST_FAILURE_REL=0.10
+FIRST_FAILURE_ABS_SECS=0.2
+
+# name range_size concurrency policy tw_reuse tw_reuse_delay_ms destinations requests
+GRID=(
+  "drop-r1000-c1-reuse0        1000 1 drop       0 1000 1 3000"
+  "drop-r500-c4-reuse0-2dst     500 4 drop       0 1000 2 3000"
+  "drop-r4000-c8-reuse0        4000 8 drop       0 1000 1 6000"
+  "close-r1000-c4-reuse0       1000 4 close      0 1000 1 6000"
+  "keepalive-r500-c8-reuse0     500 8 keep-alive 0 1000 1 6000"
+  "drop-r1000-c2-reuse1        1000 2 drop       1  200 1 40000"
+  "drop-r1000-c4-reuse1-2dst   1000 4 drop       1 1000 2 20000"
+)
+
+die() { echo "model-grid: $*" >&2; exit 2; }
+[[ $EUID -eq 0 ]] || die "needs root (creates network namespaces)"
+command -v jq >/dev/null || die "needs jq"
+command -v python3 >/dev/null || die "needs python3"
+[[ -x $PORTLAB ]] || die "no portlab binary at $PORTLAB (cargo build -p portlab)"
+
+WORK=$(mktemp -d /tmp/model-grid.XXXXXX)
+NAMESPACES=()
+SERVER_PIDS=()
+cleanup() {
+  local pid ns
+  for pid in "${SERVER_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for pid in "${SERVER_PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for ns in "${NAMESPACES[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+  [[ ${KEEP_TMP:-0} == 1 ]] || rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A tiny HTTP/1.1 server: one thread per connection. Policy per request header:
+# "Connection: close" -> the server closes first; otherwise it answers and waits for the
+# client to close (so the client is the active closer for `drop`) or for the next request.
+cat >"$WORK/server.py" <<'PY'
+import socket, sys, threading
+ports_file = sys.argv[1]
+count = int(sys.argv[2])
+RESP_KA = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+RESP_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+def serve(conn):
+    buf = b""
+    try:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                buf += data
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            if b"connection: close" in head.lower():
+                conn.sendall(RESP_CLOSE)
+                return
+            conn.sendall(RESP_KA)
+    except OSError:
+        pass
+    finally:
+        conn.close()
+def accept_loop(ls):
+    while True:
+        conn, _ = ls.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+listeners = []
+for _ in range(count):
+    ls = socket.socket()
+    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    ls.bind(("127.0.0.1", 0))
+    ls.listen(4096)
+    listeners.append(ls)
+with open(ports_file + ".tmp", "w") as f:
+    f.write(" ".join(str(l.getsockname()[1]) for l in listeners))
+import os; os.rename(ports_file + ".tmp", ports_file)
+threads = [threading.Thread(target=accept_loop, args=(l,), daemon=True) for l in listeners]
+for t in threads: t.start()
+for t in threads: t.join()
+PY
+
+# The python client: N attempts shared by C threads; thread w talks to destination w % D
+# (as portlab simulate assigns workers). Prints one JSON object.
+cat >"$WORK/client.py" <<'PY'
+import errno, json, socket, sys, threading, time
+n, c, policy = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+dests = [("127.0.0.1", int(p)) for p in sys.argv[4:]]
+lock = threading.Lock()
+state = {"left": n, "ok": 0, "fail": 0, "other": 0, "first": None, "lat": 0.0, "failt": 0.0}
+hdr = b"close" if policy == "close" else b"keep-alive"
+REQ = b"GET / HTTP/1.1\r\nHost: grid\r\nConnection: " + hdr + b"\r\n\r\n"
+start = time.perf_counter()
+def take():
+    with lock:
+        if state["left"] <= 0:
+            return False
+        state["left"] -= 1
+        return True
+def exchange(s):
+    s.sendall(REQ)
+    buf = b""
+    while not buf.endswith(b"ok"):
+        data = s.recv(4096)
+        if not data:
+            raise ConnectionError("closed early")
+        buf += data
+def worker(w):
+    dst = dests[w % len(dests)]
+    sock = None
+    while take():
+        t0 = time.perf_counter()
+        if sock is None:
+            s = socket.socket()
+            try:
+                s.connect(dst)
+            except OSError as e:
+                t1 = time.perf_counter()
+                s.close()
+                with lock:
+                    if e.errno == errno.EADDRNOTAVAIL:
+                        state["fail"] += 1
+                        state["failt"] += t1 - t0
+                        if state["first"] is None:
+                            state["first"] = t0 - start
+                    else:
+                        state["other"] += 1
+                continue
+            sock = s
+        try:
+            exchange(sock)
+            if policy == "close":
+                while sock.recv(4096):
+                    pass
+        except OSError:
+            with lock:
+                state["other"] += 1
+            sock.close(); sock = None
+            continue
+        if policy != "keep-alive":
+            sock.close(); sock = None
+        t1 = time.perf_counter()
+        with lock:
+            state["ok"] += 1
+            state["lat"] += t1 - t0
+    if sock is not None:
+        sock.close()
+threads = [threading.Thread(target=worker, args=(w,)) for w in range(c)]
+for t in threads: t.start()
+for t in threads: t.join()
+elapsed = time.perf_counter() - start
+print(json.dumps({
+    "successes": state["ok"], "failures": state["fail"], "other_errors": state["other"],
+    "first_failure_secs": state["first"], "elapsed_secs": elapsed,
+    "latency_mean_ms": 1000 * state["lat"] / max(state["ok"], 1),
+    "failed_connect_mean_us": 1e6 * state["failt"] / state["fail"] if state["fail"] else None,
+}))
+PY
+
+# run_measured NS N C POLICY PORT... -> JSON with successes, failures, first_failure_secs,
+# elapsed_secs, latency_mean_ms, failed_connect_mean_us (null if unknown)
+run_measured() {
+  local ns=$1 n=$2 c=$3 policy=$4; shift 4
+  if [[ $CLIENT == python ]]; then
+    ip netns exec "$ns" timeout 300 python3 "$WORK/client.py" "$n" "$c" "$policy" "$@"
+  else
+    local urls=() p
+    for p in "$@"; do urls+=("http://127.0.0.1:$p/"); done
+    ip netns exec "$ns" timeout 300 "$PORTLAB" load "${urls[@]}" -n "$n" -c "$c" \
+      --connection "$policy" --json |
+      jq -c "{successes: ($LOAD_JQ_SUCCESSES), failures: ($LOAD_JQ_FAILURES),
+              first_failure_secs: ($LOAD_JQ_FIRST_FAILURE_SECS),
+              elapsed_secs: ($LOAD_JQ_ELAPSED_SECS),
+              latency_mean_ms: ($LOAD_JQ_LATENCY_MEAN_MS), failed_connect_mean_us: null}"
+  fi
+}
+
+wait_for_file() { # path deadline_secs
+  local i
+  for ((i = 0; i < $2 * 20; i++)); do [[ -s $1 ]] && return 0; sleep 0.05; done
+  return 1
+}
+
+printf '%-28s %9s %9s %7s %9s %9s %7s  %s\n' scenario "lat_ms" "fail_us" \
+  "meas_ff" "pred_ff" "meas_1st" "pred_1st" verdict
+all_ok=1
+idx=0
+for row in "${GRID[@]}"; do
+  read -r name size conc policy reuse delay dests n <<<"$row"
+  idx=$((idx + 1))
+  if [[ -n ${SCENARIOS:-} && " $SCENARIOS " != *" $name "* ]]; then continue; fi
+  ns="pl-grid-$$-$idx"
+  ip netns add "$ns"
+  NAMESPACES+=("$ns")
+  ip -n "$ns" link set lo up
+  low=40000; high=$((low + size - 1))
+  # The server's listeners take their ports by bind(0) from a range of their own first: a
+  # bind()-ed port inside the client's range would be one port fewer for connect()
+  # (research §1.3 rule 2, experiment E2c).
+  ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="20000 20999"
+  ports_file="$WORK/$name.ports"
+  ip netns exec "$ns" python3 "$WORK/server.py" "$ports_file" "$dests" &
+  SERVER_PIDS+=($!)
+  wait_for_file "$ports_file" 10 || die "$name: server did not start"
+  read -r -a ports <"$ports_file" || true
+  ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="$low $high" \
+    net.ipv4.tcp_tw_reuse="$reuse" net.ipv4.tcp_tw_reuse_delay="$delay"
+  measured=$(run_measured "$ns" "$n" "$conc" "$policy" "${ports[@]}")
+  lat_ms=$(jq -r '.latency_mean_ms' <<<"$measured")
+  fail_us=$(jq -r '.failed_connect_mean_us // "null"' <<<"$measured")
+  fail_flag=()
+  [[ $fail_us == null ]] || fail_flag=(--failed-connect-us "${fail_us%.*}")
+  predicted=$("$PORTLAB" simulate --range "$low-$high" --tw-reuse "$reuse" \
+    --tw-reuse-delay-ms "$delay" -c "$conc" --latency "${lat_ms}ms" --connection "$policy" \
+    --destinations "$dests" --loopback -n "$n" "${fail_flag[@]}" --json)
+  [[ $fail_us == null ]] && fail_us=$(jq -r '.simulation.failed_connect_us' <<<"$predicted")
+  verdict=$(jq -rn --argjson m "$measured" --argjson p "$predicted" \
+    --argjson tol "$FRACTION_TOLERANCE_POINTS" --argjson rel "$FIRST_FAILURE_REL" \
+    --argjson abs "$FIRST_FAILURE_ABS_SECS" '
+    ($m.successes + $m.failures) as $att
+    | (if $att > 0 then $m.failures / $att else 0 end) as $mff
+    | ($p.simulation.failure_fraction) as $pff
+    | ($m.first_failure_secs) as $m1 | ($p.simulation.first_failure_secs) as $p1
+    | (((($mff - $pff) * 100) | fabs) <= $tol) as $ok_ff
+    | (if $m1 == null and $p1 == null then true
+       elif $m1 == null or $p1 == null then false
+       else (($m1 - $p1) | fabs) <= ([$abs, $rel * $m1] | max) end) as $ok_1st
+    | [($mff * 100 | . * 100 | round / 100), ($pff * 100 | . * 100 | round / 100),
+       ($m1 // "-"), ($p1 // "-"),
+       (if $ok_ff and $ok_1st then "agree" else "DIFFER" end)] | @tsv')
+  IFS=$'\t' read -r mff pff m1 p1 ok <<<"$verdict"
+  [[ $ok == agree ]] || all_ok=0
+  fmt_secs() { [[ $1 == - ]] && echo - || printf '%.3f' "$1"; }
+  printf '%-28s %9.3f %9.1f %6s%% %8s%% %9s %9s  %s\n' "$name" "$lat_ms" "$fail_us" \
+    "$mff" "$pff" "$(fmt_secs "$m1")" "$(fmt_secs "$p1")" "$ok"
+  [[ ${VERBOSE:-0} == 1 ]] && echo "  measured: $measured"
+  kill "${SERVER_PIDS[-1]}" 2>/dev/null || true
+  wait "${SERVER_PIDS[-1]}" 2>/dev/null || true
+  ip netns del "$ns"
+done
+[[ $all_ok == 1 ]] && exit 0 || exit 1
