@@ -490,8 +490,8 @@ fn render(p: &OsProfile, q: &CapacityQuery, c: &Capacity, paint: Painter) -> Str
             Some(t) => {
                 let _ = writeln!(
                     s,
-                    "  {}   first EADDRNOTAVAIL after {t:.3} s",
-                    paint.bad("exhausted         ")
+                    "  {}             first EADDRNOTAVAIL after {t:.3} s",
+                    paint.bad("exhausted")
                 );
                 let _ = writeln!(
                     s,

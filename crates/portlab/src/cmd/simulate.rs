@@ -266,13 +266,15 @@ fn plot(r: &SimReport, p: &OsProfile, w: &Workload, path: &Path) -> anyhow::Resu
     let caption = format!("portlab simulate — {}, {}", p.os, workload_line(w));
     let mut chart = ChartBuilder::on(&top)
         .caption(caption, ("sans-serif", 16))
-        .margin(10)
+        .margin(20)
         .x_label_area_size(30)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..seconds, 0f64..max_rate * 1.05)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     chart
         .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .y_desc("per second")
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -298,13 +300,15 @@ fn plot(r: &SimReport, p: &OsProfile, w: &Workload, path: &Path) -> anyhow::Resu
         .draw()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut gauges = ChartBuilder::on(&bottom)
-        .margin(10)
+        .margin(20)
         .x_label_area_size(30)
         .y_label_area_size(70)
         .build_cartesian_2d(0f64..seconds, 0f64..max_ports * 1.05)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     gauges
         .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
         .x_desc("second")
         .y_desc("ports")
         .draw()
