@@ -3,19 +3,22 @@
 #
 # For each scenario of a grid (range size, concurrency, connection policy, tcp_tw_reuse,
 # one or two destinations) this script makes a private network namespace with its own
-# sysctls, starts a tiny HTTP server on 127.0.0.1 inside it (two ports = two destinations),
-# runs a real client against it, then runs `portlab simulate` for the same workload and
-# compares:
+# sysctls, starts nginx on 127.0.0.1:8080 (and :8081 = a second destination) inside it, runs
+# a real client against it, then runs `portlab simulate` for the same workload and compares:
 #   - failure fraction (EADDRNOTAVAIL / attempts): must agree within ±2 percentage points;
 #   - first-failure time: within 10 % or 200 ms.
 # The simulator is given what it cannot know in advance, measured in the same run: the mean
-# request latency and the mean time a failed connect() takes.
+# request latency before the first failure (later, workers spinning on EADDRNOTAVAIL contend
+# on the kernel's bind-hash locks and slow the successful connects down, which the simulator
+# does not model) and the mean time a failed connect() takes.
 #
 # Clients:
-#   CLIENT=python (default) — a small python3 client (connect/request/close loops, threads);
-#   CLIENT=load             — `portlab load URL... -n N -c C --connection P --json`.
+#   CLIENT=rust (default) — crates/portlab-model/examples/grid_client.rs (std threads, one
+#                           blocking socket each), built here if missing;
+#   CLIENT=python         — the same loop in python3 (slower, noisier: the GIL);
+#   CLIENT=load           — `portlab load URL... -n N -c C --connection P --json`.
 #
-# Usage: scripts/model-grid.sh [PORTLAB_BIN]       (root; needs ip, python3, jq)
+# Usage: scripts/model-grid.sh [PORTLAB_BIN]       (root; needs ip, nginx, jq, python3)
 #   PORTLAB_BIN defaults to target/debug/portlab (build it first: cargo build -p portlab).
 #   SCENARIOS="name1 name2" limits the grid; KEEP_TMP=1 keeps the work directory.
 # Exit code: 0 when every scenario agrees, 1 otherwise, 2 on a set-up error.
@@ -29,10 +32,12 @@ LOAD_JQ_FAILURES='.errors.addr_not_available // .totals.errors_by_class.AddrNotA
 LOAD_JQ_FIRST_FAILURE_SECS='.first_failure_secs // .errors.first_at_secs // null'
 LOAD_JQ_ELAPSED_SECS='.elapsed_secs // .duration_secs'
 LOAD_JQ_LATENCY_MEAN_MS='.latency.mean_ms // (.latency.mean_us / 1000)'
+LOAD_JQ_LATENCY_BEFORE_FIRST_FAILURE_MS='null'   # if load reports it; else the mean is used
 # ---------------------------------------------------------------------------------------
 
 PORTLAB=${1:-target/debug/portlab}
-CLIENT=${CLIENT:-python}
+CLIENT=${CLIENT:-rust}
+GRID_CLIENT=${GRID_CLIENT:-target/release/examples/grid_client}
 FRACTION_TOLERANCE_POINTS=2
 FIRST_FAILURE_REL=0.10
 FIRST_FAILURE_ABS_SECS=0.2
@@ -44,7 +49,7 @@ GRID=(
   "drop-r4000-c8-reuse0        4000 8 drop       0 1000 1 6000"
   "close-r1000-c4-reuse0       1000 4 close      0 1000 1 6000"
   "keepalive-r500-c8-reuse0     500 8 keep-alive 0 1000 1 6000"
-  "drop-r1000-c2-reuse1        1000 2 drop       1  200 1 40000"
+  "drop-r1000-c1-reuse1        1000 1 drop       1  500 1 20000"
   "drop-r1000-c4-reuse1-2dst   1000 4 drop       1 1000 2 20000"
 )
 
@@ -52,7 +57,11 @@ die() { echo "model-grid: $*" >&2; exit 2; }
 [[ $EUID -eq 0 ]] || die "needs root (creates network namespaces)"
 command -v jq >/dev/null || die "needs jq"
 command -v python3 >/dev/null || die "needs python3"
+command -v nginx >/dev/null || die "needs nginx (apt-get install nginx)"
 [[ -x $PORTLAB ]] || die "no portlab binary at $PORTLAB (cargo build -p portlab)"
+if [[ $CLIENT == rust && ! -x $GRID_CLIENT ]]; then
+  cargo build -q --release --example grid_client -p portlab-model || die "cannot build grid_client"
+fi
 
 WORK=$(mktemp -d /tmp/model-grid.XXXXXX)
 NAMESPACES=()
@@ -66,60 +75,56 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# A tiny HTTP/1.1 server: one thread per connection. Policy per request header:
-# "Connection: close" -> the server closes first; otherwise it answers and waits for the
-# client to close (so the client is the active closer for `drop`) or for the next request.
-cat >"$WORK/server.py" <<'PY'
-import socket, sys, threading
-ports_file = sys.argv[1]
-count = int(sys.argv[2])
-RESP_KA = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-RESP_CLOSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
-def serve(conn):
-    buf = b""
-    try:
-        while True:
-            while b"\r\n\r\n" not in buf:
-                data = conn.recv(4096)
-                if not data:
-                    return
-                buf += data
-            head, _, buf = buf.partition(b"\r\n\r\n")
-            if b"connection: close" in head.lower():
-                conn.sendall(RESP_CLOSE)
-                return
-            conn.sendall(RESP_KA)
-    except OSError:
-        pass
-    finally:
-        conn.close()
-def accept_loop(ls):
-    while True:
-        conn, _ = ls.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-listeners = []
-for _ in range(count):
-    ls = socket.socket()
-    ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    ls.bind(("127.0.0.1", 0))
-    ls.listen(4096)
-    listeners.append(ls)
-with open(ports_file + ".tmp", "w") as f:
-    f.write(" ".join(str(l.getsockname()[1]) for l in listeners))
-import os; os.rename(ports_file + ".tmp", ports_file)
-threads = [threading.Thread(target=accept_loop, args=(l,), daemon=True) for l in listeners]
-for t in threads: t.start()
-for t in threads: t.join()
-PY
+# nginx inside the namespace. Fixed ports are safe here: the namespace is private, and 8080 /
+# 8081 lie outside the client's range (a bind()-ed port inside it would be one port fewer for
+# connect(): research §1.3 rule 2, experiment E2c). nginx answers keep-alive requests and
+# waits for the client to close (so `drop` leaves TIME_WAIT on the client); on
+# "Connection: close" it closes first (TIME_WAIT on the server, research D3).
+start_nginx() { # ns dir dests
+  local ns=$1 dir=$2 dests=$3 listen="listen 127.0.0.1:8080;"
+  [[ $dests == 2 ]] && listen+=" listen 127.0.0.1:8081;"
+  mkdir -p "$dir/logs"
+  cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+daemon off;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+worker_rlimit_nofile 70000;
+events { worker_connections 65000; }
+http {
+  access_log off;
+  client_body_temp_path $dir/body;
+  proxy_temp_path $dir/proxy;
+  fastcgi_temp_path $dir/fastcgi;
+  uwsgi_temp_path $dir/uwsgi;
+  scgi_temp_path $dir/scgi;
+  keepalive_requests 10000000;
+  keepalive_timeout 120s;
+  server { $listen default_type text/plain; location / { return 200 "ok"; } }
+}
+CONF
+  ip netns exec "$ns" nginx -p "$dir" -c "$dir/nginx.conf" &
+  SERVER_PIDS+=($!)
+}
+
+wait_for_listeners() { # ns count
+  local i
+  for ((i = 0; i < 200; i++)); do
+    [[ $(ip netns exec "$1" ss -Hltn 'sport >= :8080 and sport <= :8081' | wc -l) -ge $2 ]] && return 0
+    sleep 0.05
+  done
+  return 1
+}
 
 # The python client: N attempts shared by C threads; thread w talks to destination w % D
 # (as portlab simulate assigns workers). Prints one JSON object.
 cat >"$WORK/client.py" <<'PY'
 import errno, json, socket, sys, threading, time
 n, c, policy = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-dests = [("127.0.0.1", int(p)) for p in sys.argv[4:]]
+dests = [(a.rsplit(":", 1)[0], int(a.rsplit(":", 1)[1])) for a in sys.argv[4:]]
 lock = threading.Lock()
-state = {"left": n, "ok": 0, "fail": 0, "other": 0, "first": None, "lat": 0.0, "failt": 0.0}
+state = {"left": n, "ok": 0, "fail": 0, "other": 0, "first": None, "lat": 0.0, "failt": 0.0,
+         "ok0": 0, "lat0": 0.0}
 hdr = b"close" if policy == "close" else b"keep-alive"
 REQ = b"GET / HTTP/1.1\r\nHost: grid\r\nConnection: " + hdr + b"\r\n\r\n"
 start = time.perf_counter()
@@ -175,6 +180,9 @@ def worker(w):
         with lock:
             state["ok"] += 1
             state["lat"] += t1 - t0
+            if state["first"] is None:
+                state["ok0"] += 1
+                state["lat0"] += t1 - t0
     if sock is not None:
         sock.close()
 threads = [threading.Thread(target=worker, args=(w,)) for w in range(c)]
@@ -185,32 +193,31 @@ print(json.dumps({
     "successes": state["ok"], "failures": state["fail"], "other_errors": state["other"],
     "first_failure_secs": state["first"], "elapsed_secs": elapsed,
     "latency_mean_ms": 1000 * state["lat"] / max(state["ok"], 1),
+    "latency_mean_ms_before_first_failure": 1000 * state["lat0"] / max(state["ok0"], 1),
     "failed_connect_mean_us": 1e6 * state["failt"] / state["fail"] if state["fail"] else None,
 }))
 PY
 
-# run_measured NS N C POLICY PORT... -> JSON with successes, failures, first_failure_secs,
+# run_measured NS N C POLICY ADDR:PORT... -> JSON with successes, failures, first_failure_secs,
 # elapsed_secs, latency_mean_ms, failed_connect_mean_us (null if unknown)
 run_measured() {
   local ns=$1 n=$2 c=$3 policy=$4; shift 4
-  if [[ $CLIENT == python ]]; then
+  if [[ $CLIENT == rust ]]; then
+    ip netns exec "$ns" timeout 300 "$GRID_CLIENT" "$n" "$c" "$policy" "$@"
+  elif [[ $CLIENT == python ]]; then
     ip netns exec "$ns" timeout 300 python3 "$WORK/client.py" "$n" "$c" "$policy" "$@"
   else
     local urls=() p
-    for p in "$@"; do urls+=("http://127.0.0.1:$p/"); done
+    for p in "$@"; do urls+=("http://$p/"); done
     ip netns exec "$ns" timeout 300 "$PORTLAB" load "${urls[@]}" -n "$n" -c "$c" \
       --connection "$policy" --json |
       jq -c "{successes: ($LOAD_JQ_SUCCESSES), failures: ($LOAD_JQ_FAILURES),
               first_failure_secs: ($LOAD_JQ_FIRST_FAILURE_SECS),
               elapsed_secs: ($LOAD_JQ_ELAPSED_SECS),
-              latency_mean_ms: ($LOAD_JQ_LATENCY_MEAN_MS), failed_connect_mean_us: null}"
+              latency_mean_ms: ($LOAD_JQ_LATENCY_MEAN_MS),
+              latency_mean_ms_before_first_failure: ($LOAD_JQ_LATENCY_BEFORE_FIRST_FAILURE_MS),
+              failed_connect_mean_us: null}"
   fi
-}
-
-wait_for_file() { # path deadline_secs
-  local i
-  for ((i = 0; i < $2 * 20; i++)); do [[ -s $1 ]] && return 0; sleep 0.05; done
-  return 1
 }
 
 printf '%-28s %9s %9s %7s %9s %9s %7s  %s\n' scenario "lat_ms" "fail_us" \
@@ -226,19 +233,14 @@ for row in "${GRID[@]}"; do
   NAMESPACES+=("$ns")
   ip -n "$ns" link set lo up
   low=40000; high=$((low + size - 1))
-  # The server's listeners take their ports by bind(0) from a range of their own first: a
-  # bind()-ed port inside the client's range would be one port fewer for connect()
-  # (research §1.3 rule 2, experiment E2c).
-  ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="20000 20999"
-  ports_file="$WORK/$name.ports"
-  ip netns exec "$ns" python3 "$WORK/server.py" "$ports_file" "$dests" &
-  SERVER_PIDS+=($!)
-  wait_for_file "$ports_file" 10 || die "$name: server did not start"
-  read -r -a ports <"$ports_file" || true
   ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="$low $high" \
     net.ipv4.tcp_tw_reuse="$reuse" net.ipv4.tcp_tw_reuse_delay="$delay"
+  start_nginx "$ns" "$WORK/$name" "$dests"
+  wait_for_listeners "$ns" "$dests" || die "$name: nginx did not start (see $WORK/$name/logs)"
+  ports=(127.0.0.1:8080)
+  [[ $dests == 2 ]] && ports+=(127.0.0.1:8081)
   measured=$(run_measured "$ns" "$n" "$conc" "$policy" "${ports[@]}")
-  lat_ms=$(jq -r '.latency_mean_ms' <<<"$measured")
+  lat_ms=$(jq -r '.latency_mean_ms_before_first_failure // .latency_mean_ms' <<<"$measured")
   fail_us=$(jq -r '.failed_connect_mean_us // "null"' <<<"$measured")
   fail_flag=()
   [[ $fail_us == null ]] || fail_flag=(--failed-connect-us "${fail_us%.*}")
