@@ -44,6 +44,12 @@ enum Command {
     /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
     /// with an upstream connection pool.
     Proxy(cmd::proxy::Args),
+    /// Capacity arithmetic for an OS profile: ports per pool, sustainable connections/s, time
+    /// to exhaustion and failure fraction for a churn, beside the folk formula ports/TIME_WAIT.
+    Model(cmd::model::Args),
+    /// Simulate a workload against an OS's port allocator (deterministic, seeded): per-second
+    /// timeline, totals, first failure; text, JSON or an SVG plot.
+    Simulate(cmd::simulate::Args),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +63,8 @@ fn main() -> ExitCode {
         Command::Load(args) => cmd::load::run(*args),
         Command::Serve(args) => cmd::serve::run(args),
         Command::Proxy(args) => cmd::proxy::run(args),
+        Command::Model(args) => cmd::model::run(args),
+        Command::Simulate(args) => cmd::simulate::run(args),
     };
     match result {
         Ok(code) => code,

@@ -5,3 +5,6 @@ pub mod load;
 pub mod ports;
 pub mod proxy;
 pub mod serve;
+pub mod model;
+pub mod ports;
+pub mod simulate;

@@ -1,0 +1,338 @@
+//! `portlab simulate`: a deterministic discrete-event simulation of the client's port pools
+//! for a workload (timeline, totals, first failure), with the closed-form prediction beside
+//! it, as text, JSON or an SVG plot.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use portlab_model::{
+    capacity, simulate, Capacity, CapacityQuery, LoadShape, OsProfile, SimReport, Workload,
+};
+use serde::Serialize;
+
+use super::model::{
+    build_profile, build_workload, group, parse_duration, profile_line, workload_line, ProfileArgs,
+    WorkloadArgs,
+};
+use crate::exit::usage;
+use crate::style::Painter;
+
+/// Flags of `portlab simulate`.
+#[derive(Debug, clap::Args)]
+#[command(after_long_help = SIMULATE_JSON_HELP)]
+pub struct Args {
+    #[command(flatten)]
+    pub profile: ProfileArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// Stop after N attempts (first tries and retries each count once).
+    #[arg(short = 'n', long, value_name = "N")]
+    pub requests: Option<u64>,
+    /// Stop starting attempts after this simulated time (e.g. 30s, 10m).
+    #[arg(short = 'd', long, value_name = "DURATION")]
+    pub duration: Option<String>,
+    /// Open loop: Poisson arrivals instead of evenly spaced ones.
+    #[arg(long, requires = "rate")]
+    pub poisson: bool,
+    /// Seed of the random choices (latency samples, Poisson arrivals).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Print the whole per-second timeline (default: the first and last seconds).
+    #[arg(long)]
+    pub timeline: bool,
+    /// Write the timeline as an SVG chart to FILE.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Print JSON instead of the text report.
+    #[arg(long)]
+    pub json: bool,
+}
+
+const SIMULATE_JSON_HELP: &str = "\
+JSON (--json): {\"profile\": {..as in portlab model..}, \"workload\": {shape{kind, concurrency |
+rate_per_sec, poisson}, latency{kind, ..us}, policy, destinations, source_ips, loopback,
+retry{retries, backoff_ms}, failed_connect_us, limit{max_attempts, duration_secs}},
+\"prediction\": {..capacity as in portlab model..}, \"simulation\": {seed, pools, ports_per_pool,
+totals{attempts, successes, addr_not_available, connects, requests_failed, time_wait_recycled,
+time_wait_overflow, time_wait_evicted}, failure_fraction, first_failure_secs, peak_time_wait,
+peak_pool_in_use, elapsed_secs, events, truncated, timeline[{second, attempts, successes,
+addr_not_available, time_wait, ports_in_use}]}}";
+
+#[derive(Serialize)]
+struct SimulateJson<'a> {
+    profile: &'a OsProfile,
+    workload: &'a Workload,
+    prediction: &'a Capacity,
+    simulation: &'a SimReport,
+}
+
+/// Runs `portlab simulate`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let profile = build_profile(&args.profile)?;
+    let Some(mut workload) = build_workload(&args.workload)? else {
+        return Err(usage(
+            "give a workload: -c N (closed loop) or --rate N (open loop)",
+        ));
+    };
+    if let LoadShape::Open { poisson, .. } = &mut workload.shape {
+        *poisson = args.poisson;
+    }
+    workload.limit.max_attempts = args.requests;
+    workload.limit.duration = args
+        .duration
+        .as_deref()
+        .map(|d| parse_duration(d, "s"))
+        .transpose()
+        .map_err(|e| usage(format!("--duration: {e}")))?;
+    if workload.limit.max_attempts.is_none() && workload.limit.duration.is_none() {
+        return Err(usage("give a limit: -n N attempts or --duration 30s"));
+    }
+    let report = simulate(&profile, &workload, args.seed).map_err(|e| usage(e.to_string()))?;
+    let prediction = capacity(&profile, &CapacityQuery::from_workload(&workload));
+    if let Some(path) = &args.plot {
+        plot(&report, &profile, &workload, path)
+            .with_context(|| format!("writing plot {}", path.display()))?;
+    }
+    if args.json {
+        let out = SimulateJson {
+            profile: &profile,
+            workload: &workload,
+            prediction: &prediction,
+            simulation: &report,
+        };
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print!(
+            "{}",
+            render(
+                &profile,
+                &workload,
+                &prediction,
+                &report,
+                args.timeline,
+                Painter::for_stdout()
+            )
+        );
+        if let Some(path) = &args.plot {
+            println!("plot written to {}", path.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render(
+    p: &OsProfile,
+    w: &Workload,
+    c: &Capacity,
+    r: &SimReport,
+    full_timeline: bool,
+    paint: Painter,
+) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let t = &r.totals;
+    let _ = writeln!(s, "{}", paint.heading("portlab simulate"));
+    let _ = writeln!(s, "  profile   {}", profile_line(p));
+    let _ = writeln!(s, "  workload  {}", workload_line(w));
+    let _ = writeln!(
+        s,
+        "  run       {} pool(s) of {} ports, seed {}, {:.3} s simulated, {} events{}",
+        r.pools,
+        group(u64::from(r.ports_per_pool)),
+        r.seed,
+        r.elapsed_secs,
+        group(r.events),
+        if r.truncated {
+            paint.warn(" (truncated at 7 days)")
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(s, "\n{}", paint.heading("Totals"));
+    let fails = format!(
+        "{} ({:.2} %)",
+        group(t.addr_not_available),
+        r.failure_fraction * 100.0
+    );
+    let _ = writeln!(
+        s,
+        "  attempts {}   successes {}   EADDRNOTAVAIL {}",
+        group(t.attempts),
+        group(t.successes),
+        if t.addr_not_available > 0 {
+            paint.bad(&fails)
+        } else {
+            paint.good(&fails)
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  new connections {}   requests failed after retries {}   TIME_WAIT recycled {}",
+        group(t.connects),
+        group(t.requests_failed),
+        group(t.time_wait_recycled)
+    );
+    if t.time_wait_overflow + t.time_wait_evicted > 0 {
+        let _ = writeln!(
+            s,
+            "  TIME_WAIT overflow {}   evicted {}",
+            group(t.time_wait_overflow),
+            group(t.time_wait_evicted)
+        );
+    }
+    let first = r
+        .first_failure_secs
+        .map_or_else(|| "none".to_string(), |f| format!("{f:.3} s"));
+    let _ = writeln!(
+        s,
+        "  first failure {first}   peak TIME_WAIT {}   busiest pool {} / {} ports",
+        group(r.peak_time_wait),
+        group(u64::from(r.peak_pool_in_use)),
+        group(u64::from(r.ports_per_pool))
+    );
+    if let Some(ch) = &c.churn {
+        let predicted = ch
+            .time_to_exhaustion_secs
+            .map_or_else(|| "none".to_string(), |t| format!("{t:.3} s"));
+        let _ = writeln!(
+            s,
+            "  closed form: first failure {predicted}, steady-state failure fraction {:.2} %",
+            ch.steady_state_failure_fraction * 100.0
+        );
+    }
+    let _ = writeln!(s, "\n{}", paint.heading("Timeline"));
+    let _ = writeln!(
+        s,
+        "  {:>6} {:>12} {:>12} {:>14} {:>10} {:>10}",
+        "second", "attempts", "successes", "EADDRNOTAVAIL", "TIME_WAIT", "in use"
+    );
+    let rows = &r.timeline;
+    let shown: Vec<usize> = if full_timeline || rows.len() <= 12 {
+        (0..rows.len()).collect()
+    } else {
+        (0..6).chain(rows.len() - 6..rows.len()).collect()
+    };
+    let mut last = None;
+    for i in shown {
+        if last.is_some_and(|l: usize| i > l + 1) {
+            let _ = writeln!(s, "  {:>6}", paint.dim("..."));
+        }
+        last = Some(i);
+        let row = &rows[i];
+        let _ = writeln!(
+            s,
+            "  {:>6} {:>12} {:>12} {:>14} {:>10} {:>10}",
+            row.second,
+            group(row.attempts),
+            group(row.successes),
+            group(row.addr_not_available),
+            group(row.time_wait),
+            group(row.ports_in_use)
+        );
+    }
+    s
+}
+
+/// A plotted line: legend name, colour, and the value it takes from each second.
+type Series = (
+    &'static str,
+    plotters::style::RGBColor,
+    fn(&portlab_model::SecondSample) -> u64,
+);
+
+/// Draws the timeline: request rates on top, TIME_WAIT and ports in use below.
+fn plot(r: &SimReport, p: &OsProfile, w: &Workload, path: &Path) -> anyhow::Result<()> {
+    use plotters::prelude::*;
+
+    let root = SVGBackend::new(path, (1000, 720)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (top, bottom) = root.split_vertically(360);
+    let seconds = r.timeline.len().max(1) as f64;
+    let max_rate = r
+        .timeline
+        .iter()
+        .map(|s| s.attempts)
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let max_ports = r
+        .timeline
+        .iter()
+        .map(|s| s.ports_in_use.max(s.time_wait))
+        .max()
+        .unwrap_or(0)
+        .max(1) as f64;
+    let caption = format!("portlab simulate — {}, {}", p.os, workload_line(w));
+    let mut chart = ChartBuilder::on(&top)
+        .caption(caption, ("sans-serif", 16))
+        .margin(20)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..seconds, 0f64..max_rate * 1.05)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    chart
+        .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .y_desc("per second")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let series: [Series; 3] = [
+        ("attempts", BLUE, |s| s.attempts),
+        ("successes", GREEN, |s| s.successes),
+        ("EADDRNOTAVAIL", RED, |s| s.addr_not_available),
+    ];
+    for (name, color, get) in series {
+        chart
+            .draw_series(LineSeries::new(
+                r.timeline.iter().map(|s| (s.second as f64, get(s) as f64)),
+                color,
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut gauges = ChartBuilder::on(&bottom)
+        .margin(20)
+        .x_label_area_size(30)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0f64..seconds, 0f64..max_ports * 1.05)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    gauges
+        .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .x_desc("second")
+        .y_desc("ports")
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let gauge_series: [Series; 2] = [
+        ("TIME_WAIT", MAGENTA, |s| s.time_wait),
+        ("ports in use", BLACK, |s| s.ports_in_use),
+    ];
+    for (name, color, get) in gauge_series {
+        gauges
+            .draw_series(LineSeries::new(
+                r.timeline.iter().map(|s| (s.second as f64, get(s) as f64)),
+                color,
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .label(name)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    }
+    gauges
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(())
+}
