@@ -2,9 +2,8 @@
 
 pub mod doctor;
 pub mod load;
+pub mod model;
 pub mod ports;
 pub mod proxy;
 pub mod serve;
-pub mod model;
-pub mod ports;
 pub mod simulate;
