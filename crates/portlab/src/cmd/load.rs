@@ -10,6 +10,7 @@ use anyhow::Context;
 use base64::Engine as _;
 use portlab_load::{ConnectionPolicy, LoadConfig, LoadReport, Progress, RateLimit};
 
+use crate::cmd::load_telemetry::{self, Telemetry};
 use crate::exit;
 use crate::style::Painter;
 
@@ -120,21 +121,43 @@ pub struct Args {
     /// Same as -o json.
     #[arg(long = "json")]
     pub json: bool,
+    /// Port-pool telemetry, diagnosis and plot.
+    #[command(flatten)]
+    pub telemetry: crate::cmd::load_telemetry::TelemetryArgs,
+}
+
+/// The JSON document: the engine's report, plus `telemetry` (sampler, joined timeline,
+/// diagnosis).
+#[derive(serde::Serialize)]
+struct RunOutput<'a> {
+    #[serde(flatten)]
+    report: &'a LoadReport,
+    telemetry: &'a load_telemetry::TelemetryReport,
 }
 
 /// Runs `portlab load`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let json = args.json || args.output == OutputArg::Json;
+    let telemetry_args = args.telemetry.clone();
     let config = build_config(args)?;
     let plan = config.validate().map_err(|e| exit::usage(e.to_string()))?;
+    let (telemetry, note) = Telemetry::start(&telemetry_args, &plan)?;
     let mut bar = ProgressBar::new(&plan.config);
     let report = portlab_load::run(&plan, &mut |p| bar.update(p)).context("running the load")?;
     bar.finish();
+    let telemetry = telemetry.finish(&report, note);
+    if let Some(path) = &telemetry_args.plot {
+        load_telemetry::write_plot(path, &report, &telemetry)?;
+    }
     if json {
-        let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
+        let combined = RunOutput { report: &report, telemetry: &telemetry };
+        let text = serde_json::to_string_pretty(&combined).context("serializing the report")?;
         println!("{text}");
     } else {
-        print!("{}", render_text(&report, Painter::for_stdout()));
+        let painter = Painter::for_stdout();
+        let mut text = render_text(&report, painter);
+        load_telemetry::push_text(&mut text, &telemetry, painter);
+        print!("{text}");
     }
     Ok(if report.summary.failed > 0 {
         ExitCode::from(exit::FAILURE)

@@ -2,6 +2,7 @@
 
 pub mod doctor;
 pub mod load;
+pub mod load_telemetry;
 pub mod model;
 pub mod ports;
 pub mod proxy;
