@@ -131,6 +131,8 @@ where
     DB::ErrorType: 'static,
 {
     let y_top = (y_max * 1.1).max(1.0);
+    // Short runs: tenths of a second on the axis, and dots so single points show.
+    let fine = seconds <= 10.0;
     let mut chart = ChartBuilder::on(area)
         .margin(15)
         .x_label_area_size(35)
