@@ -142,7 +142,13 @@ where
         .configure_mesh()
         .x_desc("seconds since start")
         .y_desc(y_desc)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&|x| {
+            if fine {
+                format!("{x:.1}")
+            } else {
+                format!("{x:.0}")
+            }
+        })
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     for s in series {
@@ -156,6 +162,9 @@ where
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
+        if s.points.len() <= 60 {
+            chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+        }
     }
     if let Some((label, value)) = ceiling {
         let color = colors::CEILING;
