@@ -7,7 +7,7 @@
 //!   TCP socket counts, O(1) to read (net/ipv4/proc.c `sockstat_seq_show()`);
 //! - the socket table filtered in the kernel to the destinations (inet_diag bytecode) and the
 //!   counters: every tick while that is cheap, and otherwise no more often than keeps its time
-//!   under [`DUMP_BUDGET_FRACTION`] of one core. A dump costs the kernel about a microsecond
+//!   under [`DUMP_BUDGET_FRACTION`] of one core (2 %). A dump costs the kernel about a microsecond
 //!   per matching socket, so at 50,000 sockets a 10 Hz dump would take half a core.
 
 use std::collections::HashMap;
@@ -80,7 +80,7 @@ impl DestinationCounts {
 
 /// Share of one core the detailed dumps may use: the dump interval stretches to
 /// `dump time / DUMP_BUDGET_FRACTION` when dumps are slow.
-pub const DUMP_BUDGET_FRACTION: f64 = 0.01;
+pub const DUMP_BUDGET_FRACTION: f64 = 0.02;
 
 /// The namespace-wide TCP socket counts of `/proc/net/sockstat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -134,6 +134,23 @@ pub struct SecondSample {
     pub counters: Counters,
 }
 
+/// One detailed sample, kept for plots at sub-second resolution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct TickSample {
+    /// Time since the sampler started, ms.
+    pub at_ms: u64,
+    /// TIME_WAIT sockets to the destinations.
+    pub time_wait: u64,
+    /// ESTABLISHED sockets to the destinations.
+    pub established: u64,
+    /// Ports in use in the fullest pool.
+    pub pool_ports_in_use: u64,
+}
+
+/// Most detailed samples kept in [`SamplerReport::series`]; beyond it every other one is
+/// dropped and the stride doubles, so memory stays flat and the whole run stays covered.
+pub const MAX_TICKS: usize = 1024;
+
 /// What the sampler saw over its life.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SamplerReport {
@@ -150,6 +167,8 @@ pub struct SamplerReport {
     pub max_dump_gap_ms: u64,
     /// Per-second maxima, in order.
     pub seconds: Vec<SecondSample>,
+    /// Detailed samples at their own times (at most [`MAX_TICKS`], evenly thinned on long runs).
+    pub series: Vec<TickSample>,
     /// Maxima over the whole run (towards the destinations).
     pub peak: DestinationCounts,
     /// Namespace-wide maxima over the whole run (sockstat).
@@ -219,6 +238,7 @@ impl Sampler {
             ticks: 0,
             max_dump_gap_ms: 0,
             seconds: Vec::new(),
+            series: Vec::new(),
             peak: DestinationCounts::default(),
             netns_peak: SockStat::default(),
             pool_full_at_ms: None,
@@ -239,6 +259,8 @@ struct SamplerState {
     busy: Duration,
     next_dump: Instant,
     last_dump: Option<Instant>,
+    /// Keep one detailed sample in `tick_stride` for `report.series`.
+    tick_stride: u64,
 }
 
 impl SamplerState {
@@ -250,6 +272,7 @@ impl SamplerState {
             ticks: 0,
             max_dump_gap_ms: 0,
             seconds: Vec::new(),
+            series: Vec::new(),
             peak: DestinationCounts::default(),
             netns_peak: SockStat::default(),
             pool_full_at_ms: None,
@@ -267,6 +290,7 @@ impl SamplerState {
             busy: Duration::ZERO,
             next_dump: start,
             last_dump: None,
+            tick_stride: 1,
         }
     }
 
@@ -364,6 +388,23 @@ impl SamplerState {
         let counts = counts.unwrap_or_default();
         if detailed == 1 {
             report.samples += 1;
+            if (report.samples - 1).is_multiple_of(self.tick_stride) {
+                if report.series.len() == MAX_TICKS {
+                    // Thin evenly: keep every other sample, take every other from now on.
+                    let mut i = 0;
+                    report.series.retain(|_| {
+                        i += 1;
+                        i % 2 == 1
+                    });
+                    self.tick_stride *= 2;
+                }
+                report.series.push(TickSample {
+                    at_ms,
+                    time_wait: counts.time_wait,
+                    established: counts.established,
+                    pool_ports_in_use: counts.max_pool_ports_in_use,
+                });
+            }
             report.peak.max_with(&counts);
             if report.pool_full_at_ms.is_none()
                 && self.config.pool_size > 0
@@ -471,5 +512,37 @@ mod tests {
         assert_eq!(r.seconds[1].max.time_wait, 2);
         assert_eq!(r.peak.time_wait, 5);
         assert_eq!(r.pool_full_at_ms, Some(900));
+        assert_eq!(r.series.len(), 4);
+        assert_eq!(r.series[2].at_ms, 900);
+        assert_eq!(r.series[2].pool_ports_in_use, 10);
+    }
+
+    #[test]
+    fn ticks_stay_bounded_and_cover_the_run() {
+        let config = SamplerConfig {
+            destinations: vec![],
+            interval: Duration::from_millis(1),
+            pool_size: 0,
+        };
+        let mut state = SamplerState::new(config, Counters::default(), Instant::now());
+        for i in 0..10 * MAX_TICKS as u64 {
+            let counts = DestinationCounts {
+                time_wait: i,
+                ..DestinationCounts::default()
+            };
+            state.record(i, Some(counts), SockStat::default());
+        }
+        let ticks = &state.report.series;
+        assert!(
+            ticks.len() <= MAX_TICKS && ticks.len() >= MAX_TICKS / 2,
+            "{}",
+            ticks.len()
+        );
+        assert_eq!(ticks[0].at_ms, 0);
+        assert!(
+            ticks.last().map_or(0, |t| t.at_ms) >= 9 * MAX_TICKS as u64,
+            "covers the end"
+        );
+        assert!(ticks.windows(2).all(|w| w[0].at_ms < w[1].at_ms));
     }
 }

@@ -131,6 +131,8 @@ where
     DB::ErrorType: 'static,
 {
     let y_top = (y_max * 1.1).max(1.0);
+    // Short runs: tenths of a second on the axis, and dots so single points show.
+    let fine = seconds <= 10.0;
     let mut chart = ChartBuilder::on(area)
         .margin(15)
         .x_label_area_size(35)
@@ -140,7 +142,13 @@ where
         .configure_mesh()
         .x_desc("seconds since start")
         .y_desc(y_desc)
-        .x_label_formatter(&|x| format!("{x:.0}"))
+        .x_label_formatter(&|x| {
+            if fine {
+                format!("{x:.1}")
+            } else {
+                format!("{x:.0}")
+            }
+        })
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     for s in series {
@@ -154,6 +162,9 @@ where
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
+        if s.points.len() <= 60 {
+            chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled())))?;
+        }
     }
     if let Some((label, value)) = ceiling {
         let color = colors::CEILING;
