@@ -9,7 +9,6 @@
 
 mod cmd;
 mod exit;
-#[allow(dead_code)] // used by load, simulate and reproduce as they land
 mod plot;
 mod render;
 mod serving;

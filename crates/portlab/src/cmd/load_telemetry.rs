@@ -251,13 +251,11 @@ fn evidence(
 /// When the file cannot be written.
 pub fn write_plot(path: &std::path::Path, report: &LoadReport, t: &TelemetryReport) -> anyhow::Result<()> {
     let tl = &t.timeline;
-    let gauge = |name: &str, color, get: fn(&JoinedSecond) -> Option<u64>| Series {
+    let series = t.sampler.as_ref().map_or(&[][..], |s| &s.series[..]);
+    let gauge = |name: &str, color, get: fn(&portlab_sockets::TickSample) -> u64| Series {
         name: name.to_string(),
         color,
-        points: tl
-            .iter()
-            .filter_map(|s| get(s).map(|v| (s.second as f64, v as f64)))
-            .collect(),
+        points: series.iter().map(|x| (x.at_ms as f64 / 1000.0, get(x) as f64)).collect(),
     };
     let first_failure = tl.iter().find(|s| s.failed > 0).map(|s| s.second as f64);
     let timeline = Timeline {
@@ -273,8 +271,8 @@ pub fn write_plot(path: &std::path::Path, report: &LoadReport, t: &TelemetryRepo
             Series::per_second("new connections / s", colors::ATTEMPTS, tl.iter().map(|s| s.new_connections)),
         ],
         gauges: vec![
-            gauge("TIME_WAIT to target", colors::TIME_WAIT, |s| s.time_wait),
-            gauge("ESTABLISHED to target", colors::ESTABLISHED, |s| s.established),
+            gauge("TIME_WAIT to target", colors::TIME_WAIT, |x| x.time_wait),
+            gauge("ESTABLISHED to target", colors::ESTABLISHED, |x| x.established),
         ],
         ceiling: Some((format!("pool size {}", t.pool_size), t.pool_size as f64)),
         marker: first_failure.map(|s| ("first failure".to_string(), s)),
