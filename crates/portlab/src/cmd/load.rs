@@ -141,9 +141,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let telemetry_args = args.telemetry.clone();
     let config = build_config(args)?;
     let plan = config.validate().map_err(|e| exit::usage(e.to_string()))?;
-    let (telemetry, note) = Telemetry::start(&telemetry_args, &plan)?;
+    let (mut telemetry, note) = Telemetry::start(&telemetry_args, &plan)?;
     let mut bar = ProgressBar::new(&plan.config);
-    let report = portlab_load::run(&plan, &mut |p| bar.update(p)).context("running the load")?;
+    let report = portlab_load::run(&plan, &mut |p| {
+        bar.update(p);
+        telemetry.on_progress(p);
+    })
+    .context("running the load")?;
     bar.finish();
     let telemetry = telemetry.finish(&report, note);
     if let Some(path) = &telemetry_args.plot {

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use portlab_diagnose::{diagnose, Evidence, FailureCounts, Finding, Policy, PoolEvidence, RunEvidence};
-use portlab_load::{ConnectionPolicy, ErrorClass, LoadReport, Plan};
+use portlab_load::{ConnectionPolicy, ErrorClass, LoadReport, Plan, Progress};
 use portlab_sockets::{PortPoolSettings, Sampler, SamplerConfig, SamplerReport};
 use serde::Serialize;
 
@@ -47,6 +47,61 @@ pub struct Telemetry {
     settings: PortPoolSettings,
     destinations: Vec<SocketAddr>,
     sampler: Option<Sampler>,
+    progress: ProgressSeries,
+}
+
+/// Cumulative progress points (about ten a second from the engine's progress callback),
+/// thinned evenly past [`MAX_PROGRESS_POINTS`] so memory stays flat: the sub-second view of
+/// requests ok/failed for plots and the time of the first failure.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ProgressSeries {
+    /// (ms since start, requests done, of which failed).
+    pub points: Vec<(u64, u64, u64)>,
+    #[serde(skip)]
+    stride: u64,
+    #[serde(skip)]
+    seen: u64,
+}
+
+/// Most points kept in a [`ProgressSeries`].
+pub const MAX_PROGRESS_POINTS: usize = 1024;
+
+impl ProgressSeries {
+    /// Records one progress callback.
+    pub fn push(&mut self, p: &Progress) {
+        let stride = self.stride.max(1);
+        self.seen += 1;
+        if !(self.seen - 1).is_multiple_of(stride) {
+            return;
+        }
+        if self.points.len() == MAX_PROGRESS_POINTS {
+            let mut i = 0;
+            self.points.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            self.stride = stride * 2;
+        }
+        self.points.push((p.elapsed.as_millis() as u64, p.done, p.failed));
+    }
+
+    /// Time of the first point that counts a failure, ms.
+    pub fn first_failure_ms(&self) -> Option<u64> {
+        self.points.iter().find(|p| p.2 > 0).map(|p| p.0)
+    }
+
+    /// Rates between consecutive points: (second, ok per second, failed per second).
+    fn rates(&self) -> Vec<(f64, f64, f64)> {
+        self.points
+            .windows(2)
+            .filter_map(|w| {
+                let dt = w[1].0.checked_sub(w[0].0).filter(|d| *d > 0)? as f64 / 1000.0;
+                let failed = w[1].2.saturating_sub(w[0].2) as f64;
+                let done = w[1].1.saturating_sub(w[0].1) as f64;
+                Some((w[1].0 as f64 / 1000.0, (done - failed).max(0.0) / dt, failed / dt))
+            })
+            .collect()
+    }
 }
 
 /// One second of the joined timeline: the load engine's counts and the sampler's maxima.
@@ -89,6 +144,8 @@ pub struct TelemetryReport {
     pub timeline: Vec<JoinedSecond>,
     /// Findings, most severe first.
     pub diagnosis: Vec<Finding>,
+    /// Cumulative requests done/failed about ten times a second.
+    pub progress: ProgressSeries,
 }
 
 impl Telemetry {
@@ -117,7 +174,14 @@ impl Telemetry {
                 }
             }
         };
-        Ok((Telemetry { settings, destinations, sampler }, note))
+        let mut progress = ProgressSeries::default();
+        progress.push(&Progress::default()); // the start: nothing done at 0 ms
+        Ok((Telemetry { settings, destinations, sampler, progress }, note))
+    }
+
+    /// Records one progress callback of the engine.
+    pub fn on_progress(&mut self, p: &Progress) {
+        self.progress.push(p);
     }
 
     /// Stops the sampler, joins timelines and diagnoses the run.
@@ -126,8 +190,18 @@ impl Telemetry {
         let sampler_note = note.or_else(|| sampler.as_ref().and_then(|s| s.error.clone()));
         let pool_size = u64::from(self.settings.usable_ephemeral_ports());
         let timeline = join(report, sampler.as_ref());
-        let evidence = evidence(&self.settings, &self.destinations, report, sampler.as_ref(), pool_size);
+        let mut evidence =
+            evidence(&self.settings, &self.destinations, report, sampler.as_ref(), pool_size);
+        if let Some(run) = evidence.run.as_mut() {
+            // The progress series places the first failure within about 100 ms.
+            let first = self.progress.first_failure_ms();
+            run.first_failure_ms = first.or(run.first_failure_ms);
+            if run.failures.addr_not_available > 0 && run.failures.total() == run.failures.addr_not_available {
+                run.first_addr_not_available_ms = first.or(run.first_addr_not_available_ms);
+            }
+        }
         TelemetryReport {
+            progress: self.progress,
             pool_size,
             settings: self.settings,
             diagnosis: diagnose(&evidence),
@@ -257,7 +331,17 @@ pub fn write_plot(path: &std::path::Path, report: &LoadReport, t: &TelemetryRepo
         color,
         points: series.iter().map(|x| (x.at_ms as f64 / 1000.0, get(x) as f64)).collect(),
     };
-    let first_failure = tl.iter().find(|s| s.failed > 0).map(|s| s.second as f64);
+    let rates = t.progress.rates();
+    let first_failure = t
+        .progress
+        .first_failure_ms()
+        .map(|ms| ms as f64 / 1000.0)
+        .or_else(|| tl.iter().find(|s| s.failed > 0).map(|s| s.second as f64));
+    let rate_series = |name: &str, color, get: fn(&(f64, f64, f64)) -> f64| Series {
+        name: name.to_string(),
+        color,
+        points: rates.iter().map(|r| (r.0, get(r))).collect(),
+    };
     let timeline = Timeline {
         title: format!(
             "portlab load {} — {} connections, -c {}",
@@ -266,9 +350,8 @@ pub fn write_plot(path: &std::path::Path, report: &LoadReport, t: &TelemetryRepo
             report.settings.concurrency
         ),
         rates: vec![
-            Series::per_second("ok / s", colors::OK, tl.iter().map(|s| s.succeeded)),
-            Series::per_second("failed / s", colors::FAILED, tl.iter().map(|s| s.failed)),
-            Series::per_second("new connections / s", colors::ATTEMPTS, tl.iter().map(|s| s.new_connections)),
+            rate_series("ok / s", colors::OK, |r| r.1),
+            rate_series("failed / s", colors::FAILED, |r| r.2),
         ],
         gauges: vec![
             gauge("TIME_WAIT to target", colors::TIME_WAIT, |x| x.time_wait),
