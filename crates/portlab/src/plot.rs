@@ -18,21 +18,6 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
 }
 
-impl Series {
-    /// A series from per-second values starting at second 0.
-    pub fn per_second(name: &str, color: RGBColor, values: impl IntoIterator<Item = u64>) -> Self {
-        Series {
-            name: name.to_string(),
-            color,
-            points: values
-                .into_iter()
-                .enumerate()
-                .map(|(i, v)| (i as f64, v as f64))
-                .collect(),
-        }
-    }
-}
-
 /// Colours used across portlab's charts.
 pub mod colors {
     use plotters::style::RGBColor;
@@ -40,8 +25,6 @@ pub mod colors {
     pub const OK: RGBColor = RGBColor(34, 139, 34);
     /// Failures.
     pub const FAILED: RGBColor = RGBColor(200, 30, 30);
-    /// Attempts / new connections.
-    pub const ATTEMPTS: RGBColor = RGBColor(40, 90, 200);
     /// TIME_WAIT.
     pub const TIME_WAIT: RGBColor = RGBColor(160, 40, 160);
     /// ESTABLISHED / ports in use.
@@ -94,7 +77,13 @@ fn draw(t: &Timeline, path: &Path) -> Result<(), Box<dyn std::error::Error>> {
     root.fill(&WHITE)?;
     let root = root.titled(&t.title, ("sans-serif", 18))?;
     let (top, bottom) = root.split_vertically(340);
-    let seconds = max_x(&t.rates).max(max_x(&t.gauges)).max(1.0) + 1.0;
+    let last = max_x(&t.rates).max(max_x(&t.gauges));
+    // Room after the last point: a tenth for short runs, a second for long ones.
+    let seconds = if last <= 10.0 {
+        (last * 1.1).max(0.5)
+    } else {
+        last + 1.0
+    };
     let ceiling = t.ceiling.as_ref().map_or(0.0, |c| c.1);
     panel(
         &top,
@@ -206,6 +195,19 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn series(name: &str, color: RGBColor, values: &[f64]) -> Series {
+        let points = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i as f64, *v))
+            .collect();
+        Series {
+            name: name.to_string(),
+            color,
+            points,
+        }
+    }
 
     #[test]
     fn writes_an_svg_with_every_series_named() {
