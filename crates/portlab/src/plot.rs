@@ -216,14 +216,10 @@ mod tests {
         let timeline = Timeline {
             title: "test".into(),
             rates: vec![
-                Series::per_second("ok", colors::OK, [10, 20, 5]),
-                Series::per_second("failed", colors::FAILED, [0, 0, 30]),
+                series("ok", colors::OK, &[10.0, 20.0, 5.0]),
+                series("failed", colors::FAILED, &[0.0, 0.0, 30.0]),
             ],
-            gauges: vec![Series::per_second(
-                "TIME_WAIT",
-                colors::TIME_WAIT,
-                [10, 30, 35],
-            )],
+            gauges: vec![series("TIME_WAIT", colors::TIME_WAIT, &[10.0, 30.0, 35.0])],
             ceiling: Some(("pool size 35".into(), 35.0)),
             marker: Some(("first failure".into(), 1.5)),
         };
