@@ -342,6 +342,12 @@ fn listen_queue_overflow(e: &Evidence) -> Option<Finding> {
     if timeouts > 0 {
         evidence.push(format!("{} connects timed out", int(timeouts)));
     }
+    if response_timeouts > 0 && overflows + drops > 0 {
+        evidence.push(format!(
+            "{} requests timed out waiting for a response: their connection looked open to the client while the server had not accepted it yet",
+            int(response_timeouts)
+        ));
+    }
     if let Some(pool) = &e.pool {
         evidence.push(format!(
             "no port shortage: the fullest pool held {} of {} ports",
@@ -443,6 +449,12 @@ fn server_side(e: &Evidence) -> Option<Finding> {
     }
     if f.addr_not_available == 0 {
         evidence.push("no EADDRNOTAVAIL: the client's port pool was not the problem".to_string());
+    }
+    if e.counters_delta.is_some_and(|c| c.listen_overflows > 0) {
+        evidence.push(
+            "the listen-queue overflow found above explains timeouts: connections the server never accepted"
+                .to_string(),
+        );
     }
     let share = pct(n, run.attempts);
     Some(Finding {
