@@ -311,10 +311,11 @@ fn listen_queue_overflow(e: &Evidence) -> Option<Finding> {
     let counters = e.counters_delta.as_ref();
     let overflows = counters.map_or(0, |c| c.listen_overflows);
     let drops = counters.map_or(0, |c| c.listen_drops);
-    let (slow, timeouts, ana) = e.run.as_ref().map_or((0, 0, 0), |r| {
+    let (slow, timeouts, response_timeouts, ana) = e.run.as_ref().map_or((0, 0, 0, 0), |r| {
         (
             r.slow_connects,
             r.failures.connect_timeout,
+            r.failures.response_timeout,
             r.failures.addr_not_available,
         )
     });
