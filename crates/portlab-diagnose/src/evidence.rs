@@ -106,6 +106,15 @@ impl RunEvidence {
         per_sec(self.connections_opened, self.duration_ms)
     }
 
+    /// Steady-state churn: connections opened beyond the first `concurrency` (which a
+    /// keep-alive pool opens once) per second.
+    pub fn reconnects_per_sec(&self) -> f64 {
+        per_sec(
+            self.connections_opened.saturating_sub(self.concurrency),
+            self.duration_ms,
+        )
+    }
+
     /// Connection attempts per second (opened plus those that failed before connecting).
     pub fn connect_attempts_per_sec(&self) -> f64 {
         let failed_connects = self.failures.addr_not_available

@@ -262,10 +262,11 @@ fn time_wait_pressure(e: &Evidence) -> Option<Finding> {
 
 fn pressure_from_run(e: &Evidence, run: &RunEvidence) -> Option<Finding> {
     let pool = e.pool.as_ref()?;
-    let churn = run.connect_attempts_per_sec();
+    let churn = run.reconnects_per_sec();
     let sustainable = e.sustainable_rate_per_sec();
     let fill = pct(pool.peak_ports_in_use, pool.pool_size);
-    let client_holds_tw = run.policy == Policy::ClientCloses || pool.peak_time_wait > 0;
+    let client_holds_tw =
+        run.policy == Policy::ClientCloses || pool.peak_time_wait * 10 >= pool.pool_size;
     if !(fill >= 50.0 || (client_holds_tw && churn > 0.5 * sustainable)) {
         return None;
     }
@@ -360,7 +361,13 @@ fn listen_queue_overflow(e: &Evidence) -> Option<Finding> {
         "net.core.somaxconn = {} caps every listen() backlog",
         e.settings.somaxconn
     ));
-    let severity = if timeouts > 0 {
+    let failed = timeouts
+        + if overflows + drops > 0 {
+            response_timeouts
+        } else {
+            0
+        };
+    let severity = if failed > 0 {
         Severity::Critical
     } else {
         Severity::Warning
