@@ -140,7 +140,7 @@ fn slow_acceptor_is_listen_queue_overflow_not_exhaustion() {
         .expect("listener");
     let report = load_json(
         &ns,
-        &["--connection", "close", "-n", "30", "-c", "30", "-t", "4s", &["--connection", "close", "-n", "30", "-c", "30", "--connect-timeout", "10s", &url],url],
+        &["--connection", "close", "-n", "30", "-c", "30", "-t", "4s", &url],
     );
     stop.store(true, Ordering::Relaxed);
     let _ = acceptor.join();
