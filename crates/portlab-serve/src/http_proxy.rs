@@ -55,6 +55,9 @@ pub struct HttpProxyConfig {
     pub connect_timeout: Duration,
     /// At most this many client connections at once (`--max-conns`).
     pub max_conns: Option<usize>,
+    /// Close a client connection that sends nothing for this long between or inside request
+    /// heads (`--client-timeout`; nginx's `keepalive_timeout` is 75 s).
+    pub client_idle_timeout: Duration,
 }
 
 impl HttpProxyConfig {
@@ -68,6 +71,7 @@ impl HttpProxyConfig {
             upstream_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_conns: None,
+            client_idle_timeout: Duration::from_secs(60),
         }
     }
 
@@ -82,7 +86,10 @@ impl HttpProxyConfig {
         if self.max_conns == Some(0) {
             return Err(HttpProxyConfigError::MaxConnsZero);
         }
-        if self.upstream_timeout.is_zero() || self.connect_timeout.is_zero() {
+        if self.upstream_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.client_idle_timeout.is_zero()
+        {
             return Err(HttpProxyConfigError::ZeroTimeout);
         }
         Ok(())
@@ -136,6 +143,8 @@ pub struct HttpProxyStats {
     pub bad_requests: u64,
     /// Clients that went away in the middle of a request or response.
     pub client_aborts: u64,
+    /// Client connections closed after `client_idle_timeout` without a complete request head.
+    pub client_timeouts: u64,
     /// Responses cut because the upstream failed after its head was forwarded.
     pub upstream_aborts: u64,
     /// Request body payload bytes forwarded upstream.
@@ -156,6 +165,7 @@ struct Counters {
     gateway_timeout: AtomicU64,
     bad_requests: AtomicU64,
     client_aborts: AtomicU64,
+    client_timeouts: AtomicU64,
     upstream_aborts: AtomicU64,
     request_body_bytes: AtomicU64,
     response_body_bytes: AtomicU64,
@@ -196,8 +206,11 @@ impl HttpProxy {
                 config.pool,
             ),
             upstream_host: config.upstream.to_string(),
-            // A tenth of the timeout, at most 100 ms: 504s come at most 10% late.
-            watchdog: Watchdog::new((config.upstream_timeout / 10).min(Duration::from_millis(100))),
+            // A tenth of the shorter timeout, at most 100 ms: timeouts fire at most 10% late.
+            watchdog: Watchdog::new(
+                (config.upstream_timeout.min(config.client_idle_timeout) / 10)
+                    .min(Duration::from_millis(100)),
+            ),
             config,
             counters: Counters::default(),
         };
@@ -226,6 +239,7 @@ impl HttpProxy {
             gateway_timeout: load(&c.gateway_timeout),
             bad_requests: load(&c.bad_requests),
             client_aborts: load(&c.client_aborts),
+            client_timeouts: load(&c.client_timeouts),
             upstream_aborts: load(&c.upstream_aborts),
             request_body_bytes: load(&c.request_body_bytes),
             response_body_bytes: load(&c.response_body_bytes),
@@ -371,7 +385,13 @@ impl ClientConn<'_> {
                     return Ok(None);
                 }
             }
-            if self.client.read_buf(&mut self.cbuf).await? == 0 {
+            let deadline = Instant::now() + self.shared.config.client_idle_timeout;
+            let read = self.client.read_buf(&mut self.cbuf);
+            let Ok(read) = self.shared.watchdog.deadline(deadline, read).await else {
+                add(&self.shared.counters.client_timeouts, 1);
+                return Ok(None);
+            };
+            if read? == 0 {
                 if !self.cbuf.is_empty() {
                     add(&self.shared.counters.client_aborts, 1);
                 }
