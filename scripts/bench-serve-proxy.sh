@@ -3,12 +3,14 @@
 #   1. nginx (1 worker, access_log off)          vs portlab serve              (need ≥ 0.8)
 #   2. HAProxy mode tcp        → the same nginx  vs portlab proxy --mode tcp   (need ≥ 0.9)
 #   3. HAProxy mode http, http-reuse always → nginx vs portlab proxy --mode http (need ≥ 0.9)
-# Each pair runs ROUNDS times, alternating, and the best requests/s of each side counts.
+# Each pair runs ROUNDS times, alternating, and the best requests/s of each side counts; the
+# CPU each server/proxy process spends per request is printed too (it varies much less than
+# req/s when other work shares the machine).
 # The machine has few cores, so every server or proxy gets one thread (nginx 1 worker,
 # HAProxy nbthread 1, portlab --threads 1) and wrk gets WRK_THREADS threads for every run.
 #
 # Usage: scripts/bench-serve-proxy.sh            (builds target/release/portlab if missing)
-# Env:   PORTLAB=path  DURATION=5s  CONNS=50  WRK_THREADS=2  ROUNDS=2  POOL=64
+# Env:   PORTLAB=path  DURATION=5s  CONNS=50  WRK_THREADS=2  ROUNDS=3  POOL=64
 #        PAIRS="serve tcp http" (a subset runs only those pairs)
 # Exit:  0 when every ratio meets its bar, 1 otherwise, 2 when a tool is missing.
 set -euo pipefail
@@ -16,7 +18,7 @@ set -euo pipefail
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-50}
 WRK_THREADS=${WRK_THREADS:-2}
-ROUNDS=${ROUNDS:-2}
+ROUNDS=${ROUNDS:-3}
 POOL=${POOL:-64}
 PAIRS=${PAIRS:-serve tcp http}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -53,16 +55,36 @@ wait_http() {
     exit 1
 }
 
-# Starts "$@" in the background, records its PID.
+# Starts "$@" in the background, records its PID (also in LAST_PID).
 start() {
     "$@" >"$TMP/$(basename "$1").$RANDOM.log" 2>&1 &
-    PIDS+=("$!")
+    LAST_PID=$!
+    PIDS+=("$LAST_PID")
 }
 
-# Prints the requests/s wrk measured against port $1.
+# CPU time (clock ticks, user + system) of process $1 and its children (nginx's worker).
+cpu_ticks() {
+    local total=0 pid fields
+    for pid in "$1" $(pgrep -P "$1" || true); do
+        fields=$(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) || continue
+        total=$((total + $(awk '{print $12 + $13}' <<<"$fields")))
+    done
+    echo "$total"
+}
+TICKS_PER_SEC=$(getconf CLK_TCK)
+
+# Prints "REQ_PER_SEC CPU_US_PER_REQ": wrk's rate against port $1 and the CPU process $2
+# (with its children) spent per request meanwhile. The CPU cost per request is much less
+# sensitive to other load on the machine than the rate.
 rps() {
-    wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/hello.html" |
-        awk '/^Requests\/sec:/ {print $2}'
+    local before after out
+    before=$(cpu_ticks "$2")
+    out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/hello.html")
+    after=$(cpu_ticks "$2")
+    awk -v cpu=$((after - before)) -v hz="$TICKS_PER_SEC" '
+        /^Requests\/sec:/ {rate = $2}
+        /requests in/ {n = $1}
+        END {printf "%s %.2f\n", rate, (n > 0) ? cpu * 1e6 / hz / n : 0}' <<<"$out"
 }
 
 NGINX=$(free_port) SERVE=$(free_port) HA_TCP=$(free_port) HA_HTTP=$(free_port)
@@ -110,34 +132,46 @@ backend bk_http
 EOF
 
 start nginx -c "$TMP/nginx.conf" -p "$TMP"
+NGINX_PID=$LAST_PID
 start haproxy -f "$TMP/haproxy.cfg" -db
+HA_PID=$LAST_PID
 start "$PORTLAB" serve --listen "127.0.0.1:$SERVE" --threads 1
+SERVE_PID=$LAST_PID
 start "$PORTLAB" proxy --listen "127.0.0.1:$PX_TCP" --connect "127.0.0.1:$NGINX" --threads 1
+PX_TCP_PID=$LAST_PID
 start "$PORTLAB" proxy --mode http --pool "$POOL" --listen "127.0.0.1:$PX_HTTP" \
     --connect "127.0.0.1:$NGINX" --threads 1
+PX_HTTP_PID=$LAST_PID
 for port in $NGINX $SERVE $HA_TCP $HA_HTTP $PX_TCP $PX_HTTP; do wait_http "$port"; done
 
 echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION keep-alive, best of $ROUNDS, $(nproc) CPUs, $(uname -r)"
 echo "servers and proxies: 1 thread each (nginx 1 worker, HAProxy nbthread 1, portlab --threads 1)"
-printf '%-44s %12s %12s %7s %6s\n' "pair (peer vs portlab)" "peer req/s" "portlab" "ratio" "need"
+echo "req/s: best round; cpu: µs of CPU the server/proxy process spent per request (least of rounds)"
+printf '%-30s %10s %10s %6s %5s  %9s %9s\n' "pair (peer vs portlab)" "peer req/s" "portlab" "ratio" "need" \
+    "peer cpu" "portlab"
 STATUS=0
-compare() { # name peer_port portlab_port bar
-    local best_peer=0 best_ours=0 r
+# Keeps the larger first field (req/s) and the smaller second field (CPU per request).
+best() { awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " ");
+    printf "%s %s\n", (y[1] > x[1]) ? y[1] : x[1], (x[2] == 0 || (y[2] > 0 && y[2] < x[2])) ? y[2] : x[2]}'; }
+compare() { # name peer_port peer_pid portlab_port portlab_pid bar
+    local peer="0 0" ours="0 0"
     for _ in $(seq "$ROUNDS"); do
-        r=$(rps "$2"); best_peer=$(awk -v a="$best_peer" -v b="$r" 'BEGIN {print (b > a) ? b : a}')
-        r=$(rps "$3"); best_ours=$(awk -v a="$best_ours" -v b="$r" 'BEGIN {print (b > a) ? b : a}')
+        peer=$(best "$peer" "$(rps "$2" "$3")")
+        ours=$(best "$ours" "$(rps "$4" "$5")")
     done
-    local ratio verdict
-    ratio=$(awk -v a="$best_ours" -v b="$best_peer" 'BEGIN {printf "%.2f", (b > 0) ? a / b : 0}')
-    verdict=$(awk -v r="$ratio" -v n="$4" 'BEGIN {print (r >= n) ? "ok" : "LOW"}')
-    [[ $verdict == ok ]] || STATUS=1
-    printf '%-44s %12.0f %12.0f %7s %6s %s\n' "$1" "$best_peer" "$best_ours" "$ratio" "$4" "$verdict"
+    local line
+    line=$(awk -v p="$peer" -v o="$ours" -v need="$6" -v name="$1" 'BEGIN {
+        split(p, a, " "); split(o, b, " "); ratio = (a[1] > 0) ? b[1] / a[1] : 0;
+        printf "%-30s %10.0f %10.0f %6.2f %5s  %9.1f %9.1f %s\n", name, a[1], b[1], ratio, need,
+            a[2], b[2], (ratio >= need) ? "ok" : "LOW"}')
+    echo "$line"
+    [[ $line == *" ok" ]] || STATUS=1
 }
 for pair in $PAIRS; do
     case $pair in
-    serve) compare "nginx vs portlab serve" "$NGINX" "$SERVE" 0.8 ;;
-    tcp) compare "HAProxy tcp vs portlab proxy tcp (→ nginx)" "$HA_TCP" "$PX_TCP" 0.9 ;;
-    http) compare "HAProxy http vs portlab proxy http (→ nginx)" "$HA_HTTP" "$PX_HTTP" 0.9 ;;
+    serve) compare "nginx / portlab serve" "$NGINX" "$NGINX_PID" "$SERVE" "$SERVE_PID" 0.8 ;;
+    tcp) compare "HAProxy tcp / proxy tcp" "$HA_TCP" "$HA_PID" "$PX_TCP" "$PX_TCP_PID" 0.9 ;;
+    http) compare "HAProxy http / proxy http" "$HA_HTTP" "$HA_PID" "$PX_HTTP" "$PX_HTTP_PID" 0.9 ;;
     *) echo "bench: unknown pair $pair (serve, tcp, http)" >&2; exit 2 ;;
     esac
 done

@@ -15,15 +15,15 @@ use std::future::Future;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
 use crate::accept::{accept_loop, ConnCounters};
@@ -31,7 +31,8 @@ use crate::http::{
     is_hop_by_hop, named_in_connection, push_chunk_size, push_decimal, BodyFraming, ChunkedScanner,
     HeadFacts, MAX_HEADERS, MAX_HEAD_BYTES,
 };
-use crate::net::{add, connect_upstream, load, ClassCounters};
+use crate::net::{add, load};
+use crate::pool::{CheckoutError, Lease, Pool, Upstream};
 use crate::watchdog::Watchdog;
 use crate::UpstreamErrorClass;
 
@@ -54,6 +55,9 @@ pub struct HttpProxyConfig {
     pub connect_timeout: Duration,
     /// At most this many client connections at once (`--max-conns`).
     pub max_conns: Option<usize>,
+    /// Close a client connection that sends nothing for this long between or inside request
+    /// heads (`--client-timeout`; nginx's `keepalive_timeout` is 75 s).
+    pub client_idle_timeout: Duration,
 }
 
 impl HttpProxyConfig {
@@ -67,6 +71,7 @@ impl HttpProxyConfig {
             upstream_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             max_conns: None,
+            client_idle_timeout: Duration::from_secs(60),
         }
     }
 
@@ -81,7 +86,10 @@ impl HttpProxyConfig {
         if self.max_conns == Some(0) {
             return Err(HttpProxyConfigError::MaxConnsZero);
         }
-        if self.upstream_timeout.is_zero() || self.connect_timeout.is_zero() {
+        if self.upstream_timeout.is_zero()
+            || self.connect_timeout.is_zero()
+            || self.client_idle_timeout.is_zero()
+        {
             return Err(HttpProxyConfigError::ZeroTimeout);
         }
         Ok(())
@@ -135,6 +143,8 @@ pub struct HttpProxyStats {
     pub bad_requests: u64,
     /// Clients that went away in the middle of a request or response.
     pub client_aborts: u64,
+    /// Client connections closed after `client_idle_timeout` without a complete request head.
+    pub client_timeouts: u64,
     /// Responses cut because the upstream failed after its head was forwarded.
     pub upstream_aborts: u64,
     /// Request body payload bytes forwarded upstream.
@@ -150,17 +160,12 @@ struct Counters {
     conns: Arc<ConnCounters>,
     requests: AtomicU64,
     responses: AtomicU64,
-    upstream_opened: AtomicU64,
-    upstream_active: AtomicU64,
-    upstream_peak: AtomicU64,
-    upstream_reuses: AtomicU64,
-    pool_waits: AtomicU64,
     upstream_retries: AtomicU64,
-    connect_failures: ClassCounters,
     bad_gateway: AtomicU64,
     gateway_timeout: AtomicU64,
     bad_requests: AtomicU64,
     client_aborts: AtomicU64,
+    client_timeouts: AtomicU64,
     upstream_aborts: AtomicU64,
     request_body_bytes: AtomicU64,
     response_body_bytes: AtomicU64,
@@ -170,11 +175,8 @@ struct Counters {
 struct Shared {
     config: HttpProxyConfig,
     counters: Counters,
-    /// Idle kept-alive upstream connections.
-    idle: Mutex<Vec<UpstreamConn>>,
-    /// One permit per upstream connection in use; connections are opened only by a permit
-    /// holder that found no idle one, so open connections never exceed `pool`.
-    permits: Arc<Semaphore>,
+    /// At most `pool` kept-alive upstream connections.
+    pool: Pool,
     /// `Host` value added to HTTP/1.0 requests that have none.
     upstream_host: String,
     /// The coarse clock behind `upstream_timeout`.
@@ -195,11 +197,20 @@ impl HttpProxy {
     pub fn new(config: HttpProxyConfig) -> Result<Self, HttpProxyConfigError> {
         config.validate()?;
         let shared = Shared {
-            permits: Arc::new(Semaphore::new(config.pool)),
+            pool: Pool::new(
+                Upstream {
+                    addr: config.upstream,
+                    source_ip: config.source_ip,
+                    connect_timeout: config.connect_timeout,
+                },
+                config.pool,
+            ),
             upstream_host: config.upstream.to_string(),
-            // A tenth of the timeout, at most 100 ms: 504s come at most 10% late.
-            watchdog: Watchdog::new((config.upstream_timeout / 10).min(Duration::from_millis(100))),
-            idle: Mutex::new(Vec::with_capacity(config.pool)),
+            // A tenth of the shorter timeout, at most 100 ms: timeouts fire at most 10% late.
+            watchdog: Watchdog::new(
+                (config.upstream_timeout.min(config.client_idle_timeout) / 10)
+                    .min(Duration::from_millis(100)),
+            ),
             config,
             counters: Counters::default(),
         };
@@ -211,22 +222,24 @@ impl HttpProxy {
     /// A snapshot of the counters (callable while [`HttpProxy::run`] runs).
     pub fn stats(&self) -> HttpProxyStats {
         let c = &self.shared.counters;
+        let p = &self.shared.pool.counters;
         HttpProxyStats {
             client_connections: load(&c.conns.accepted),
             client_connections_active: load(&c.conns.active),
             requests: load(&c.requests),
             responses: load(&c.responses),
-            upstream_connections_opened: load(&c.upstream_opened),
-            upstream_connections_active: load(&c.upstream_active),
-            upstream_connections_peak: load(&c.upstream_peak),
-            upstream_reuses: load(&c.upstream_reuses),
-            pool_waits: load(&c.pool_waits),
+            upstream_connections_opened: load(&p.opened),
+            upstream_connections_active: load(&p.active),
+            upstream_connections_peak: load(&p.peak),
+            upstream_reuses: load(&p.reuses),
+            pool_waits: load(&p.waits),
             upstream_retries: load(&c.upstream_retries),
-            upstream_connect_failures: c.connect_failures.snapshot(),
+            upstream_connect_failures: p.connect_failures.snapshot(),
             bad_gateway: load(&c.bad_gateway),
             gateway_timeout: load(&c.gateway_timeout),
             bad_requests: load(&c.bad_requests),
             client_aborts: load(&c.client_aborts),
+            client_timeouts: load(&c.client_timeouts),
             upstream_aborts: load(&c.upstream_aborts),
             request_body_bytes: load(&c.request_body_bytes),
             response_body_bytes: load(&c.response_body_bytes),
@@ -258,11 +271,7 @@ impl HttpProxy {
         )
         .await;
         ticker.abort();
-        self.shared
-            .idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.shared.pool.clear();
         self.stats()
     }
 }
@@ -278,124 +287,6 @@ pub async fn run_http_proxy(
 ) -> Result<HttpProxyStats, HttpProxyConfigError> {
     Ok(HttpProxy::new(config)?.run(listener, shutdown).await)
 }
-
-// ---------------------------------------------------------------------------------------------
-// The upstream pool.
-
-/// An open upstream connection; keeps the `upstream_connections_active` gauge right on drop.
-#[derive(Debug)]
-struct UpstreamConn {
-    stream: TcpStream,
-    shared: Arc<Shared>,
-}
-
-impl Drop for UpstreamConn {
-    fn drop(&mut self) {
-        self.shared
-            .counters
-            .upstream_active
-            .fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl UpstreamConn {
-    /// A pooled connection is usable if reading from it would block: EOF means the upstream
-    /// closed it while idle, data means it sent something unasked.
-    fn is_idle_alive(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
-}
-
-/// A connection taken from the pool with the permit that allows it.
-struct Lease {
-    conn: UpstreamConn,
-    reused: bool,
-    _permit: OwnedSemaphorePermit,
-}
-
-/// Why no upstream connection could be had.
-enum CheckoutError {
-    Connect(UpstreamErrorClass),
-    Timeout,
-}
-
-impl Shared {
-    async fn checkout(
-        self: &Arc<Self>,
-        deadline: Instant,
-        fresh: bool,
-    ) -> Result<Lease, CheckoutError> {
-        let permit = match Arc::clone(&self.permits).try_acquire_owned() {
-            Ok(permit) => permit,
-            Err(_) => {
-                add(&self.counters.pool_waits, 1);
-                let wait = Arc::clone(&self.permits).acquire_owned();
-                match tokio::time::timeout_at(deadline, wait).await {
-                    Ok(Ok(permit)) => permit,
-                    Ok(Err(_)) | Err(_) => return Err(CheckoutError::Timeout),
-                }
-            }
-        };
-        if !fresh {
-            while let Some(conn) = self.pop_idle() {
-                if conn.is_idle_alive() {
-                    return Ok(Lease {
-                        conn,
-                        reused: true,
-                        _permit: permit,
-                    });
-                }
-            }
-        }
-        let connect = connect_upstream(
-            self.config.upstream,
-            self.config.source_ip,
-            self.config.connect_timeout,
-        );
-        match tokio::time::timeout_at(deadline, connect).await {
-            Ok(Ok(stream)) => Ok(Lease {
-                conn: self.track(stream),
-                reused: false,
-                _permit: permit,
-            }),
-            Ok(Err(err)) => {
-                let class = UpstreamErrorClass::from_io(&err);
-                self.counters.connect_failures.add(class);
-                Err(CheckoutError::Connect(class))
-            }
-            Err(_) => Err(CheckoutError::Timeout),
-        }
-    }
-
-    fn pop_idle(&self) -> Option<UpstreamConn> {
-        self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop()
-    }
-
-    fn track(self: &Arc<Self>, stream: TcpStream) -> UpstreamConn {
-        let c = &self.counters;
-        add(&c.upstream_opened, 1);
-        let now = c.upstream_active.fetch_add(1, Ordering::Relaxed) + 1;
-        c.upstream_peak.fetch_max(now, Ordering::Relaxed);
-        UpstreamConn {
-            stream,
-            shared: Arc::clone(self),
-        }
-    }
-
-    /// Returns a connection whose last response was read completely; the permit is released
-    /// after the connection is back in the idle list.
-    fn checkin(&self, lease: Lease) {
-        let Lease { conn, _permit, .. } = lease;
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(conn);
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// One client connection.
 
 async fn serve_client(client: TcpStream, shared: Arc<Shared>) {
     let _ = client.set_nodelay(true);
@@ -494,7 +385,13 @@ impl ClientConn<'_> {
                     return Ok(None);
                 }
             }
-            if self.client.read_buf(&mut self.cbuf).await? == 0 {
+            let deadline = Instant::now() + self.shared.config.client_idle_timeout;
+            let read = self.client.read_buf(&mut self.cbuf);
+            let Ok(read) = self.shared.watchdog.deadline(deadline, read).await else {
+                add(&self.shared.counters.client_timeouts, 1);
+                return Ok(None);
+            };
+            if read? == 0 {
                 if !self.cbuf.is_empty() {
                     add(&self.shared.counters.client_aborts, 1);
                 }
@@ -567,16 +464,13 @@ impl ClientConn<'_> {
         let deadline = Instant::now() + self.shared.config.upstream_timeout;
         let mut fresh = false;
         loop {
-            let mut lease = match self.shared.checkout(deadline, fresh).await {
+            let mut lease = match self.shared.pool.checkout(deadline, fresh).await {
                 Ok(lease) => lease,
                 Err(CheckoutError::Connect(class)) => {
                     return self.bad_gateway(class.explain()).await
                 }
                 Err(CheckoutError::Timeout) => return self.gateway_timeout().await,
             };
-            if lease.reused {
-                add(&self.shared.counters.upstream_reuses, 1);
-            }
             match self.send_request(&mut lease, request).await {
                 Ok(()) => {}
                 Err(BodyError::Read) => {
@@ -707,7 +601,7 @@ impl ClientConn<'_> {
                     && response.framing != BodyFraming::UntilClose
                     && self.ubuf.is_empty();
                 if reusable {
-                    self.shared.checkin(lease);
+                    self.shared.pool.checkin(lease);
                 }
                 if client_keep_alive {
                     Outcome::KeepGoing

@@ -32,6 +32,7 @@ mod fault;
 mod http;
 mod http_proxy;
 mod net;
+mod pool;
 mod server;
 mod tcp_proxy;
 mod watchdog;

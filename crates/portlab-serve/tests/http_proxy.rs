@@ -402,3 +402,28 @@ async fn five_thousand_close_requests_use_at_most_pool_upstream_connections() {
     );
     assert_eq!(server_stats.requests, 5000);
 }
+
+#[tokio::test]
+async fn silent_clients_are_closed_after_the_idle_timeout() {
+    let server = start_server("127.0.0.1:0", ServerConfig::default());
+    let mut config = HttpProxyConfig::new(server.addr, 2);
+    config.client_idle_timeout = Duration::from_millis(200);
+    let proxy = start_http_proxy("127.0.0.1:0", config);
+    let mut client = Client::connect(proxy.addr).await;
+    client.get("/", "").await;
+    assert_eq!(client.read_response().await.expect("response").status, 200);
+    let started = std::time::Instant::now();
+    assert!(
+        client.is_closed().await,
+        "an idle keep-alive client is closed"
+    );
+    // The proxy started its clock just before our response left; allow for that.
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = proxy.stop().await;
+    assert_eq!(stats.client_timeouts, 1);
+    server.stop().await;
+}

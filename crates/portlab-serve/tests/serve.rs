@@ -379,3 +379,19 @@ async fn shutdown_closes_idle_keep_alive_connections() {
         "shutdown must close open connections"
     );
 }
+
+#[test]
+fn backlog_reaches_listen() {
+    // A listener's Send-Q in `ss -lnt` is its accept backlog (inet_diag idiag_wqueue =
+    // sk_max_ack_backlog, net/ipv4/tcp_diag.c).
+    let listener =
+        portlab_serve::bind_listener("127.0.0.1:0".parse().expect("addr"), 7).expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let out = std::process::Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
+        .output()
+        .expect("run ss (iproute2)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let send_q: Vec<&str> = text.split_whitespace().collect();
+    assert_eq!(send_q.get(2), Some(&"7"), "ss output: {text}");
+}

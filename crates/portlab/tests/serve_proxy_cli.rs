@@ -49,7 +49,10 @@ impl Proc {
         let status = self.child.wait().expect("wait");
         let mut rest = String::new();
         self.stdout.read_to_string(&mut rest).expect("read stats");
-        let stats = serde_json::from_str(rest.trim()).expect("stats line is JSON");
+        // Interval events may still precede the final one: the stats event is the last line.
+        let last = rest.trim_end().lines().last().unwrap_or("");
+        let stats: serde_json::Value = serde_json::from_str(last).expect("stats line is JSON");
+        assert_eq!(stats["event"], "stats");
         (status.code().expect("exit code"), stats)
     }
 }
@@ -178,4 +181,48 @@ fn usage_errors_are_one_line_with_exit_code_2() {
     let err =
         run_expecting_usage_error(&["proxy", "--connect", "[::1]:80", "--source-ip", "127.0.0.1"]);
     assert!(err.contains("famil"), "{err}");
+}
+
+#[test]
+fn stats_interval_prints_periodic_stats_events() {
+    let mut serve = Proc::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        "--threads",
+        "1",
+    ]);
+    let connect = serve.listening_addr().to_string();
+    let mut proxy = Proc::start(&[
+        "proxy",
+        "--listen",
+        "127.0.0.1:0",
+        "--connect",
+        &connect,
+        "--json",
+        "--stats-interval",
+        "0.05",
+    ]);
+    let addr = proxy.listening_addr();
+    assert!(get(addr).starts_with("HTTP/1.1 200"));
+    // Interval events keep coming; one of them must show the request (bounded by count).
+    let mut seen = false;
+    for _ in 0..200 {
+        let mut line = String::new();
+        proxy
+            .stdout
+            .read_line(&mut line)
+            .expect("read interval line");
+        let event: serde_json::Value = serde_json::from_str(&line).expect("JSON line");
+        assert_eq!(event["event"], "interval");
+        if event["connections_accepted"] == 1 {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "no interval event counted the connection");
+    let (code, _) = proxy.terminate();
+    assert_eq!(code, 0);
+    serve.terminate();
 }

@@ -55,6 +55,9 @@ pub struct Args {
     /// http mode: seconds to wait for a pooled connection and the response head (then 504).
     #[arg(long, value_name = "SECS", default_value_t = 30.0)]
     upstream_timeout: f64,
+    /// http mode: seconds a client connection may stay silent before it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    client_timeout: f64,
     /// Seconds to wait for an upstream connect (http mode answers 502 past it).
     #[arg(long, value_name = "SECS", default_value_t = 10.0)]
     connect_timeout: f64,
@@ -149,6 +152,7 @@ fn build(args: &Args) -> anyhow::Result<Proxy> {
                 upstream_timeout: seconds("--upstream-timeout", args.upstream_timeout)?,
                 connect_timeout,
                 max_conns: args.max_conns,
+                client_idle_timeout: seconds("--client-timeout", args.client_timeout)?,
             };
             Proxy::Http(HttpProxy::new(config).map_err(|e| crate::exit::usage(e.to_string()))?)
         }
@@ -248,8 +252,14 @@ fn render_http(s: &HttpProxyStats) -> String {
         s.upstream_retries
     ));
     text.push_str(&format!(
-        "  answered by the proxy: {} × 502, {} × 504, {} × 400; {} client aborts, {} upstream aborts\n",
-        s.bad_gateway, s.gateway_timeout, s.bad_requests, s.client_aborts, s.upstream_aborts
+        "  answered by the proxy: {} × 502, {} × 504, {} × 400; {} client aborts, \
+         {} idle clients closed, {} upstream aborts\n",
+        s.bad_gateway,
+        s.gateway_timeout,
+        s.bad_requests,
+        s.client_aborts,
+        s.client_timeouts,
+        s.upstream_aborts
     ));
     push_failures(&mut text, &s.upstream_connect_failures);
     text
