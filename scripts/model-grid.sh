@@ -20,7 +20,8 @@
 #
 # Usage: scripts/model-grid.sh [PORTLAB_BIN]       (root; needs ip, nginx, jq, python3)
 #   PORTLAB_BIN defaults to target/debug/portlab (build it first: cargo build -p portlab).
-#   SCENARIOS="name1 name2" limits the grid; KEEP_TMP=1 keeps the work directory.
+#   SCENARIOS="name1 name2" limits the grid; KEEP_TMP=1 keeps the work directory;
+#   PORTLAB_LOAD=BIN runs `load` from another binary; VERBOSE=1 prints each measurement.
 # Exit code: 0 when every scenario agrees, 1 otherwise, 2 on a set-up error.
 set -euo pipefail
 
@@ -41,6 +42,7 @@ LOAD_JQ_CONCURRENCY='.settings.concurrency'
 # ---------------------------------------------------------------------------------------
 
 PORTLAB=${1:-target/debug/portlab}
+PORTLAB_LOAD=${PORTLAB_LOAD:-$PORTLAB}   # the binary with `load`, if not the same one
 CLIENT=${CLIENT:-rust}
 GRID_CLIENT=${GRID_CLIENT:-target/release/examples/grid_client}
 FRACTION_TOLERANCE_POINTS=2
@@ -217,7 +219,7 @@ run_measured() {
     local d=$# i=0 p pids=()
     for p in "$@"; do
       i=$((i + 1))
-      ip netns exec "$ns" timeout 300 "$PORTLAB" load "http://$p/" -n $((n / d)) \
+      ip netns exec "$ns" timeout 300 "$PORTLAB_LOAD" load "http://$p/" -n $((n / d)) \
         -c $((c / d)) --connection "$policy" --json >"$WORK/load.$i.json" &
       pids+=($!)
     done
