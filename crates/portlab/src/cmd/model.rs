@@ -462,7 +462,7 @@ fn render(p: &OsProfile, q: &CapacityQuery, c: &Capacity, paint: Painter) -> Str
         _ => {
             let _ = writeln!(
                 s,
-                "  sustainable           not limited by TIME_WAIT (closing does not hold client ports)"
+                "  sustainable           not limited by TIME_WAIT (see why they differ, below)"
             );
         }
     }
