@@ -483,6 +483,7 @@ impl<'a> Sim<'a> {
 
     #[inline]
     fn count_success(&mut self) {
+        self.events += 1;
         self.totals.attempts += 1;
         self.totals.successes += 1;
         self.timeline.current.attempts += 1;
@@ -554,7 +555,6 @@ impl<'a> Sim<'a> {
                     continue;
                 }
             }
-            self.events += 1;
             if worker.connected || self.ports.acquire(worker.pool, t) {
                 if !worker.connected {
                     self.totals.connects += 1;
@@ -567,7 +567,6 @@ impl<'a> Sim<'a> {
                 continue;
             }
             // EADDRNOTAVAIL: returned synchronously by connect() (research §1.5).
-            self.events -= 1;
             let pool = worker.pool;
             let mut attempt = worker.attempt;
             std::collections::binary_heap::PeekMut::pop(top);
@@ -666,7 +665,6 @@ impl<'a> Sim<'a> {
         idle: &mut [u32],
         heap: &mut BinaryHeap<Reverse<(u64, u64)>>,
     ) {
-        self.events += 1;
         let pool = self.pool_of_pair[pair as usize];
         let reused = idle[pair as usize] > 0;
         if reused {
@@ -681,7 +679,6 @@ impl<'a> Sim<'a> {
             heap.push(Reverse((done, u64::from(pair))));
             return;
         }
-        self.events -= 1;
         self.count_failures(t, self.failed_connect_ns, 1);
         if attempt < self.workload.retry.retries {
             let next = attempt + 1;

@@ -12,15 +12,19 @@ use crate::ModelError;
 ///
 /// Only the side that sends the first FIN enters TIME_WAIT (RFC 9293 state machine;
 /// research §3.1, experiment D3).
+///
+/// Serialized with the CLI names of `portlab load --connection`: `keep-alive`, `close`, `drop`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum ConnectionPolicy {
     /// One connection per worker (or per idle slot), reused for every request.
+    #[serde(rename = "keep-alive")]
     KeepAlive,
     /// `Connection: close`: the server closes first, TIME_WAIT lands on the server and the
     /// client's port is free as soon as the connection ends.
+    #[serde(rename = "close")]
     ServerCloses,
     /// The client drops the connection after each response: the client holds TIME_WAIT.
+    #[serde(rename = "drop")]
     ClientCloses,
 }
 

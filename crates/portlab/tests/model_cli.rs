@@ -121,6 +121,7 @@ fn bad_input_is_a_one_line_usage_error() {
         &["simulate", "-c", "0", "-n", "10"],
         &["simulate", "--rate", "-5", "-n", "10"],
         &["model", "--os", "windows", "--from-host"],
+        &["simulate", "-c", "2", "-n", "10", "--poisson"],
     ] {
         let out = portlab(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");

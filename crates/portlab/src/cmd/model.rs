@@ -101,6 +101,8 @@ pub struct Args {
 const MODEL_JSON_HELP: &str = "\
 JSON (--json): {\"profile\": {os, range{low,high}, reserved_ports, time_wait_secs, scope,
 tw_reuse, tw_reuse_delay_ms, timestamps, time_wait_cap, no_local_time_wait}, \"sources\": [..],
+\"layout\": {source_ips, destinations, loopback, policy}, \"workload\": {..as in portlab simulate..} |
+null,
 \"capacity\": {ports_per_pool, pools, hold{open_secs, after_close_secs, total_secs},
 sustainable_per_pool_per_sec, sustainable_total_per_sec, folk{ports, time_wait_secs,
 rate_per_sec}, differences[{code, explanation}], churn{offered_per_sec,
@@ -116,6 +118,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let out = ModelJson {
             profile: &profile,
             sources: profile.sources(),
+            layout: Layout {
+                source_ips: query.source_ips,
+                destinations: query.destinations,
+                loopback: query.loopback,
+                policy: query.policy,
+            },
+            workload: query.churn.as_ref(),
             capacity: &cap,
         };
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -129,7 +138,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 struct ModelJson<'a> {
     profile: &'a OsProfile,
     sources: &'a [&'static str],
+    layout: Layout,
+    workload: Option<&'a Workload>,
     capacity: &'a Capacity,
+}
+
+#[derive(Serialize)]
+struct Layout {
+    source_ips: u32,
+    destinations: u32,
+    loopback: bool,
+    policy: ConnectionPolicy,
 }
 
 /// This machine's port-pool settings that the model needs.
@@ -443,7 +462,7 @@ fn render(p: &OsProfile, q: &CapacityQuery, c: &Capacity, paint: Painter) -> Str
         _ => {
             let _ = writeln!(
                 s,
-                "  sustainable           not limited by TIME_WAIT (closing does not hold client ports)"
+                "  sustainable           not limited by TIME_WAIT (see why they differ, below)"
             );
         }
     }

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(short = 'd', long, value_name = "DURATION")]
     pub duration: Option<String>,
     /// Open loop: Poisson arrivals instead of evenly spaced ones.
-    #[arg(long, requires = "rate")]
+    #[arg(long)]
     pub poisson: bool,
     /// Seed of the random choices (latency samples, Poisson arrivals).
     #[arg(long, default_value_t = 1)]
@@ -75,8 +75,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             "give a workload: -c N (closed loop) or --rate N (open loop)",
         ));
     };
-    if let LoadShape::Open { poisson, .. } = &mut workload.shape {
-        *poisson = args.poisson;
+    match &mut workload.shape {
+        LoadShape::Open { poisson, .. } => *poisson = args.poisson,
+        LoadShape::Closed { .. } if args.poisson => {
+            return Err(usage(
+                "--poisson shapes open-loop arrivals: use it with --rate",
+            ));
+        }
+        LoadShape::Closed { .. } => {}
     }
     workload.limit.max_attempts = args.requests;
     workload.limit.duration = args
@@ -197,7 +203,7 @@ fn render(
             .map_or_else(|| "none".to_string(), |t| format!("{t:.3} s"));
         let _ = writeln!(
             s,
-            "  closed form: first failure {predicted}, steady-state failure fraction {:.2} %",
+            "  closed form (long run): first failure {predicted}, steady-state failure fraction {:.2} %",
             ch.steady_state_failure_fraction * 100.0
         );
     }
