@@ -10,12 +10,17 @@
 # the ratios portlab/peer. Then measures portlab's peak RSS for two run lengths (flat = no
 # per-request memory).
 #
-# Usage: scripts/bench-load.sh            (env: DURATION=5s CONNS=50 RSS_SHORT=200000 RSS_LONG=2000000)
+# The runs are interleaved over $ROUNDS rounds (tool after tool, round after round) and each
+# cell of the table is the median round, so a noisy neighbour on a shared machine skews all
+# tools alike instead of one.
+#
+# Usage: scripts/bench-load.sh   (env: DURATION=5s CONNS=50 ROUNDS=3 RSS_SHORT=200000 RSS_LONG=2000000)
 # Needs: nginx, wrk, hey (Debian packages), python3, GNU time (/usr/bin/time), cargo.
 set -euo pipefail
 
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
 RSS_SHORT=${RSS_SHORT:-200000}
 RSS_LONG=${RSS_LONG:-2000000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -76,6 +81,7 @@ run() {
   /usr/bin/time -f "CPU %U %S MAXRSS %M" -o "$WORK/$name-$mode.time" "$@" >"$out" 2>&1 || true
   local cpu
   cpu=$(awk '/^CPU/ {print $2 + $3}' "$WORK/$name-$mode.time")
+  cp "$out" "$WORK/last-$name-$mode.out"
   local requests
   requests=$(python3 - "$name" "$out" <<'PY'
 import json, re, sys
@@ -99,21 +105,32 @@ echo "nginx on $URL; each run: -c $CONNS for $DURATION" >&2
 # Warm-up (not measured).
 "$PORTLAB" load -c "$CONNS" -z 1s "$URL" >/dev/null 2>&1 || true
 
-run wrk keepalive wrk -t2 -c"$CONNS" -d"$DURATION" "$URL"
-run portlab keepalive "$PORTLAB" load -c "$CONNS" -z "$DURATION" --json "$URL"
-run hey keepalive hey -c "$CONNS" -z "$DURATION" "$URL"
-[[ -n $OHA ]] && run oha keepalive "$OHA" -c "$CONNS" -z "$DURATION" --no-tui "$URL"
+for round in $(seq "$ROUNDS"); do
+  echo "round $round/$ROUNDS" >&2
+  run wrk keepalive wrk -t2 -c"$CONNS" -d"$DURATION" "$URL"
+  run portlab keepalive "$PORTLAB" load -c "$CONNS" -z "$DURATION" --json "$URL"
+  run hey keepalive hey -c "$CONNS" -z "$DURATION" "$URL"
+  [[ -n $OHA ]] && run oha keepalive "$OHA" -c "$CONNS" -z "$DURATION" --no-tui "$URL"
 
-run wrk close wrk -t2 -c"$CONNS" -d"$DURATION" -H "Connection: close" "$URL"
-run portlab close "$PORTLAB" load -c "$CONNS" -z "$DURATION" --connection close --json "$URL"
-run hey close hey -c "$CONNS" -z "$DURATION" -disable-keepalive "$URL"
-[[ -n $OHA ]] && run oha close "$OHA" -c "$CONNS" -z "$DURATION" --no-tui --disable-keepalive "$URL"
+  run wrk close wrk -t2 -c"$CONNS" -d"$DURATION" -H "Connection: close" "$URL"
+  run portlab close "$PORTLAB" load -c "$CONNS" -z "$DURATION" --connection close --json "$URL"
+  run hey close hey -c "$CONNS" -z "$DURATION" -disable-keepalive "$URL"
+  [[ -n $OHA ]] && run oha close "$OHA" -c "$CONNS" -z "$DURATION" --no-tui --disable-keepalive "$URL"
+done
 
 python3 - "$RESULTS" "$SECS" <<'PY'
 import sys
+import statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 secs = float(sys.argv[2])
-data = {(n, m): (int(r), float(c)) for n, m, r, c in rows}
+runs = {}
+for n, m, r, c in rows:
+    runs.setdefault((n, m), []).append((int(r), float(c)))
+# Median round by request count (its CPU goes with it).
+data = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
+print(f"\n{len(next(iter(runs.values())))} rounds; requests per round:")
+for (n, m), v in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    print(f"  {m:<10} {n:<8} " + " ".join(f"{r:>8}" for r, _ in v))
 print()
 print(f"{'mode':<10} {'tool':<8} {'req/s (close: new conn/s)':>26} {'CPU µs/req':>11} {'portlab/tool req/s':>19} {'portlab/tool CPU/req':>21}")
 for mode in ("keepalive", "close"):
