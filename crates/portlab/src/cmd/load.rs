@@ -381,10 +381,11 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
     let st = &r.settings;
     let _ = writeln!(
         o,
-        "  connection {}, -c {}, {} threads",
+        "  connection {}, -c {}, {} thread{}",
         st.connection.name(),
         st.concurrency,
-        st.threads
+        st.threads,
+        if st.threads == 1 { "" } else { "s" }
     );
     o
 }
@@ -435,11 +436,11 @@ fn render_errors(o: &mut String, r: &LoadReport, paint: Painter) {
                 .collect();
             let _ = writeln!(
                 o,
-                "  [{}]\t{} ({}, {:?} side; {}): {}",
+                "  [{}]\t{} ({}, {} side; {}): {}",
                 e.count,
                 paint.bad(&e.class.to_string()),
                 e.errno_name,
-                e.side,
+                format!("{:?}", e.side).to_lowercase(),
                 phases.join(", "),
                 e.meaning
             );
