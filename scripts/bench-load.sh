@@ -10,12 +10,17 @@
 # the ratios portlab/peer. Then measures portlab's peak RSS for two run lengths (flat = no
 # per-request memory).
 #
-# Usage: scripts/bench-load.sh            (env: DURATION=5s CONNS=50 RSS_SHORT=200000 RSS_LONG=2000000)
+# The runs are interleaved over $ROUNDS rounds (tool after tool, round after round) and each
+# cell of the table is the median round, so a noisy neighbour on a shared machine skews all
+# tools alike instead of one.
+#
+# Usage: scripts/bench-load.sh   (env: DURATION=5s CONNS=50 ROUNDS=3 RSS_SHORT=200000 RSS_LONG=2000000)
 # Needs: nginx, wrk, hey (Debian packages), python3, GNU time (/usr/bin/time), cargo.
 set -euo pipefail
 
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-3}
 RSS_SHORT=${RSS_SHORT:-200000}
 RSS_LONG=${RSS_LONG:-2000000}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -42,7 +47,14 @@ chmod 755 "$WORK"
 mkdir -p "$WORK/html"
 echo "hello, portlab" >"$WORK/html/hello.html"
 chmod 644 "$WORK/html/hello.html"
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# Five ports: one for keep-alive runs, one per tool for the Connection: close runs. Each
+# destination port has its own ephemeral-port pool and TIME_WAIT set (per 4-tuple), so a
+# close run does not pay for the tens of thousands of TIME_WAIT entries the previous tool left.
+read -r PORT P_WRK P_PORTLAB P_HEY P_OHA < <(python3 -c '
+import socket
+socks = [socket.socket() for _ in range(5)]
+for s in socks: s.bind(("127.0.0.1", 0))
+print(*[s.getsockname()[1] for s in socks])')
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
 error_log $WORK/error.log;
@@ -53,7 +65,11 @@ http {
   keepalive_requests 1000000;
   client_body_temp_path $WORK; proxy_temp_path $WORK; fastcgi_temp_path $WORK;
   uwsgi_temp_path $WORK; scgi_temp_path $WORK;
-  server { listen 127.0.0.1:$PORT; root $WORK/html; }
+  server {
+    listen 127.0.0.1:$PORT; listen 127.0.0.1:$P_WRK; listen 127.0.0.1:$P_PORTLAB;
+    listen 127.0.0.1:$P_HEY; listen 127.0.0.1:$P_OHA;
+    root $WORK/html;
+  }
 }
 EOF
 nginx -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon off;' &
@@ -76,6 +92,7 @@ run() {
   /usr/bin/time -f "CPU %U %S MAXRSS %M" -o "$WORK/$name-$mode.time" "$@" >"$out" 2>&1 || true
   local cpu
   cpu=$(awk '/^CPU/ {print $2 + $3}' "$WORK/$name-$mode.time")
+  cp "$out" "$WORK/last-$name-$mode.out"
   local requests
   requests=$(python3 - "$name" "$out" <<'PY'
 import json, re, sys
@@ -99,22 +116,59 @@ echo "nginx on $URL; each run: -c $CONNS for $DURATION" >&2
 # Warm-up (not measured).
 "$PORTLAB" load -c "$CONNS" -z 1s "$URL" >/dev/null 2>&1 || true
 
-run wrk keepalive wrk -t2 -c"$CONNS" -d"$DURATION" "$URL"
-run portlab keepalive "$PORTLAB" load -c "$CONNS" -z "$DURATION" --json "$URL"
-run hey keepalive hey -c "$CONNS" -z "$DURATION" "$URL"
-[[ -n $OHA ]] && run oha keepalive "$OHA" -c "$CONNS" -z "$DURATION" --no-tui "$URL"
+close_url() { echo "http://127.0.0.1:$1/hello.html"; }
+run_tool() { # run_tool TOOL MODE
+  local tool=$1 mode=$2 url=$URL
+  case $tool in
+    wrk)
+      [[ $mode == close ]] && { run wrk close wrk -t2 -c"$CONNS" -d"$DURATION" -H "Connection: close" "$(close_url "$P_WRK")"; return; }
+      run wrk keepalive wrk -t2 -c"$CONNS" -d"$DURATION" "$url" ;;
+    portlab)
+      [[ $mode == close ]] && { run portlab close "$PORTLAB" load -c "$CONNS" -z "$DURATION" --connection close --json "$(close_url "$P_PORTLAB")"; return; }
+      run portlab keepalive "$PORTLAB" load -c "$CONNS" -z "$DURATION" --json "$url" ;;
+    hey)
+      [[ $mode == close ]] && { run hey close hey -c "$CONNS" -z "$DURATION" -disable-keepalive "$(close_url "$P_HEY")"; return; }
+      run hey keepalive hey -c "$CONNS" -z "$DURATION" "$url" ;;
+    oha)
+      [[ -z $OHA ]] && return
+      [[ $mode == close ]] && { run oha close "$OHA" -c "$CONNS" -z "$DURATION" --no-tui --disable-keepalive "$(close_url "$P_OHA")"; return; }
+      run oha keepalive "$OHA" -c "$CONNS" -z "$DURATION" --no-tui "$url" ;;
+  esac
+}
 
-run wrk close wrk -t2 -c"$CONNS" -d"$DURATION" -H "Connection: close" "$URL"
-run portlab close "$PORTLAB" load -c "$CONNS" -z "$DURATION" --connection close --json "$URL"
-run hey close hey -c "$CONNS" -z "$DURATION" -disable-keepalive "$URL"
-[[ -n $OHA ]] && run oha close "$OHA" -c "$CONNS" -z "$DURATION" --no-tui --disable-keepalive "$URL"
+TOOLS=(wrk portlab hey oha)
+for round in $(seq "$ROUNDS"); do
+  # Rotate the order each round so no tool always runs first or right after another.
+  shift_by=$(( (round - 1) % ${#TOOLS[@]} ))
+  order=("${TOOLS[@]:shift_by}" "${TOOLS[@]:0:shift_by}")
+  echo "round $round/$ROUNDS: ${order[*]}" >&2
+  for mode in keepalive close; do
+    for tool in "${order[@]}"; do run_tool "$tool" "$mode"; done
+  done
+done
 
 python3 - "$RESULTS" "$SECS" <<'PY'
 import sys
+import statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 secs = float(sys.argv[2])
-data = {(n, m): (int(r), float(c)) for n, m, r, c in rows}
+runs = {}
+for n, m, r, c in rows:
+    runs.setdefault((n, m), []).append((int(r), float(c)))
+# Median round by request count (its CPU goes with it).
+data = {k: sorted(v)[len(v) // 2] for k, v in runs.items()}
+# Paired ratios: portlab / tool within the same round (same machine conditions), then median.
+def paired(mode, tool):
+    p, t = runs.get(("portlab", mode), []), runs.get((tool, mode), [])
+    rr = sorted(pr / tr for (pr, _), (tr, _) in zip(p, t) if tr)
+    cr = sorted((pc / pr) / (tc / tr) for (pr, pc), (tr, tc) in zip(p, t) if pr and tr and tc)
+    med = lambda xs: xs[len(xs) // 2] if xs else float("nan")
+    return med(rr), med(cr)
+print(f"\n{len(next(iter(runs.values())))} rounds; requests per round:")
+for (n, m), v in sorted(runs.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+    print(f"  {m:<10} {n:<8} " + " ".join(f"{r:>8}" for r, _ in v))
 print()
+print("\nreq/s and CPU/req: median round; ratios: median over rounds of portlab/tool in the same round")
 print(f"{'mode':<10} {'tool':<8} {'req/s (close: new conn/s)':>26} {'CPU µs/req':>11} {'portlab/tool req/s':>19} {'portlab/tool CPU/req':>21}")
 for mode in ("keepalive", "close"):
     p = data.get(("portlab", mode))
@@ -125,9 +179,8 @@ for mode in ("keepalive", "close"):
         rate = r / secs
         cpu_per = c / r * 1e6 if r else float("inf")
         if p and tool != "portlab" and r:
-            pr, pc = p
-            ratio = f"{(pr / secs) / rate:.2f}"
-            cratio = f"{(pc / pr * 1e6) / cpu_per:.2f}" if pr else "-"
+            rr, cr = paired(mode, tool)
+            ratio, cratio = f"{rr:.2f}", f"{cr:.2f}"
         else:
             ratio = cratio = "-"
         print(f"{mode:<10} {tool:<8} {rate:>26.0f} {cpu_per:>11.2f} {ratio:>19} {cratio:>21}")

@@ -899,3 +899,64 @@ fn set_bind_address_no_port(socket: &socket2::Socket) -> std::io::Result<()> {
         Err(std::io::Error::last_os_error())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LoadConfig;
+
+    fn plan(requests: u64, concurrency: usize, rate: RateLimit) -> Plan {
+        LoadConfig {
+            url: "http://127.0.0.1:9/".into(),
+            requests,
+            concurrency,
+            threads: 3,
+            rate,
+            ..LoadConfig::default()
+        }
+        .validate()
+        .expect("valid")
+    }
+
+    #[test]
+    fn shares_add_up_exactly() {
+        for (n, c) in [(1000, 50), (7, 7), (1001, 10), (10_000_000, 3), (5, 4)] {
+            let p = plan(n, c, RateLimit::Global { per_sec: 999.0 });
+            let shares = split_shares(&p, p.threads);
+            assert_eq!(
+                shares.iter().map(|s| s.requests).sum::<u64>(),
+                n,
+                "n={n} c={c}"
+            );
+            assert_eq!(shares.iter().map(|s| s.connections).sum::<usize>(), c);
+            let rate: f64 = shares.iter().filter_map(|s| s.global_rate).sum();
+            assert!((rate - 999.0).abs() < 1e-6);
+            assert!(shares.iter().all(|s| s.requests >= s.connections as u64));
+        }
+    }
+
+    fn bucket(second: u64, succeeded: u64) -> SecondBucket {
+        let mut b = SecondBucket::new(second);
+        b.succeeded = succeeded;
+        b
+    }
+
+    #[test]
+    fn timeline_merges_threads_and_fills_gaps() {
+        let mut m = TimelineMerger::new(2);
+        m.push(0, bucket(0, 5));
+        assert!(m.out.is_empty(), "thread 1 has not reported second 0 yet");
+        m.push(1, bucket(0, 7));
+        assert_eq!(m.out.len(), 1);
+        assert_eq!(m.out[0].succeeded, 12);
+        m.push(0, bucket(3, 1)); // thread 0 was idle in seconds 1 and 2
+        m.push(1, bucket(2, 2));
+        m.thread_done(1);
+        m.thread_done(0);
+        let out = m.finish();
+        let seconds: Vec<u64> = out.iter().map(|s| s.second).collect();
+        assert_eq!(seconds, vec![0, 1, 2, 3]);
+        let ok: Vec<u64> = out.iter().map(|s| s.succeeded).collect();
+        assert_eq!(ok, vec![12, 0, 2, 1]);
+    }
+}

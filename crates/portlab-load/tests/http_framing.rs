@@ -132,3 +132,30 @@ fn statuses_above_399_are_responses_not_failures() {
     assert_eq!(report.status_codes.get(&503), Some(&50));
     assert_eq!(report.summary.non_success_status, 50);
 }
+
+#[test]
+fn large_bodies_stream_through_the_read_buffer() {
+    // 1 MiB per response, 64 times the read buffer, half of them chunked.
+    let body = vec![b'x'; 1 << 20];
+    let server = TestServer::start(move |s, n| {
+        if n % 2 == 0 {
+            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len());
+            s.write_all(head.as_bytes()).is_ok() && s.write_all(&body).is_ok()
+        } else {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).is_ok()
+                && s.write_all(&body).is_ok()
+                && s.write_all(b"\r\n0\r\n\r\n").is_ok()
+        }
+    });
+    let mut cfg = config(&server.url(), 20, 1, ConnectionPolicy::KeepAlive);
+    cfg.threads = 1;
+    let report = run(cfg);
+    assert_accounted(&report, 20);
+    assert_eq!(report.summary.succeeded, 20, "{:?}", report.errors);
+    assert_eq!(report.summary.body_bytes, 20 << 20);
+    assert_eq!(report.connections.opened, 1);
+}

@@ -2,7 +2,8 @@
 //! `ip_local_port_range = 40000 40999` (1,000 ports) and `tcp_tw_reuse = 0`, `portlab load
 //! --connection drop -n 3000 -c 1` against nginx gets exactly 1,000 responses and 2,000
 //! AddrNotAvailable failures (each closed connection leaves its port in TIME_WAIT for 60 s);
-//! keep-alive gets all 3,000. Needs root, iproute2 and nginx (Debian packages).
+//! keep-alive gets all 3,000, and so does `close` (the server closes first and holds
+//! TIME_WAIT). Needs root, iproute2 and nginx (Debian packages).
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -171,9 +172,9 @@ fn class_count(report: &Value, class: &str) -> u64 {
 #[test]
 fn drop_policy_exhausts_the_port_range_and_keep_alive_does_not() {
     let ns = Netns::new();
-    // Two listening ports: each destination port has its own pool of 1,000 ephemeral ports
+    // Three listening ports: each destination port has its own pool of 1,000 ephemeral ports
     // (connect() picks ports per 4-tuple), so the two runs do not share TIME_WAIT entries.
-    let _nginx = Nginx::start(&ns, &[8080, 8081]);
+    let _nginx = Nginx::start(&ns, &[8080, 8081, 8082]);
 
     let (code, r) = load(
         &ns,
@@ -213,5 +214,24 @@ fn drop_policy_exhausts_the_port_range_and_keep_alive_does_not() {
     );
     assert_eq!(r["summary"]["succeeded"], 3000, "{}", r["errors"]);
     assert_eq!(r["summary"]["failed"], 0);
+    assert_eq!(code, Some(0));
+
+    // `close`: the server closes first, so TIME_WAIT lands on the server side and the
+    // client's 1,000 ports are never used up.
+    let (code, r) = load(
+        &ns,
+        &[
+            "--connection",
+            "close",
+            "-n",
+            "3000",
+            "-c",
+            "1",
+            "http://127.0.0.1:8082/",
+        ],
+    );
+    assert_eq!(r["summary"]["succeeded"], 3000, "{}", r["errors"]);
+    assert_eq!(r["connections"]["opened"], 3000);
+    assert_eq!(r["connections"]["closed_by_server"], 3000);
     assert_eq!(code, Some(0));
 }

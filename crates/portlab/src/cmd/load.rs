@@ -321,6 +321,15 @@ fn secs(us: u64) -> String {
     format!("{:.4} secs", us as f64 / 1e6)
 }
 
+/// Latency with a unit that keeps three significant places for sub-second values.
+fn latency(us: u64) -> String {
+    if us < 1_000_000 {
+        format!("{:.3} ms", us as f64 / 1e3)
+    } else {
+        format!("{:.3} secs", us as f64 / 1e6)
+    }
+}
+
 /// The human report, in hey's order with connection and error sections added.
 pub fn render_text(r: &LoadReport, paint: Painter) -> String {
     use std::fmt::Write as _;
@@ -356,13 +365,7 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
         let top = l.buckets.iter().map(|b| b.count).max().unwrap_or(1).max(1);
         for b in &l.buckets {
             let bar = "■".repeat((b.count * 40 / top) as usize);
-            let _ = writeln!(
-                o,
-                "  {:.4} [{}]\t|{}",
-                b.upper_us as f64 / 1e6,
-                b.count,
-                bar
-            );
+            let _ = writeln!(o, "  {:>12} [{}]\t|{}", latency(b.upper_us), b.count, bar);
         }
         let _ = writeln!(o, "\n{}", paint.heading("Latency distribution:"));
         for (label, v) in [
@@ -372,7 +375,7 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
             ("99.9%", l.p99_9_us),
             ("max", l.max_us),
         ] {
-            let _ = writeln!(o, "  {label:>5} in {}", secs(v));
+            let _ = writeln!(o, "  {label:>5} in {}", latency(v));
         }
         if l.corrected_for_coordinated_omission {
             let _ = writeln!(
@@ -405,10 +408,11 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
     let st = &r.settings;
     let _ = writeln!(
         o,
-        "  connection {}, -c {}, {} threads",
+        "  connection {}, -c {}, {} thread{}",
         st.connection.name(),
         st.concurrency,
-        st.threads
+        st.threads,
+        if st.threads == 1 { "" } else { "s" }
     );
     o
 }
@@ -459,15 +463,29 @@ fn render_errors(o: &mut String, r: &LoadReport, paint: Painter) {
                 .collect();
             let _ = writeln!(
                 o,
-                "  [{}]\t{} ({}, {:?} side; {}): {}",
+                "  [{}]\t{} ({}, {} side; {}): {}",
                 e.count,
                 paint.bad(&e.class.to_string()),
                 e.errno_name,
-                e.side,
+                format!("{:?}", e.side).to_lowercase(),
                 phases.join(", "),
                 e.meaning
             );
         }
+    }
+    let failing: Vec<u64> = r
+        .timeline
+        .iter()
+        .filter(|t| t.failed > 0)
+        .map(|t| t.second)
+        .collect();
+    if let (Some(first), Some(last)) = (failing.first(), failing.last()) {
+        let _ = writeln!(
+            o,
+            "  failures in {} of {} seconds, first in second {first}, last in second {last}",
+            failing.len(),
+            r.timeline.len()
+        );
     }
     let rt = &r.retries;
     if rt.attempts > 0 {
