@@ -29,11 +29,62 @@ pub fn fmt_rate(rate: f64) -> String {
     }
 }
 
-/// Appends the "Diagnosis" section. Remedies for any OS and for Linux (where portlab runs)
-/// are shown with effect and caveat; those for Windows and macOS as one line each.
-pub fn push_findings(s: &mut String, findings: &[Finding], p: Painter) {
-    s.push_str(&format!("\n{}\n", p.heading("Diagnosis")));
-    for finding in findings {
+/// How much of each finding the text shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Everything: remedies for every OS with effect and caveat (`portlab doctor`).
+    Full,
+    /// Evidence, and for the top finding the Linux and any-OS remedies as one line each and
+    /// the folklore corrections (`load`, `reproduce`); the rest is in `--json`.
+    Compact,
+}
+
+/// Greedy word wrap at `width` columns.
+pub fn wrap(text: &str, width: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    let mut current = String::new();
+    for word in text.split_whitespace() {
+        if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > width {
+            lines.push(std::mem::take(&mut current));
+        }
+        if !current.is_empty() {
+            current.push(' ');
+        }
+        current.push_str(word);
+    }
+    if !current.is_empty() {
+        lines.push(current);
+    }
+    lines
+}
+
+/// Appends `text` wrapped at 100 columns, the first line after `first`, the rest aligned
+/// under it.
+fn push_wrapped(s: &mut String, indent: usize, first: &str, text: &str) {
+    let width = 100usize
+        .saturating_sub(indent + first.chars().count())
+        .max(40);
+    for (i, line) in wrap(text, width).iter().enumerate() {
+        let lead = if i == 0 {
+            first.to_string()
+        } else {
+            " ".repeat(first.chars().count())
+        };
+        s.push_str(&format!("{}{lead}{line}\n", " ".repeat(indent)));
+    }
+}
+
+/// Appends a "Diagnosis" section headed `title`: findings, most severe first, with evidence,
+/// remedies and folklore corrections as `detail` says.
+pub fn push_findings(
+    s: &mut String,
+    title: &str,
+    findings: &[Finding],
+    detail: Detail,
+    p: Painter,
+) {
+    s.push_str(&format!("\n{}\n", p.heading(title)));
+    for (n, finding) in findings.iter().enumerate() {
         let label = match finding.severity {
             Severity::Critical => p.bad("CRITICAL"),
             Severity::Warning => p.warn("WARNING"),
@@ -43,28 +94,31 @@ pub fn push_findings(s: &mut String, findings: &[Finding], p: Painter) {
             "  {label}  {}\n",
             p.heading(finding.cause.title())
         ));
-        s.push_str(&format!("    {}\n", finding.summary));
-        if !finding.evidence.is_empty() {
-            s.push_str(&format!("    {}\n", p.dim("evidence:")));
-            for line in &finding.evidence {
-                s.push_str(&format!("      - {line}\n"));
-            }
+        push_wrapped(s, 4, "", &finding.summary);
+        for line in &finding.evidence {
+            push_wrapped(s, 4, "- ", line);
         }
-        push_remedies(s, finding, p);
-        if !finding.corrections.is_empty() {
-            s.push_str(&format!("    {}\n", p.dim("not remedies (folklore):")));
-            for c in &finding.corrections {
-                s.push_str(&format!("      - \"{}\": {}\n", c.claim, c.truth));
+        if detail == Detail::Full || n == 0 {
+            push_remedies(s, finding, detail, p);
+            if !finding.corrections.is_empty() {
+                s.push_str(&format!("    {}\n", p.dim("not remedies (folklore):")));
+                for c in &finding.corrections {
+                    push_wrapped(s, 4, "- ", &format!("\"{}\": {}", c.claim, c.truth));
+                }
             }
         }
     }
 }
 
-fn push_remedies(s: &mut String, finding: &Finding, p: Painter) {
+fn push_remedies(s: &mut String, finding: &Finding, detail: Detail, p: Painter) {
     if finding.remedies.is_empty() {
         return;
     }
-    s.push_str(&format!("    {}\n", p.dim("remedies:")));
+    let heading = match detail {
+        Detail::Full => "remedies:",
+        Detail::Compact => "remedies (Linux and any OS; every OS, effects and caveats in --json):",
+    };
+    s.push_str(&format!("    {}\n", p.dim(heading)));
     let mut n = 0;
     for r in finding
         .remedies
@@ -72,34 +126,52 @@ fn push_remedies(s: &mut String, finding: &Finding, p: Painter) {
         .filter(|r| matches!(r.os, Os::Any | Os::Linux))
     {
         n += 1;
-        s.push_str(&format!("      {n}. [{}] {}\n", r.os.name(), r.action));
-        if let Some(command) = &r.command {
-            s.push_str(&format!("         $ {command}\n"));
+        let number = format!("{n}. ");
+        match (detail, &r.command) {
+            (Detail::Compact, Some(command)) => {
+                push_wrapped(s, 4, &number, &format!("{}: {command}", r.action));
+            }
+            (Detail::Compact, None) => push_wrapped(s, 4, &number, &r.action),
+            (Detail::Full, command) => {
+                push_wrapped(s, 4, &number, &format!("[{}] {}", r.os.name(), r.action));
+                if let Some(command) = command {
+                    s.push_str(&format!("         $ {command}\n"));
+                }
+                push_wrapped(s, 7, "", &format!("{} Caveat: {}", r.effect, r.caveat));
+            }
         }
-        s.push_str(&format!(
-            "         {} {}\n",
-            r.effect,
-            p.dim(&format!("Caveat: {}", r.caveat))
-        ));
     }
-    for r in finding
-        .remedies
-        .iter()
-        .filter(|r| matches!(r.os, Os::Windows | Os::Macos))
-    {
-        n += 1;
-        let command = r.command.as_deref().unwrap_or("");
-        s.push_str(&format!(
-            "      {n}. [{}] {}: {command}\n",
-            r.os.name(),
-            r.action
-        ));
+    if detail == Detail::Full {
+        for r in finding
+            .remedies
+            .iter()
+            .filter(|r| matches!(r.os, Os::Windows | Os::Macos))
+        {
+            n += 1;
+            let command = r.command.as_deref().unwrap_or("");
+            push_wrapped(
+                s,
+                4,
+                &format!("{n}. "),
+                &format!("[{}] {}: {command}", r.os.name(), r.action),
+            );
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wraps_at_word_boundaries() {
+        assert_eq!(wrap("a bb ccc dddd", 6), vec!["a bb", "ccc", "dddd"]);
+        assert_eq!(wrap("", 10), Vec::<String>::new());
+        assert_eq!(
+            wrap("averyveryverylongword x", 5),
+            vec!["averyveryverylongword", "x"]
+        );
+    }
 
     #[test]
     fn formats_numbers_for_reading() {

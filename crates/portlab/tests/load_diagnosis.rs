@@ -40,20 +40,32 @@ fn serve(ns: &NetNs) -> Server {
         .expect("portlab serve starts");
     let stdout = child.stdout.take().expect("stdout");
     let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).expect("listening line");
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("listening line");
     let addr = line.split_whitespace().last().expect("address").to_string();
-    Server { child, url: format!("http://{addr}/") }
+    Server {
+        child,
+        url: format!("http://{addr}/"),
+    }
 }
 
 fn pool_ns(name: &str) -> NetNs {
     let ns = NetNs::new(name).expect("create netns (needs root)");
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40999").expect("sysctl");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40999")
+        .expect("sysctl");
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0").expect("sysctl");
     ns
 }
 
 fn load_json(ns: &NetNs, args: &[&str]) -> Value {
-    let out = ns.command(PORTLAB).arg("load").args(args).arg("--json").output().expect("runs");
+    let out = ns
+        .command(PORTLAB)
+        .arg("load")
+        .args(args)
+        .arg("--json")
+        .output()
+        .expect("runs");
     serde_json::from_slice(&out.stdout)
         .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
 }
@@ -72,12 +84,28 @@ fn class_count(report: &Value, class: &str) -> u64 {
 fn exhaustion_is_the_top_finding_and_keep_alive_is_healthy() {
     let ns = pool_ns("diag-drop");
     let server = serve(&ns);
-    let report = load_json(&ns, &["--connection", "drop", "-n", "3000", "-c", "10", &server.url]);
+    let report = load_json(
+        &ns,
+        &[
+            "--connection",
+            "drop",
+            "-n",
+            "3000",
+            "-c",
+            "10",
+            &server.url,
+        ],
+    );
     assert_eq!(class_count(&report, "AddrNotAvailable"), 2000);
     let top = &report["telemetry"]["diagnosis"][0];
     assert_eq!(top["cause"], "port_exhaustion", "{top}");
-    let peak = report["telemetry"]["sampler"]["peak"]["time_wait"].as_u64().expect("peak");
-    assert!((980..=1000).contains(&peak), "TIME_WAIT peak {peak} within 2 % of 1,000");
+    let peak = report["telemetry"]["sampler"]["peak"]["time_wait"]
+        .as_u64()
+        .expect("peak");
+    assert!(
+        (980..=1000).contains(&peak),
+        "TIME_WAIT peak {peak} within 2 % of 1,000"
+    );
     let evidence = top["evidence"].to_string();
     assert!(evidence.contains("2,000 of 3,000 requests"), "{evidence}");
     assert!(evidence.contains("peaked at"), "{evidence}");
@@ -85,9 +113,22 @@ fn exhaustion_is_the_top_finding_and_keep_alive_is_healthy() {
     // Keep-alive in a fresh namespace (the first one's pool is full of TIME_WAIT for 60 s).
     let ns = pool_ns("diag-ka");
     let server = serve(&ns);
-    let report = load_json(&ns, &["--connection", "keep-alive", "-n", "3000", "-c", "10", &server.url]);
+    let report = load_json(
+        &ns,
+        &[
+            "--connection",
+            "keep-alive",
+            "-n",
+            "3000",
+            "-c",
+            "10",
+            &server.url,
+        ],
+    );
     assert_eq!(report["summary"]["succeeded"], 3000);
-    let findings = report["telemetry"]["diagnosis"].as_array().expect("findings");
+    let findings = report["telemetry"]["diagnosis"]
+        .as_array()
+        .expect("findings");
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(findings[0]["cause"], "healthy");
 }
@@ -95,11 +136,14 @@ fn exhaustion_is_the_top_finding_and_keep_alive_is_healthy() {
 /// A listener with a backlog of 1 whose owner accepts one connection every 50 ms and answers
 /// it: SYNs beyond the queue are dropped, clients retransmit them after 1 s. Runs until `stop`
 /// is set, 30 s at most.
-fn slow_acceptor(
-    stop: Arc<AtomicBool>,
-) -> std::io::Result<(std::thread::JoinHandle<()>, String)> {
+fn slow_acceptor(stop: Arc<AtomicBool>) -> std::io::Result<(std::thread::JoinHandle<()>, String)> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    socket.bind(&"127.0.0.1:8080".parse::<std::net::SocketAddr>().expect("addr").into())?;
+    socket.bind(
+        &"127.0.0.1:8080"
+            .parse::<std::net::SocketAddr>()
+            .expect("addr")
+            .into(),
+    )?;
     socket.listen(1)?;
     socket.set_nonblocking(true)?;
     let listener: std::net::TcpListener = socket.into();
@@ -126,7 +170,8 @@ fn answer(stream: &mut TcpStream) {
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
-    let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
+    let _ =
+        stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok");
 }
 
 #[test]
@@ -140,12 +185,29 @@ fn slow_acceptor_is_listen_queue_overflow_not_exhaustion() {
         .expect("listener");
     let report = load_json(
         &ns,
-        &["--connection", "close", "-n", "30", "-c", "30", "-t", "4s", &url],
+        &[
+            "--connection",
+            "close",
+            "-n",
+            "30",
+            "-c",
+            "30",
+            "-t",
+            "4s",
+            &url,
+        ],
     );
     stop.store(true, Ordering::Relaxed);
     let _ = acceptor.join();
-    let findings = report["telemetry"]["diagnosis"].as_array().expect("findings");
-    assert_eq!(findings[0]["cause"], "listen_queue_overflow", "{findings:?}");
+    let findings = report["telemetry"]["diagnosis"]
+        .as_array()
+        .expect("findings");
+    assert_eq!(
+        findings[0]["cause"], "listen_queue_overflow",
+        "{findings:?}"
+    );
     assert!(findings.iter().all(|f| f["cause"] != "port_exhaustion"));
-    assert!(report["telemetry"]["sampler"]["counters_delta"]["listen_overflows"].as_u64() > Some(0));
+    assert!(
+        report["telemetry"]["sampler"]["counters_delta"]["listen_overflows"].as_u64() > Some(0)
+    );
 }

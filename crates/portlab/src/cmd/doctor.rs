@@ -11,7 +11,7 @@ use portlab_diagnose::{diagnose, Evidence, Finding, Severity};
 use serde::Serialize;
 
 use crate::cmd::ports::{self, CounterRates, View};
-use crate::render::push_findings;
+use crate::render::{push_findings, Detail};
 use crate::style::Painter;
 
 /// Flags of `portlab doctor`.
@@ -115,7 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         let p = Painter::for_stdout();
         let mut s = ports::render_text(&reading, rates, view, p);
-        push_findings(&mut s, &findings, p);
+        push_findings(&mut s, "Diagnosis", &findings, Detail::Full, p);
         print!("{s}");
     }
     Ok(if critical {

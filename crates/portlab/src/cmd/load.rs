@@ -154,7 +154,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         load_telemetry::write_plot(path, &report, &telemetry)?;
     }
     if json {
-        let combined = RunOutput { report: &report, telemetry: &telemetry };
+        let combined = RunOutput {
+            report: &report,
+            telemetry: &telemetry,
+        };
         let text = serde_json::to_string_pretty(&combined).context("serializing the report")?;
         println!("{text}");
     } else {

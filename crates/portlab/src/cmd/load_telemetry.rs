@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use portlab_diagnose::{diagnose, Evidence, FailureCounts, Finding, Policy, PoolEvidence, RunEvidence};
+use portlab_diagnose::{
+    diagnose, Evidence, FailureCounts, Finding, Policy, PoolEvidence, RunEvidence,
+};
 use portlab_load::{ConnectionPolicy, ErrorClass, LoadReport, Plan, Progress};
 use portlab_sockets::{PortPoolSettings, Sampler, SamplerConfig, SamplerReport};
 use serde::Serialize;
@@ -33,7 +35,9 @@ fn parse_interval(text: &str) -> Result<Duration, String> {
         Some(n) => (n, 0.001),
         None => (text.strip_suffix('s').unwrap_or(text), 1.0),
     };
-    let value: f64 = number.parse().map_err(|_| format!("'{text}' is not a duration (e.g. 100ms)"))?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration (e.g. 100ms)"))?;
     let secs = value * scale;
     if (0.01..=60.0).contains(&secs) {
         Ok(Duration::from_secs_f64(secs))
@@ -82,7 +86,8 @@ impl ProgressSeries {
             });
             self.stride = stride * 2;
         }
-        self.points.push((p.elapsed.as_millis() as u64, p.done, p.failed));
+        self.points
+            .push((p.elapsed.as_millis() as u64, p.done, p.failed));
     }
 
     /// Time of the first point that counts a failure, ms.
@@ -98,7 +103,11 @@ impl ProgressSeries {
                 let dt = w[1].0.checked_sub(w[0].0).filter(|d| *d > 0)? as f64 / 1000.0;
                 let failed = w[1].2.saturating_sub(w[0].2) as f64;
                 let done = w[1].1.saturating_sub(w[0].1) as f64;
-                Some((w[1].0 as f64 / 1000.0, (done - failed).max(0.0) / dt, failed / dt))
+                Some((
+                    w[1].0 as f64 / 1000.0,
+                    (done - failed).max(0.0) / dt,
+                    failed / dt,
+                ))
             })
             .collect()
     }
@@ -176,7 +185,15 @@ impl Telemetry {
         };
         let mut progress = ProgressSeries::default();
         progress.push(&Progress::default()); // the start: nothing done at 0 ms
-        Ok((Telemetry { settings, destinations, sampler, progress }, note))
+        Ok((
+            Telemetry {
+                settings,
+                destinations,
+                sampler,
+                progress,
+            },
+            note,
+        ))
     }
 
     /// Records one progress callback of the engine.
@@ -190,13 +207,20 @@ impl Telemetry {
         let sampler_note = note.or_else(|| sampler.as_ref().and_then(|s| s.error.clone()));
         let pool_size = u64::from(self.settings.usable_ephemeral_ports());
         let timeline = join(report, sampler.as_ref());
-        let mut evidence =
-            evidence(&self.settings, &self.destinations, report, sampler.as_ref(), pool_size);
+        let mut evidence = evidence(
+            &self.settings,
+            &self.destinations,
+            report,
+            sampler.as_ref(),
+            pool_size,
+        );
         if let Some(run) = evidence.run.as_mut() {
             // The progress series places the first failure within about 100 ms.
             let first = self.progress.first_failure_ms();
             run.first_failure_ms = first.or(run.first_failure_ms);
-            if run.failures.addr_not_available > 0 && run.failures.total() == run.failures.addr_not_available {
+            if run.failures.addr_not_available > 0
+                && run.failures.total() == run.failures.addr_not_available
+            {
                 run.first_addr_not_available_ms = first.or(run.first_addr_not_available_ms);
             }
         }
@@ -217,7 +241,11 @@ fn join(report: &LoadReport, sampler: Option<&SamplerReport>) -> Vec<JoinedSecon
         .timeline
         .iter()
         .map(|t| t.second + 1)
-        .chain(sampler.iter().flat_map(|s| s.seconds.iter().map(|x| x.second + 1)))
+        .chain(
+            sampler
+                .iter()
+                .flat_map(|s| s.seconds.iter().map(|x| x.second + 1)),
+        )
         .max()
         .unwrap_or(0);
     (0..seconds)
@@ -297,7 +325,10 @@ fn evidence(
         successes: report.summary.succeeded,
         failures: failure_counts(report),
         first_failure_ms: first_failure_ms(report, None),
-        first_addr_not_available_ms: first_failure_ms(report, Some(&ErrorClass::AddrNotAvailable.to_string())),
+        first_addr_not_available_ms: first_failure_ms(
+            report,
+            Some(&ErrorClass::AddrNotAvailable.to_string()),
+        ),
         duration_ms: (report.summary.elapsed_secs * 1000.0) as u64,
         connections_opened: report.connections.opened,
         slow_connects: 0,
@@ -323,13 +354,20 @@ fn evidence(
 ///
 /// # Errors
 /// When the file cannot be written.
-pub fn write_plot(path: &std::path::Path, report: &LoadReport, t: &TelemetryReport) -> anyhow::Result<()> {
+pub fn write_plot(
+    path: &std::path::Path,
+    report: &LoadReport,
+    t: &TelemetryReport,
+) -> anyhow::Result<()> {
     let tl = &t.timeline;
     let series = t.sampler.as_ref().map_or(&[][..], |s| &s.series[..]);
     let gauge = |name: &str, color, get: fn(&portlab_sockets::TickSample) -> u64| Series {
         name: name.to_string(),
         color,
-        points: series.iter().map(|x| (x.at_ms as f64 / 1000.0, get(x) as f64)).collect(),
+        points: series
+            .iter()
+            .map(|x| (x.at_ms as f64 / 1000.0, get(x) as f64))
+            .collect(),
     };
     let rates = t.progress.rates();
     let first_failure = t
@@ -355,7 +393,9 @@ pub fn write_plot(path: &std::path::Path, report: &LoadReport, t: &TelemetryRepo
         ],
         gauges: vec![
             gauge("TIME_WAIT to target", colors::TIME_WAIT, |x| x.time_wait),
-            gauge("ESTABLISHED to target", colors::ESTABLISHED, |x| x.established),
+            gauge("ESTABLISHED to target", colors::ESTABLISHED, |x| {
+                x.established
+            }),
         ],
         ceiling: Some((format!("pool size {}", t.pool_size), t.pool_size as f64)),
         marker: first_failure.map(|s| ("first failure".to_string(), s)),
@@ -365,20 +405,27 @@ pub fn write_plot(path: &std::path::Path, report: &LoadReport, t: &TelemetryRepo
 
 /// Appends the "Port pool" and "Diagnosis" sections to the text report.
 pub fn push_text(s: &mut String, t: &TelemetryReport, p: crate::style::Painter) {
-    use crate::render::{fmt_int, push_findings};
-    s.push_str(&format!("\n{}\n", p.heading("Port pool (sampled during the run)")));
+    use crate::render::{fmt_int, push_findings, Detail};
+    s.push_str(&format!(
+        "\n{}\n",
+        p.heading("Port pool (sampled during the run)")
+    ));
     match &t.sampler {
         Some(r) => {
-            let dest = r.destinations.first().map_or_else(String::new, |d| d.to_string());
+            let dest = r
+                .destinations
+                .first()
+                .map_or_else(String::new, |d| d.to_string());
             s.push_str(&format!(
                 "  target {dest}: TIME_WAIT peak {}, ESTABLISHED peak {}, SYN_SENT peak {}\n",
                 fmt_int(r.peak.time_wait),
                 fmt_int(r.peak.established),
                 fmt_int(r.peak.syn_sent)
             ));
-            let full = r
-                .pool_full_at_ms
-                .map_or_else(|| "never full".to_string(), |ms| format!("full at {:.2} s", ms as f64 / 1000.0));
+            let full = r.pool_full_at_ms.map_or_else(
+                || "never full".to_string(),
+                |ms| format!("full at {:.2} s", ms as f64 / 1000.0),
+            );
             s.push_str(&format!(
                 "  fullest pool: {} of {} ports ({full}); namespace TIME_WAIT peak {}\n",
                 fmt_int(r.peak.max_pool_ports_in_use),
@@ -408,5 +455,5 @@ pub fn push_text(s: &mut String, t: &TelemetryReport, p: crate::style::Painter) 
             s.push_str(&format!("  {why}\n"));
         }
     }
-    push_findings(s, &t.diagnosis, p);
+    push_findings(s, "Diagnosis", &t.diagnosis, Detail::Compact, p);
 }
