@@ -10,7 +10,8 @@ const MAX_HEADERS: usize = 96;
 /// Longest chunk-extension or trailer line we accept.
 const MAX_LINE: u32 = 64 * 1024;
 
-/// Serializes the request head and body once: request line, Host, User-Agent, Accept,
+/// Serializes the request head and body once: request line, Host, User-Agent (no Accept: its
+/// absence means any type, RFC 9110 §12.5.1, and every header costs the server parsing),
 /// `Connection: close` for [`ConnectionPolicy::ServerCloses`], the user's headers, then
 /// Content-Type/Content-Length when there is a body.
 pub(crate) fn build_request(config: &LoadConfig, target: &Target, path: &str) -> Vec<u8> {
@@ -43,9 +44,6 @@ pub(crate) fn build_request(config: &LoadConfig, target: &Target, path: &str) ->
         out.extend_from_slice(
             concat!("User-Agent: portlab/", env!("CARGO_PKG_VERSION"), "\r\n").as_bytes(),
         );
-    }
-    if !has("accept") {
-        out.extend_from_slice(b"Accept: */*\r\n");
     }
     if config.policy == ConnectionPolicy::ServerCloses && !has("connection") {
         out.extend_from_slice(b"Connection: close\r\n");
