@@ -29,6 +29,9 @@ use crate::stats::{SecondBucket, Stats, MAX_LATENCY_US};
 const READ_BUF: usize = 16 * 1024;
 /// Completions between two updates of the shared progress counters (a power of two).
 const PROGRESS_BATCH: u64 = 64;
+/// A connect this slow had its SYN (or SYN-ACK) retransmitted: the initial RTO is 1 s
+/// (RFC 6298 §2; Linux TCP_TIMEOUT_INIT).
+const SLOW_CONNECT_US: u64 = 1_000_000;
 /// How often the calling thread wakes to merge the timeline and report progress.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -608,6 +611,7 @@ impl Worker {
         let micros = clamp_us(began.elapsed());
         let mut s = self.stats.borrow_mut();
         s.connections_opened += 1;
+        s.slow_connects += u64::from(micros >= SLOW_CONNECT_US);
         let _ = s.connect.record(micros);
         drop(s);
         self.bucket_for(Instant::now()).new_connections += 1;
@@ -704,10 +708,16 @@ impl Worker {
     }
 
     fn record_failure(&self, fail: Fail) {
-        self.stats.borrow_mut().failed += 1;
-        self.stats.borrow_mut().errors.add(fail.class, fail.phase);
+        let now = Instant::now();
         {
-            let mut b = self.bucket_for(Instant::now());
+            let mut s = self.stats.borrow_mut();
+            s.failed += 1;
+            s.errors.add(fail.class, fail.phase);
+            let at_us = clamp_us(now.saturating_duration_since(self.start));
+            s.errors.note_time(fail.class, at_us);
+        }
+        {
+            let mut b = self.bucket_for(now);
             b.failed += 1;
             *b.errors.entry(fail.class).or_default() += 1;
         }

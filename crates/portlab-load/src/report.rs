@@ -148,6 +148,8 @@ pub struct ConnectionReport {
     pub opened: u64,
     /// Failed connects (counted in `errors` with phase `connect`).
     pub connect_failures: u64,
+    /// Successful connects that took 1 s or more (SYN retransmitted: the listener dropped it).
+    pub slow_connects: u64,
     /// `opened / elapsed_secs`.
     pub new_per_sec: f64,
     /// Request attempts sent on a fresh connection.
@@ -196,6 +198,8 @@ pub struct ErrorEntry {
     pub side: Side,
     /// Failures of this class.
     pub count: u64,
+    /// When this class first happened, ms since the start of the run (µs precision).
+    pub first_at_ms: Option<f64>,
     /// Split of `count` by phase (`connect`, `write`, `read`); phases with 0 are omitted.
     pub by_phase: BTreeMap<Phase, u64>,
 }
@@ -311,6 +315,7 @@ pub(crate) fn build(
         connections: ConnectionReport {
             opened: stats.connections_opened,
             connect_failures,
+            slow_connects: stats.slow_connects,
             new_per_sec: stats.connections_opened as f64 / secs,
             requests_on_new: stats.requests_on_new_connection,
             requests_on_reused: stats.requests_on_reused_connection,
@@ -426,6 +431,7 @@ fn error_entries(errors: &ErrorCounts) -> Vec<ErrorEntry> {
             meaning: class.meaning(),
             side: class.side(),
             count: by_phase.iter().sum(),
+            first_at_ms: errors.first_us(class).map(|us| us as f64 / 1000.0),
             by_phase: Phase::ALL
                 .iter()
                 .filter(|p| by_phase[p.index()] > 0)

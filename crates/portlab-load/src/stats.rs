@@ -18,6 +18,8 @@ const STATUS_SLOTS: usize = 1000;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ErrorCounts {
     map: BTreeMap<ErrorClass, [u64; 3]>,
+    /// When each class first happened, µs since the start of the run.
+    first_us: BTreeMap<ErrorClass, u64>,
 }
 
 impl ErrorCounts {
@@ -25,7 +27,21 @@ impl ErrorCounts {
         self.map.entry(class).or_default()[phase.index()] += 1;
     }
 
+    /// Notes a failure of `class` at `at_us` since the start; keeps the earliest.
+    pub fn note_time(&mut self, class: ErrorClass, at_us: u64) {
+        let first = self.first_us.entry(class).or_insert(at_us);
+        *first = (*first).min(at_us);
+    }
+
+    /// When `class` first happened, µs since the start.
+    pub fn first_us(&self, class: ErrorClass) -> Option<u64> {
+        self.first_us.get(&class).copied()
+    }
+
     pub fn merge(&mut self, other: &ErrorCounts) {
+        for (class, at_us) in &other.first_us {
+            self.note_time(*class, *at_us);
+        }
         for (class, counts) in &other.map {
             let mine = self.map.entry(*class).or_default();
             for (m, o) in mine.iter_mut().zip(counts) {
@@ -52,6 +68,9 @@ pub(crate) struct Stats {
     pub latency: Histogram<u64>,
     /// TCP (+TLS) connect latency of successful connects, µs.
     pub connect: Histogram<u64>,
+    /// Successful connects that took 1 s or more: the SYN or SYN-ACK was retransmitted (the
+    /// initial RTO is 1 s, RFC 6298), which a listener dropping SYNs causes.
+    pub slow_connects: u64,
     /// Responses by status code (index = code; slot 0 = out of range).
     pub status: Vec<u64>,
     pub succeeded: u64,
@@ -78,6 +97,7 @@ impl Stats {
         Self {
             latency: latency_histogram(),
             connect: latency_histogram(),
+            slow_connects: 0,
             status: vec![0; STATUS_SLOTS],
             succeeded: 0,
             failed: 0,
@@ -116,6 +136,7 @@ impl Stats {
         self.retry_succeeded += o.retry_succeeded;
         self.retried_errors.merge(&o.retried_errors);
         self.connections_opened += o.connections_opened;
+        self.slow_connects += o.slow_connects;
         self.requests_on_new_connection += o.requests_on_new_connection;
         self.requests_on_reused_connection += o.requests_on_reused_connection;
         self.closed_by_server += o.closed_by_server;

@@ -56,7 +56,7 @@ pub struct Telemetry {
 
 /// Cumulative progress points (about ten a second from the engine's progress callback),
 /// thinned evenly past [`MAX_PROGRESS_POINTS`] so memory stays flat: the sub-second view of
-/// requests ok/failed for plots and the time of the first failure.
+/// requests ok/failed for plots.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ProgressSeries {
     /// (ms since start, requests done, of which failed).
@@ -88,11 +88,6 @@ impl ProgressSeries {
         }
         self.points
             .push((p.elapsed.as_millis() as u64, p.done, p.failed));
-    }
-
-    /// Time of the first point that counts a failure, ms.
-    pub fn first_failure_ms(&self) -> Option<u64> {
-        self.points.iter().find(|p| p.2 > 0).map(|p| p.0)
     }
 
     /// Rates between consecutive points: (second, ok per second, failed per second).
@@ -207,23 +202,13 @@ impl Telemetry {
         let sampler_note = note.or_else(|| sampler.as_ref().and_then(|s| s.error.clone()));
         let pool_size = u64::from(self.settings.usable_ephemeral_ports());
         let timeline = join(report, sampler.as_ref());
-        let mut evidence = evidence(
+        let evidence = evidence(
             &self.settings,
             &self.destinations,
             report,
             sampler.as_ref(),
             pool_size,
         );
-        if let Some(run) = evidence.run.as_mut() {
-            // The progress series places the first failure within about 100 ms.
-            let first = self.progress.first_failure_ms();
-            run.first_failure_ms = first.or(run.first_failure_ms);
-            if run.failures.addr_not_available > 0
-                && run.failures.total() == run.failures.addr_not_available
-            {
-                run.first_addr_not_available_ms = first.or(run.first_addr_not_available_ms);
-            }
-        }
         TelemetryReport {
             progress: self.progress,
             pool_size,
@@ -291,16 +276,15 @@ fn failure_counts(report: &LoadReport) -> FailureCounts {
     f
 }
 
-/// First second of the timeline with a failure of `class` (any class when `None`), in ms.
-fn first_failure_ms(report: &LoadReport, class: Option<&str>) -> Option<u64> {
+/// When the first failure of `class` (any class when `None`) happened, ms since the start.
+fn first_failure_ms(report: &LoadReport, class: Option<ErrorClass>) -> Option<u64> {
     report
-        .timeline
+        .errors
         .iter()
-        .find(|t| match class {
-            Some(name) => t.errors.get(name).is_some_and(|n| *n > 0),
-            None => t.failed > 0,
-        })
-        .map(|t| t.second * 1000)
+        .filter(|e| class.is_none_or(|c| e.class == c))
+        .filter_map(|e| e.first_at_ms)
+        .min_by(f64::total_cmp)
+        .map(|ms| ms as u64)
 }
 
 fn evidence(
@@ -325,13 +309,10 @@ fn evidence(
         successes: report.summary.succeeded,
         failures: failure_counts(report),
         first_failure_ms: first_failure_ms(report, None),
-        first_addr_not_available_ms: first_failure_ms(
-            report,
-            Some(&ErrorClass::AddrNotAvailable.to_string()),
-        ),
+        first_addr_not_available_ms: first_failure_ms(report, Some(ErrorClass::AddrNotAvailable)),
         duration_ms: (report.summary.elapsed_secs * 1000.0) as u64,
         connections_opened: report.connections.opened,
-        slow_connects: 0,
+        slow_connects: report.connections.slow_connects,
     };
     let pool = sampler.map(|s| PoolEvidence {
         pool_size,
@@ -359,7 +340,6 @@ pub fn write_plot(
     report: &LoadReport,
     t: &TelemetryReport,
 ) -> anyhow::Result<()> {
-    let tl = &t.timeline;
     let series = t.sampler.as_ref().map_or(&[][..], |s| &s.series[..]);
     let gauge = |name: &str, color, get: fn(&portlab_sockets::TickSample) -> u64| Series {
         name: name.to_string(),
@@ -370,11 +350,7 @@ pub fn write_plot(
             .collect(),
     };
     let rates = t.progress.rates();
-    let first_failure = t
-        .progress
-        .first_failure_ms()
-        .map(|ms| ms as f64 / 1000.0)
-        .or_else(|| tl.iter().find(|s| s.failed > 0).map(|s| s.second as f64));
+    let first_failure = first_failure_ms(report, None).map(|ms| ms as f64 / 1000.0);
     let rate_series = |name: &str, color, get: fn(&(f64, f64, f64)) -> f64| Series {
         name: name.to_string(),
         color,
