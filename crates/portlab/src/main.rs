@@ -28,6 +28,12 @@ enum Command {
     /// Show this host's ephemeral-port pool: settings, sockets by state, usage per destination,
     /// headroom and kernel counters.
     Ports(cmd::ports::Args),
+    /// Reproduce the seed incident in a sandbox: load tester → port forwarder → server at
+    /// rising concurrency, then the fixes; a table, the diagnosis and the story (the main job).
+    Reproduce(cmd::reproduce::Args),
+    /// Internal: the process that holds a `reproduce` sandbox's namespaces.
+    #[command(name = "__sandbox-anchor", hide = true)]
+    SandboxAnchor(cmd::reproduce::AnchorArgs),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +43,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Ports(args) => cmd::ports::run(args),
+        Command::Reproduce(args) => cmd::reproduce::run(args),
+        Command::SandboxAnchor(args) => cmd::reproduce::run_anchor(args),
     };
     match result {
         Ok(code) => code,

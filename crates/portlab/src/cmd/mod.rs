@@ -1,3 +1,4 @@
 //! One module per subcommand: its clap `Args` and its `run` function.
 
 pub mod ports;
+pub mod reproduce;

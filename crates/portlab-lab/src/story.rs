@@ -1,0 +1,345 @@
+//! Turns the steps into the ladder's conclusions: the worst step, its diagnosis (cause,
+//! evidence, remedies shown by the fix steps), the verdict, and a paragraph in plain words with
+//! the measured numbers. Strings only; nothing is printed here.
+
+use crate::report::{Diagnosis, LadderReport, LadderSettings, StepReport, Verdict};
+use crate::scenario::{Fix, Path};
+
+/// Version of the `portlab reproduce --json` shape.
+const SCHEMA_VERSION: u32 = 1;
+
+pub(crate) fn assemble(
+    settings: LadderSettings,
+    steps: Vec<StepReport>,
+    elapsed_secs: f64,
+) -> LadderReport {
+    let worst = steps
+        .iter()
+        .filter(|s| s.failed > 0)
+        .max_by(|a, b| a.failure_fraction.total_cmp(&b.failure_fraction))
+        .map(|s| s.step);
+    let worst_step = worst.and_then(|n| steps.iter().find(|s| s.step == n));
+    let verdict = Verdict {
+        incident_reproduced: steps.iter().any(|s| s.fix.is_none() && s.failed > 0),
+        fixes_hold: steps
+            .iter()
+            .filter(|s| s.fix.is_some())
+            .all(|s| s.failed == 0),
+    };
+    let diagnosis = match worst_step {
+        Some(w) => diagnose(&settings, w, &steps),
+        None => clean_diagnosis(&settings, &steps),
+    };
+    let story = story(&settings, worst_step, &steps);
+    LadderReport {
+        schema_version: SCHEMA_VERSION,
+        settings,
+        steps,
+        worst_step: worst,
+        diagnosis,
+        story,
+        verdict,
+        elapsed_secs,
+    }
+}
+
+/// `5000` → `5,000` (thousands separated by commas).
+pub fn group_thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let first = match digits.len() % 3 {
+        0 => 3,
+        r => r,
+    };
+    let mut out = String::from(&digits[..first.min(digits.len())]);
+    for chunk in digits.as_bytes()[first.min(digits.len())..].chunks(3) {
+        out.push(',');
+        out.push_str(std::str::from_utf8(chunk).unwrap_or(""));
+    }
+    out
+}
+
+/// A share as a percentage with one decimal (`76.4 %`), or `0 %`.
+pub(crate) fn percent(fraction: f64) -> String {
+    if fraction == 0.0 {
+        "0 %".to_string()
+    } else {
+        format!("{:.1} %", fraction * 100.0)
+    }
+}
+
+fn is_exhaustion(step: &StepReport) -> bool {
+    step.dominant_error
+        .as_ref()
+        .is_some_and(|e| e.class == "AddrNotAvailable")
+}
+
+fn sustainable_per_sec(settings: &LadderSettings, pool_ports: u64) -> f64 {
+    let block_secs = if settings.tw_reuse == 0 {
+        settings.time_wait_secs as f64
+    } else {
+        1.0
+    };
+    pool_ports as f64 / block_secs
+}
+
+fn diagnose(settings: &LadderSettings, w: &StepReport, steps: &[StepReport]) -> Diagnosis {
+    let dominant = w.dominant_error.as_ref();
+    let summary = if is_exhaustion(w) {
+        format!(
+            "Ephemeral-port exhaustion: in step {} ({}), connections closed by the client piled \
+             up in TIME_WAIT for {} s faster than the {}-port pool could hold them, so connect() \
+             failed with EADDRNOTAVAIL.",
+            w.step,
+            w.name,
+            settings.time_wait_secs,
+            group_thousands(w.pool_ports)
+        )
+    } else {
+        format!(
+            "Step {} ({}) failed {} of {} requests, mostly with {}; this is not the port \
+             exhaustion the lab expects — see the evidence.",
+            w.step,
+            w.name,
+            group_thousands(w.failed),
+            group_thousands(w.requests),
+            dominant.map_or("an unknown error", |e| e.class.as_str())
+        )
+    };
+    let mut evidence = Vec::new();
+    if let Some(e) = dominant {
+        evidence.push(format!(
+            "{} of {} requests ({}) failed; {} with {} ({}).",
+            group_thousands(w.failed),
+            group_thousands(w.requests),
+            percent(w.failure_fraction),
+            group_thousands(e.count),
+            e.errno_name,
+            e.class
+        ));
+    }
+    if let Some(p) = &w.peak_pool {
+        evidence.push(format!(
+            "Peak TIME_WAIT {} of {} usable ports in the busiest pool, {} → {} ({} leg){}.",
+            group_thousands(p.time_wait),
+            group_thousands(w.pool_ports),
+            p.local_ip,
+            p.destination,
+            p.leg,
+            w.pool_full_after_secs
+                .map(|t| format!(", full {t:.2} s into the run"))
+                .unwrap_or_default()
+        ));
+    }
+    evidence.push(format!(
+        "{} new connections at {:.0}/s; with tcp_tw_reuse={} one pool sustains {:.1}/s \
+         ({} ports ÷ {} s).",
+        group_thousands(w.client_connections_opened),
+        w.new_connections_per_sec,
+        settings.tw_reuse,
+        sustainable_per_sec(settings, w.pool_ports),
+        group_thousands(w.pool_ports),
+        if settings.tw_reuse == 0 {
+            settings.time_wait_secs
+        } else {
+            1
+        }
+    ));
+    if let Some(u) = &w.upstream {
+        let failures: u64 = u.connect_failures.values().sum();
+        evidence.push(format!(
+            "The {} opened {} upstream connections (one per client connection), {} of which \
+             failed to connect.",
+            w.path.label(),
+            group_thousands(u.connections_opened),
+            group_thousands(failures)
+        ));
+    }
+    evidence.push(format!(
+        "Sandbox: ip_local_port_range {}–{}, tcp_tw_reuse {}; model predicted {} ({}).",
+        settings.port_range.0,
+        settings.port_range.1,
+        settings.tw_reuse,
+        percent(w.predicted_failure_fraction),
+        match w.prediction_source {
+            crate::PredictionSource::Simulate => "portlab simulate",
+            crate::PredictionSource::ClosedForm => "closed-form estimate",
+        }
+    ));
+    let remedies = steps
+        .iter()
+        .filter_map(|s| s.fix.map(|f| (f, s)))
+        .map(|(fix, s)| remedy_line(fix, s))
+        .collect();
+    Diagnosis {
+        summary,
+        evidence,
+        remedies,
+    }
+}
+
+fn remedy_line(fix: Fix, s: &StepReport) -> String {
+    let outcome = if s.failed == 0 {
+        format!("none of {} requests failed", group_thousands(s.requests))
+    } else {
+        format!(
+            "{} of {} requests still failed",
+            group_thousands(s.failed),
+            group_thousands(s.requests)
+        )
+    };
+    let how = match fix {
+        Fix::KeepAlive => format!(
+            "Keep connections alive: {} connections carried the load",
+            group_thousands(s.client_connections_opened)
+        ),
+        Fix::PoolingProxy => format!(
+            "Replace the forwarder with a pooling reverse proxy: {} upstream connections",
+            group_thousands(s.upstream.as_ref().map_or(0, |u| u.connections_opened))
+        ),
+        Fix::SourceIps => format!(
+            "Spread connections over {} source IPs ({} ports per destination)",
+            s.source_ips.len(),
+            group_thousands(s.pool_ports * s.source_ips.len() as u64)
+        ),
+    };
+    format!("{how}; {outcome} (step {}).", s.step)
+}
+
+fn clean_diagnosis(settings: &LadderSettings, steps: &[StepReport]) -> Diagnosis {
+    let peak = steps
+        .iter()
+        .map(StepReport::peak_time_wait)
+        .max()
+        .unwrap_or(0);
+    Diagnosis {
+        summary: "No step failed: the port pools never ran out.".to_string(),
+        evidence: vec![format!(
+            "Highest TIME_WAIT in one pool: {}; ip_local_port_range {}–{}, tcp_tw_reuse {}.",
+            group_thousands(peak),
+            settings.port_range.0,
+            settings.port_range.1,
+            settings.tw_reuse
+        )],
+        remedies: Vec::new(),
+    }
+}
+
+/// The paragraph: what the worst step did, why it failed, and what each fix changed.
+fn story(settings: &LadderSettings, worst: Option<&StepReport>, steps: &[StepReport]) -> String {
+    let mut parts = Vec::new();
+    match worst {
+        Some(w) => parts.push(incident_sentences(settings, w)),
+        None => parts.push(format!(
+            "No request failed in any step: the {}-port pools never filled.",
+            group_thousands(steps.first().map_or(0, |s| s.pool_ports))
+        )),
+    }
+    for s in steps {
+        if let Some(fix) = s.fix {
+            parts.push(fix_sentence(fix, s));
+        }
+    }
+    parts.join(" ")
+}
+
+fn incident_sentences(settings: &LadderSettings, w: &StepReport) -> String {
+    let mut text = format!(
+        "At c={}, the load tester opened {} connections in {:.2} s ({:.0}/s), one per request, \
+         and closed each one itself",
+        w.concurrency,
+        group_thousands(w.client_connections_opened),
+        w.elapsed_secs,
+        w.new_connections_per_sec
+    );
+    if w.path == Path::Forwarder {
+        let upstream = w.upstream.as_ref().map_or(0, |u| u.connections_opened);
+        text.push_str(&format!(
+            "; the forwarder opened one upstream connection for each ({}) and closed it when \
+             the client hung up",
+            group_thousands(upstream)
+        ));
+    }
+    text.push_str(&format!(
+        ". Each close left a TIME_WAIT for {} s on the side that closed first{}.",
+        settings.time_wait_secs,
+        if w.path == Path::Forwarder {
+            " — the client leg and the forwarder's upstream leg alike"
+        } else {
+            ""
+        }
+    ));
+    match w.pool_full_after_secs {
+        Some(t) => text.push_str(&format!(
+            " The {}-port pool filled after {:.2} s",
+            group_thousands(w.pool_ports),
+            t
+        )),
+        None => text.push_str(&format!(
+            " The busiest pool reached {} TIME_WAIT of {} ports",
+            group_thousands(w.peak_time_wait()),
+            group_thousands(w.pool_ports)
+        )),
+    }
+    match &w.dominant_error {
+        Some(e) => text.push_str(&format!(
+            "; {} of {} requests ({}) failed, {} of them with {} ({}).",
+            group_thousands(w.failed),
+            group_thousands(w.requests),
+            percent(w.failure_fraction),
+            group_thousands(e.count),
+            e.errno_name,
+            e.class
+        )),
+        None => text.push('.'),
+    }
+    text
+}
+
+fn fix_sentence(fix: Fix, s: &StepReport) -> String {
+    let outcome = if s.failed == 0 {
+        "none failed".to_string()
+    } else {
+        format!("{} still failed", group_thousands(s.failed))
+    };
+    match fix {
+        Fix::KeepAlive => format!(
+            "With keep-alive, {} connections carried all {} requests and {outcome}.",
+            group_thousands(s.client_connections_opened),
+            group_thousands(s.requests)
+        ),
+        Fix::PoolingProxy => format!(
+            "With a pooling proxy in place of the forwarder, {} upstream connections carried \
+             all {} requests and {outcome} (the client asked Connection: close, so its \
+             TIME_WAIT sat on the proxy's listening port, which takes no ephemeral port).",
+            group_thousands(s.upstream.as_ref().map_or(0, |u| u.connections_opened)),
+            group_thousands(s.requests)
+        ),
+        Fix::SourceIps => format!(
+            "Spread over {} source IPs, still closing every connection, the load tester had {} \
+             ports to one destination; the busiest pool peaked at {} TIME_WAIT and {outcome}.",
+            s.source_ips.len(),
+            group_thousands(s.pool_ports * s.source_ips.len() as u64),
+            group_thousands(s.peak_time_wait())
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(group_thousands(0), "0");
+        assert_eq!(group_thousands(999), "999");
+        assert_eq!(group_thousands(5000), "5,000");
+        assert_eq!(group_thousands(1234567), "1,234,567");
+    }
+
+    #[test]
+    fn percent_has_one_decimal() {
+        assert_eq!(percent(0.0), "0 %");
+        assert_eq!(percent(0.76), "76.0 %");
+        assert_eq!(percent(0.1234), "12.3 %");
+    }
+}
