@@ -199,11 +199,18 @@ fn setns(fd: i32, nstype: libc::c_int) -> std::io::Result<()> {
     Ok(())
 }
 
-/// In a forked child before exec: die with the lab (PR_SET_PDEATHSIG) and move to a process
-/// group of its own so the terminal's SIGINT goes to the lab only.
+/// In a forked child before exec: unblock every signal (the lab blocks SIGINT and SIGTERM for
+/// its signal thread, and a blocked mask survives exec), die with the lab (PR_SET_PDEATHSIG)
+/// and move to a process group of its own so the terminal's SIGINT goes to the lab only.
 fn child_hardening(lab_pid: u32) -> std::io::Result<()> {
-    // SAFETY: prctl/setpgid/getppid are async-signal-safe syscalls.
+    // SAFETY: sigemptyset/sigprocmask/prctl/setpgid/getppid are async-signal-safe; the set is
+    // a local initialised by sigemptyset.
     unsafe {
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        if libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut()) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) < 0 {
             return Err(std::io::Error::last_os_error());
         }
