@@ -143,7 +143,6 @@ fn run_step_with(
     };
     let load_start_ms = monotonic_ms();
     let load = run_load(&sandbox, config, scenario, &topology.url)?;
-    let load_end_ms = monotonic_ms();
     let upstream = match proxy {
         Some((proxy, _)) => Some(stop_proxy(proxy)?),
         None => None,
@@ -159,9 +158,11 @@ fn run_step_with(
         .count() as u64;
     let range_ports = u64::from(ready.port_range.1.saturating_sub(ready.port_range.0)) + 1;
     let pool_ports = range_ports.saturating_sub(listeners_in_range);
+    // From just before the load until the sandbox stopped: the TIME_WAIT entries of the last
+    // connections appear as their FINs complete, a few milliseconds after the load's end.
     let window: Vec<&Sample> = samples
         .iter()
-        .filter(|s| s.monotonic_ms + 100 >= load_start_ms && s.monotonic_ms <= load_end_ms + 100)
+        .filter(|s| s.monotonic_ms + 100 >= load_start_ms)
         .collect();
     let tw_reuse = u8::try_from(ready.tw_reuse).unwrap_or(2);
     let prediction = predictor.predict(
