@@ -72,7 +72,8 @@ pub fn run_ladder(
             total,
             scenario,
         });
-        let (report, step_ready) = run_step_with(config, scenario, i + 1, &mut predictor)?;
+        let (report, step_ready) =
+            run_step_with(config, scenario, i + 1, &mut predictor).map_err(after_interrupt)?;
         on_event(&LabEvent::StepFinished {
             total,
             report: &report,
@@ -99,6 +100,16 @@ pub fn run_ladder(
     ))
 }
 
+/// Once interrupted, whatever failed did so because its processes were killed: report the
+/// interruption, not the symptom (a server's stdout closing early, say).
+fn after_interrupt(err: LabError) -> LabError {
+    if crate::procs::interrupted() {
+        LabError::Interrupted
+    } else {
+        err
+    }
+}
+
 /// Runs one scenario in a fresh sandbox. `step` is its 1-based number in the report.
 ///
 /// # Errors
@@ -109,7 +120,9 @@ pub fn run_step(
     step: usize,
 ) -> Result<StepReport, LabError> {
     let mut predictor = Predictor::new(&config.exe);
-    run_step_with(config, scenario, step, &mut predictor).map(|(report, _)| report)
+    run_step_with(config, scenario, step, &mut predictor)
+        .map(|(report, _)| report)
+        .map_err(after_interrupt)
 }
 
 /// The addresses of one step's topology.

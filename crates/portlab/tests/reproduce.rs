@@ -35,7 +35,9 @@ fn host_state() -> HostState {
         tw_reuse: read("/proc/sys/net/ipv4/tcp_tw_reuse"),
         named_netns: String::from_utf8_lossy(&netns.stdout)
             .lines()
-            .filter(|l| !l.starts_with("pl-")) // other tests' testkit namespaces come and go
+            // portlab reproduce never names a namespace; the testkit's (`pl-…`, `plload-…`) of
+            // tests running at the same time come and go.
+            .filter(|l| !l.starts_with("pl"))
             .collect::<Vec<_>>()
             .join("\n"),
     }
