@@ -157,9 +157,11 @@ impl Sandbox {
         cmd
     }
 
-    /// Stops the anchor (closes its stdin, which ends its sampling loop) and returns the
-    /// samples it took since it was ready (one per `sample_interval_ms`, each stamped with
-    /// CLOCK_MONOTONIC so callers can cut out a time window).
+    /// Stops the anchor and returns the samples it took since it was ready (one per
+    /// `sample_interval_ms`, each stamped with CLOCK_MONOTONIC so callers can cut out a time
+    /// window). Before stopping it waits (at most a second) for one sample taken after this
+    /// call, so the last sample shows the socket table after every other process has exited —
+    /// with the final TIME_WAIT entries in place.
     ///
     /// # Errors
     /// [`LabError::Interrupted`], [`LabError::Timeout`] when the anchor does not exit.
@@ -167,16 +169,36 @@ impl Sandbox {
         let Some(mut anchor) = self.anchor.take() else {
             return Ok(Vec::new());
         };
+        let called_at = crate::anchor::monotonic_ms();
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        let mut samples = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            let Some(line) = anchor.next_line(left).or_else(|e| match e {
+                LabError::Timeout { .. } => Ok(None),
+                other => Err(other),
+            })?
+            else {
+                break;
+            };
+            if let Some(sample) = parse_sample(&line) {
+                let after = sample.monotonic_ms > called_at;
+                samples.push(sample);
+                if after {
+                    break;
+                }
+            }
+        }
         anchor.close_stdin();
         let finished = anchor.finish(Duration::from_secs(10))?;
-        Ok(finished
-            .lines
-            .iter()
-            .filter_map(|line| match serde_json::from_str::<AnchorEvent>(line) {
-                Ok(AnchorEvent::Sample(s)) => Some(s),
-                _ => None,
-            })
-            .collect())
+        samples.extend(finished.lines.iter().filter_map(|l| parse_sample(l)));
+        Ok(samples)
+    }
+}
+
+fn parse_sample(line: &str) -> Option<Sample> {
+    match serde_json::from_str::<AnchorEvent>(line) {
+        Ok(AnchorEvent::Sample(s)) => Some(s),
+        _ => None,
     }
 }
 

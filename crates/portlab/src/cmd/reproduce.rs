@@ -12,6 +12,8 @@ use portlab_lab::{LabConfig, LabError, LabEvent, LadderReport, SandboxConfig, St
 use crate::exit;
 use crate::style::Painter;
 
+mod plot;
+
 /// Exit code after SIGINT/SIGTERM (128 + SIGINT, as shells report it).
 const INTERRUPTED: u8 = 130;
 
@@ -33,6 +35,7 @@ Examples:
   portlab reproduce
   portlab reproduce --ladder 50 -n 2000 --json > lab.json
   portlab reproduce --range 40000-44999 --tw-reuse 1
+  portlab reproduce --plot lab-plots/
   portlab reproduce --target http://127.0.0.1:8080/ --target-cmd 'nginx -g \"daemon off;\"'")]
 pub struct Args {
     /// Concurrency of each incident step (comma-separated).
@@ -78,6 +81,9 @@ pub struct Args {
     /// Print the whole result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Write one SVG timeline per step (DIR/step-N.svg).
+    #[arg(long, value_name = "DIR")]
+    plot: Option<std::path::PathBuf>,
     /// Print a progress line per step on stderr (default: only when stderr is a terminal).
     #[arg(long)]
     progress: bool,
@@ -169,11 +175,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         Err(err) => return Err(anyhow::Error::new(err).context("reproduce")),
     };
+    let plots = match &args.plot {
+        Some(dir) => plot::write_all(&report.steps, dir)?,
+        None => Vec::new(),
+    };
     if args.json {
         let text = serde_json::to_string_pretty(&report).context("serializing the report")?;
         println!("{text}");
     } else {
         print!("{}", render_text(&report, Painter::for_stdout()));
+        if let Some(dir) = &args.plot {
+            println!("{} timelines written to {}", plots.len(), dir.display());
+        }
     }
     let v = report.verdict;
     Ok(if v.incident_reproduced && v.fixes_hold {
