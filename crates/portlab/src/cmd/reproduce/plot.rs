@@ -67,6 +67,8 @@ fn plot_step(step: &StepReport, path: &Path) -> anyhow::Result<()> {
         .configure_mesh()
         .x_desc("seconds since the load started")
         .y_desc("sockets / ports")
+        .x_label_formatter(&|v| format!("{v:.1}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(|e| err(&e))?;
     let series: [Series; 3] = [
