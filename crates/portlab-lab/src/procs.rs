@@ -33,12 +33,17 @@ fn registry() -> MutexGuard<'static, BTreeSet<i32>> {
 pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
     for &pid in registry().iter() {
-        // SAFETY-free: kill(2) on a PID we own and have not reaped.
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        kill_tree(pid, nix::sys::signal::Signal::SIGKILL);
     }
+}
+
+/// Sends `signal` to a registered child and to its process group: the lab's children lead
+/// groups of their own (see `Sandbox::command`), so this reaches what they started too (a
+/// shell's server, nginx's workers). Called only for children not yet reaped, whose PID (and
+/// so group ID) cannot have been reused.
+fn kill_tree(pid: i32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(-pid), signal);
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
 }
 
 /// Whether [`interrupt`] was called.
@@ -155,11 +160,11 @@ impl Guarded {
         }
     }
 
-    /// Sends `signal` to the child if it has not been reaped yet.
+    /// Sends `signal` to the child and its process group if it has not been reaped yet.
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let reg = registry();
         if reg.contains(&self.pid) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid), signal);
+            kill_tree(self.pid, signal);
         }
     }
 
@@ -219,7 +224,7 @@ impl Guarded {
             self.stdin = None;
             {
                 let mut reg = registry();
-                let _ = child.kill();
+                kill_tree(self.pid, nix::sys::signal::Signal::SIGKILL);
                 reg.remove(&self.pid);
             }
             let _ = child.wait();

@@ -160,7 +160,14 @@ fn run_step_with(
         Some((proxy, _)) => Some(stop_proxy(proxy)?),
         None => None,
     };
-    stop(server, "server")?;
+    stop(
+        server,
+        if config.target.is_some() {
+            "target"
+        } else {
+            "serve"
+        },
+    )?;
     let samples = sandbox.finish()?;
 
     let listeners_in_range = [topology.server.port(), topology.front.port()]
@@ -240,8 +247,9 @@ fn start_server(
             what: "target".to_string(),
             detail: format!("{} is not http://IP:PORT/PATH", target.url),
         })?;
+        // exec: the server replaces the shell, so SIGTERM reaches it.
         let mut cmd = sandbox.command("sh");
-        cmd.arg("-c").arg(&target.command);
+        cmd.arg("-c").arg(format!("exec {}", target.command));
         let server = Guarded::spawn("target", &mut cmd)?;
         wait_until_serving(sandbox, config, &target.url, &server)?;
         return Ok((server, addr, path));
@@ -341,7 +349,8 @@ fn with_stderr(err: LabError, child: Guarded) -> LabError {
 fn stop(child: Guarded, what: &str) -> Result<Vec<String>, LabError> {
     child.signal(nix::sys::signal::Signal::SIGTERM);
     let finished = child.finish(STOP_TIMEOUT)?;
-    if !finished.status.success() && finished.status.code().is_some() {
+    // A user's server may exit with any status on SIGTERM; portlab's own exit 0.
+    if what != "target" && !finished.status.success() && finished.status.code().is_some() {
         return Err(LabError::Protocol {
             what: what.to_string(),
             detail: format!(
