@@ -131,10 +131,10 @@ fn diagnose(settings: &LadderSettings, w: &StepReport, steps: &[StepReport]) -> 
         ));
     }
     evidence.push(format!(
-        "{} new connections at {:.0}/s; with tcp_tw_reuse={} one pool sustains {:.1}/s \
-         ({} ports ÷ {} s).",
+        "{} new connections at {}/s over the run; with tcp_tw_reuse={} one pool sustains \
+         {:.1}/s ({} ports ÷ {} s).",
         group_thousands(w.client_connections_opened),
-        w.new_connections_per_sec,
+        group_thousands(w.new_connections_per_sec as u64),
         settings.tw_reuse,
         sustainable_per_sec(settings, w.pool_ports),
         group_thousands(w.pool_ports),
@@ -228,7 +228,10 @@ fn clean_diagnosis(settings: &LadderSettings, steps: &[StepReport]) -> Diagnosis
 fn story(settings: &LadderSettings, worst: Option<&StepReport>, steps: &[StepReport]) -> String {
     let mut parts = Vec::new();
     match worst {
-        Some(w) => parts.push(incident_sentences(settings, w)),
+        Some(w) => {
+            parts.push(incident_sentences(settings, w));
+            parts.extend(concurrency_sentence(settings, steps));
+        }
         None => parts.push(format!(
             "No request failed in any step: the {}-port pools never filled.",
             group_thousands(steps.first().map_or(0, |s| s.pool_ports))
@@ -244,18 +247,16 @@ fn story(settings: &LadderSettings, worst: Option<&StepReport>, steps: &[StepRep
 
 fn incident_sentences(settings: &LadderSettings, w: &StepReport) -> String {
     let mut text = format!(
-        "At c={}, the load tester opened {} connections in {:.2} s ({:.0}/s), one per request, \
-         and closed each one itself",
+        "At c={}, the load tester needed a new connection for every one of its {} requests and \
+         closed each one itself",
         w.concurrency,
-        group_thousands(w.client_connections_opened),
-        w.elapsed_secs,
-        w.new_connections_per_sec
+        group_thousands(w.requests)
     );
     if w.path == Path::Forwarder {
         let upstream = w.upstream.as_ref().map_or(0, |u| u.connections_opened);
         text.push_str(&format!(
-            "; the forwarder opened one upstream connection for each ({}) and closed it when \
-             the client hung up",
+            "; the forwarder opened one upstream connection for each client connection ({}) \
+             and closed it when the client hung up",
             group_thousands(upstream)
         ));
     }
@@ -263,18 +264,22 @@ fn incident_sentences(settings: &LadderSettings, w: &StepReport) -> String {
         ". Each close left a TIME_WAIT for {} s on the side that closed first{}.",
         settings.time_wait_secs,
         if w.path == Path::Forwarder {
-            " — the client leg and the forwarder's upstream leg alike"
+            ": the client leg and the forwarder's upstream leg alike"
         } else {
             ""
         }
     ));
     match w.pool_full_after_secs {
-        Some(t) => text.push_str(&format!(
-            " The {}-port pool filled after {:.2} s",
+        Some(t) if t > 0.0 => text.push_str(&format!(
+            " {} connections got through before the {}-port pool filled, {:.2} s into the run \
+             (about {} new connections/s, while one pool sustains {:.1}/s)",
+            group_thousands(w.client_connections_opened),
             group_thousands(w.pool_ports),
-            t
+            t,
+            group_thousands((w.pool_ports as f64 / t) as u64),
+            sustainable_per_sec(settings, w.pool_ports)
         )),
-        None => text.push_str(&format!(
+        _ => text.push_str(&format!(
             " The busiest pool reached {} TIME_WAIT of {} ports",
             group_thousands(w.peak_time_wait()),
             group_thousands(w.pool_ports)
@@ -282,7 +287,8 @@ fn incident_sentences(settings: &LadderSettings, w: &StepReport) -> String {
     }
     match &w.dominant_error {
         Some(e) => text.push_str(&format!(
-            "; {} of {} requests ({}) failed, {} of them with {} ({}).",
+            "; from then on connect() failed at once: {} of {} requests ({}) failed, {} of them \
+             with {} ({}).",
             group_thousands(w.failed),
             group_thousands(w.requests),
             percent(w.failure_fraction),
@@ -293,6 +299,33 @@ fn incident_sentences(settings: &LadderSettings, w: &StepReport) -> String {
         None => text.push('.'),
     }
     text
+}
+
+/// When several incident steps ran, whether their outcome tracked the concurrency.
+fn concurrency_sentence(settings: &LadderSettings, steps: &[StepReport]) -> Option<String> {
+    let incidents: Vec<&StepReport> = steps.iter().filter(|s| s.fix.is_none()).collect();
+    let (first, last) = (incidents.first()?, incidents.last()?);
+    if incidents.len() < 2 || incidents.iter().any(|s| s.failed == 0) {
+        return None;
+    }
+    let low = incidents.iter().map(|s| s.succeeded).min()?;
+    let high = incidents.iter().map(|s| s.succeeded).max()?;
+    // Within 2 % of each other: the pool, not the concurrency, set the limit.
+    if high - low > high / 50 {
+        return None;
+    }
+    Some(format!(
+        "Concurrency did not matter: from c={} to c={}, {} requests got through each time. \
+         The limit is new connections per {} s against the pool, not connections at once.",
+        first.concurrency,
+        last.concurrency,
+        if low == high {
+            group_thousands(low)
+        } else {
+            format!("{}–{}", group_thousands(low), group_thousands(high))
+        },
+        settings.time_wait_secs
+    ))
 }
 
 fn fix_sentence(fix: Fix, s: &StepReport) -> String {

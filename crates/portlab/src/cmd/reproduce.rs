@@ -355,7 +355,7 @@ fn table_row(s: &StepReport) -> [String; 11] {
             .as_ref()
             .map_or_else(|| "-".to_string(), |e| e.class.clone()),
         peak,
-        format!("{:.0}", s.new_connections_per_sec),
+        group(s.new_connections_per_sec as u64),
         pct(s.predicted_failure_fraction),
     ]
 }
