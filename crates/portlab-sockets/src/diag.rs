@@ -6,11 +6,8 @@ use std::fs;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST,
-};
+use netlink_packet_core::{NetlinkMessage, NetlinkPayload, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6, IPPROTO_TCP};
-use netlink_packet_sock_diag::inet::{ExtensionFlags, InetRequest, SocketId, StateFlags};
 use netlink_packet_sock_diag::SockDiagMessage;
 use netlink_sys::{protocols::NETLINK_SOCK_DIAG, Socket, SocketAddr as NetlinkAddr};
 use serde::Serialize;
@@ -85,6 +82,11 @@ impl StateMask {
     /// True when `state` is in the set.
     pub fn contains(self, state: TcpState) -> bool {
         self.0 & state.mask_bit() != 0
+    }
+
+    /// The set less `state`.
+    pub fn without(self, state: TcpState) -> Self {
+        StateMask(self.0 & !state.mask_bit())
     }
 
     /// The raw `idiag_states` bits.
@@ -164,20 +166,53 @@ fn dump(
     half: Option<Half>,
     visit: &mut impl FnMut(SocketEntry),
 ) -> Result<(), SockDiagError> {
-    let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(classify_open_error)?;
-    socket.bind_auto().map_err(classify_open_error)?;
-    socket
-        .connect(&NetlinkAddr::new(0, 0))
-        .map_err(classify_open_error)?;
-    let mut buffer = vec![0u8; RECV_BUFFER_BYTES];
-    for family in [AF_INET, AF_INET6] {
-        match half {
-            None => send_dump_request(&socket, family, states)?,
-            Some(half) => send_filtered_dump_request(&socket, family, states, half)?,
-        }
-        receive_dump(&socket, &mut buffer, visit)?;
+    let bytecode = half.map(half_bytecode);
+    DiagSocket::open()?.dump(states, bytecode.as_ref().map(|b| &b[..]), visit)
+}
+
+/// An open NETLINK_SOCK_DIAG socket with its receive buffer, reusable for many dumps (the
+/// sampler dumps ten times a second).
+#[derive(Debug)]
+pub struct DiagSocket {
+    socket: Socket,
+    buffer: Vec<u8>,
+}
+
+impl DiagSocket {
+    /// Opens the socket in the caller's network namespace.
+    ///
+    /// # Errors
+    /// `PermissionDenied` or `Open`.
+    pub fn open() -> Result<Self, SockDiagError> {
+        let mut socket = Socket::new(NETLINK_SOCK_DIAG).map_err(classify_open_error)?;
+        socket.bind_auto().map_err(classify_open_error)?;
+        socket
+            .connect(&NetlinkAddr::new(0, 0))
+            .map_err(classify_open_error)?;
+        Ok(Self {
+            socket,
+            buffer: vec![0u8; RECV_BUFFER_BYTES],
+        })
     }
-    Ok(())
+
+    /// Dumps the TCP sockets (IPv4 then IPv6) whose state is in `states` and that pass the
+    /// optional inet_diag `bytecode` filter (see [`destination_filter`]), both applied in the
+    /// kernel.
+    ///
+    /// # Errors
+    /// [`SockDiagError`]; an invalid bytecode is refused by the kernel with EINVAL (`Kernel`).
+    pub fn dump(
+        &mut self,
+        states: StateMask,
+        bytecode: Option<&[u8]>,
+        visit: &mut impl FnMut(SocketEntry),
+    ) -> Result<(), SockDiagError> {
+        for family in [AF_INET, AF_INET6] {
+            send_dump_request(&self.socket, family, states, bytecode)?;
+            receive_dump(&self.socket, &mut self.buffer, visit)?;
+        }
+        Ok(())
+    }
 }
 
 fn classify_open_error(err: io::Error) -> SockDiagError {
@@ -185,32 +220,6 @@ fn classify_open_error(err: io::Error) -> SockDiagError {
         Some(libc::EPERM) | Some(libc::EACCES) => SockDiagError::PermissionDenied(err),
         _ => SockDiagError::Open(err),
     }
-}
-
-fn send_dump_request(socket: &Socket, family: u8, states: StateMask) -> Result<(), SockDiagError> {
-    let mut header = NetlinkHeader::default();
-    header.flags = NLM_F_REQUEST | NLM_F_DUMP;
-    let socket_id = if family == AF_INET {
-        SocketId::new_v4()
-    } else {
-        SocketId::new_v6()
-    };
-    let mut packet = NetlinkMessage::new(
-        header,
-        SockDiagMessage::InetRequest(InetRequest {
-            family,
-            protocol: IPPROTO_TCP,
-            extensions: ExtensionFlags::empty(),
-            states: StateFlags::from_bits_retain(states.bits()),
-            socket_id,
-        })
-        .into(),
-    );
-    packet.finalize();
-    let mut bytes = vec![0u8; packet.buffer_len()];
-    packet.serialize(&mut bytes);
-    socket.send(&bytes, 0).map_err(SockDiagError::Io)?;
-    Ok(())
 }
 
 // inet_diag bytecode (include/uapi/linux/inet_diag.h): ops of 4 bytes {code, yes, no}; a port
@@ -222,6 +231,7 @@ const BC_JMP: u8 = 1;
 const BC_S_LE: u8 = 3;
 const BC_D_GE: u8 = 4;
 const BC_D_LE: u8 = 5;
+const BC_D_COND: u8 = 8;
 const INET_DIAG_REQ_BYTECODE: u16 = 1;
 const SOCK_DIAG_BY_FAMILY: u16 = 20;
 
@@ -279,17 +289,16 @@ fn put_op(out: &mut [u8], code: u8, yes: u8, no: u16, port: Option<u16>) {
     }
 }
 
-/// Sends a SOCK_DIAG_BY_FAMILY dump request carrying an INET_DIAG_REQ_BYTECODE filter.
-/// netlink-packet-sock-diag has no encoder for request attributes, so the message is laid out
-/// here: nlmsghdr (16) + inet_diag_req_v2 (56) + nlattr (4) + bytecode.
-fn send_filtered_dump_request(
+/// Sends a SOCK_DIAG_BY_FAMILY dump request, with an INET_DIAG_REQ_BYTECODE filter when one
+/// is given. netlink-packet-sock-diag has no encoder for request attributes, so the message is
+/// laid out here: nlmsghdr (16) + inet_diag_req_v2 (56) + optional nlattr (4) + bytecode.
+fn send_dump_request(
     socket: &Socket,
     family: u8,
     states: StateMask,
-    half: Half,
+    bytecode: Option<&[u8]>,
 ) -> Result<(), SockDiagError> {
-    let bytecode = half_bytecode(half);
-    let attr_len = 4 + bytecode.len();
+    let attr_len = bytecode.map_or(0, |b| 4 + b.len());
     let total = 16 + 56 + attr_len;
     let mut msg = Vec::with_capacity(total);
     msg.extend_from_slice(&(total as u32).to_ne_bytes());
@@ -299,15 +308,68 @@ fn send_filtered_dump_request(
     msg.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel
     msg.extend_from_slice(&[family, IPPROTO_TCP, 0, 0]);
     msg.extend_from_slice(&states.bits().to_ne_bytes());
-    // inet_diag_sockid: ports, addresses, interface, cookie all zero = no identity filter;
-    // the cookie must be INET_DIAG_NOCOOKIE (all ones) to be ignored.
+    // inet_diag_sockid: ports, addresses, interface all zero = no identity filter; the cookie
+    // INET_DIAG_NOCOOKIE (all ones) is ignored.
     msg.extend_from_slice(&[0u8; 40]);
     msg.extend_from_slice(&[0xff; 8]);
-    msg.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-    msg.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-    msg.extend_from_slice(&bytecode);
+    if let Some(bytecode) = bytecode {
+        msg.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        msg.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        msg.extend_from_slice(bytecode);
+    }
     socket.send(&msg, 0).map_err(SockDiagError::Io)?;
     Ok(())
+}
+
+/// An inet_diag bytecode that accepts the sockets whose remote end is one of `destinations`
+/// (address and port; an IPv4 destination also matches its IPv4-mapped IPv6 form, as
+/// `inet_diag_bc_run()` compares them). Shape, for destinations A, B, C:
+/// ```text
+/// D_COND A  yes → JMP   no → D_COND B
+/// JMP                   no → accept
+/// D_COND B  yes → JMP   no → D_COND C
+/// JMP                   no → accept
+/// D_COND C  yes → accept (end)   no → reject
+/// ```
+/// Returns `None` for an empty list (no filter).
+pub fn destination_filter(destinations: &[SocketAddr]) -> Option<Vec<u8>> {
+    let (last, rest) = destinations.split_last()?;
+    let cond_len = |d: &SocketAddr| 4 + 8 + if d.is_ipv4() { 4 } else { 16 };
+    let total: usize = rest.iter().map(|d| cond_len(d) + 4).sum::<usize>() + cond_len(last);
+    let mut bc = Vec::with_capacity(total);
+    for dest in rest {
+        let len = cond_len(dest);
+        put_cond(&mut bc, dest, len as u8, (len + 4) as u16);
+        let remaining = total - bc.len();
+        // JMP: `yes` is never taken; `no` lands on the end: accept.
+        let mut jmp = [0u8; 4];
+        put_op(&mut jmp, BC_JMP, 4, remaining as u16, None);
+        bc.extend_from_slice(&jmp);
+    }
+    let remaining = total - bc.len();
+    put_cond(&mut bc, last, remaining as u8, (remaining + 4) as u16);
+    debug_assert_eq!(bc.len(), total);
+    Some(bc)
+}
+
+/// Appends a D_COND op with its `inet_diag_hostcond` {family, prefix_len, port, addr}.
+fn put_cond(bc: &mut Vec<u8>, dest: &SocketAddr, yes: u8, no: u16) {
+    bc.push(BC_D_COND);
+    bc.push(yes);
+    bc.extend_from_slice(&no.to_ne_bytes());
+    let (family, prefix_len) = if dest.is_ipv4() {
+        (AF_INET, 32)
+    } else {
+        (AF_INET6, 128)
+    };
+    bc.push(family);
+    bc.push(prefix_len);
+    bc.extend_from_slice(&[0, 0]);
+    bc.extend_from_slice(&i32::from(dest.port()).to_ne_bytes());
+    match dest.ip() {
+        IpAddr::V4(v4) => bc.extend_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => bc.extend_from_slice(&v6.octets()),
+    }
 }
 
 /// Reads the multipart answer of one dump until NLMSG_DONE.

@@ -26,12 +26,16 @@
 
 pub mod counters;
 pub mod diag;
+pub mod sampler;
 pub mod settings;
 pub mod snapshot;
 pub mod state;
 
 pub use counters::{Counters, CountersError};
 pub use diag::{SockDiagError, SocketEntry, StateMask, TableSource};
+pub use sampler::{
+    DestinationCounts, Sampler, SamplerConfig, SamplerReport, SecondSample, SockStat, TickSample,
+};
 pub use settings::{PortPoolSettings, PortRange, SettingsError, TwReuse, LINUX_TIME_WAIT_SECS};
 pub use snapshot::{
     Headroom, LocalIpUsage, PoolUsage, Risk, Snapshot, SnapshotOptions, TableChoice,

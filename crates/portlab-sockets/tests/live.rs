@@ -89,3 +89,83 @@ fn state_filter_runs_in_the_kernel() {
     assert_eq!(listeners.len(), 4);
     assert!(listeners.iter().all(|e| e.state == TcpState::Listen));
 }
+
+#[test]
+fn destination_filter_selects_client_sides_of_chosen_destinations() {
+    use portlab_sockets::diag::{destination_filter, DiagSocket};
+    let ns = NetNs::new("diag-dest").expect("create netns (needs root)");
+    let (listeners, _held) = ns
+        .run(make_sockets)
+        .expect("enter netns")
+        .expect("make sockets");
+    let addrs: Vec<SocketAddr> = listeners
+        .iter()
+        .map(|l| l.local_addr().expect("addr"))
+        .collect();
+    for chosen in [vec![addrs[0]], vec![addrs[1], addrs[3]], addrs.clone()] {
+        let filter = destination_filter(&chosen).expect("non-empty");
+        let seen = ns
+            .run(move || {
+                let mut seen = Vec::new();
+                DiagSocket::open()
+                    .expect("open")
+                    .dump(StateMask::ALL, Some(&filter), &mut |e| seen.push(e))
+                    .expect("the kernel accepts the bytecode");
+                seen
+            })
+            .expect("enter netns");
+        assert_eq!(seen.len(), 60 * chosen.len(), "{chosen:?}");
+        assert!(seen.iter().all(|e| chosen.contains(&e.remote)));
+    }
+}
+
+#[test]
+fn sampler_sees_time_wait_build_up_and_the_pool_fill() {
+    use portlab_sockets::{Sampler, SamplerConfig};
+    use std::io::Read;
+    use std::time::Duration;
+    let ns = NetNs::new("sampler").expect("create netns (needs root)");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40199")
+        .expect("sysctl");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0").expect("sysctl");
+    let report = ns
+        .run(|| {
+            let listener = TcpListener::bind("127.0.0.1:20000").expect("bind");
+            let dest = listener.local_addr().expect("addr");
+            let sampler = Sampler::start(SamplerConfig {
+                destinations: vec![dest],
+                interval: Duration::from_millis(20),
+                pool_size: 200,
+            })
+            .expect("sampler starts");
+            let mut connected = 0;
+            for _ in 0..250 {
+                // Connect until the 200-port pool is exhausted (EADDRNOTAVAIL).
+                let Ok(client) = TcpStream::connect(dest) else {
+                    break;
+                };
+                let (mut server, _) = listener.accept().expect("accept");
+                drop(client);
+                let _ = server.read(&mut [0u8; 1]);
+                connected += 1;
+            }
+            (connected, sampler.stop())
+        })
+        .expect("enter netns");
+    let (connected, report) = report;
+    assert_eq!(connected, 200, "the pool holds exactly 200 ports");
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(
+        report.peak.time_wait, 200,
+        "the final sample sees every TIME_WAIT"
+    );
+    assert_eq!(report.peak.max_pool_ports_in_use, 200);
+    assert_eq!(
+        report.netns_peak.tcp_time_wait, 200,
+        "sockstat sees the namespace's TIME_WAIT"
+    );
+    assert!(report.ticks >= report.samples);
+    assert!(report.pool_full_at_ms.is_some());
+    assert_eq!(report.counters_delta.active_opens, 200);
+    assert!(report.samples >= 2);
+}

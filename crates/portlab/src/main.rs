@@ -9,6 +9,9 @@
 
 mod cmd;
 mod exit;
+#[allow(dead_code)] // used by load, simulate and reproduce as they land
+mod plot;
+mod render;
 mod style;
 
 use std::process::ExitCode;
@@ -34,6 +37,9 @@ enum Command {
     /// Internal: the process that holds a `reproduce` sandbox's namespaces.
     #[command(name = "__sandbox-anchor", hide = true)]
     SandboxAnchor(cmd::reproduce::AnchorArgs),
+    /// Diagnose this host without generating load: settings, pool usage, counters, findings
+    /// and remedies.
+    Doctor(cmd::doctor::Args),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +51,7 @@ fn main() -> ExitCode {
         Command::Ports(args) => cmd::ports::run(args),
         Command::Reproduce(args) => cmd::reproduce::run(args),
         Command::SandboxAnchor(args) => cmd::reproduce::run_anchor(args),
+        Command::Doctor(args) => cmd::doctor::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,4 +1,5 @@
 //! One module per subcommand: its clap `Args` and its `run` function.
 
+pub mod doctor;
 pub mod ports;
 pub mod reproduce;

@@ -13,6 +13,7 @@ use portlab_sockets::{
 };
 use serde::Serialize;
 
+use crate::render::{fmt_int, fmt_rate};
 use crate::style::Painter;
 
 /// Flags of `portlab ports`.
@@ -85,8 +86,8 @@ struct Verdict {
 
 /// Counter deltas divided by the refresh interval.
 #[derive(Debug, Clone, Copy, Serialize)]
-struct CounterRates {
-    interval_secs: f64,
+pub struct CounterRates {
+    pub interval_secs: f64,
     active_opens: f64,
     attempt_fails: f64,
     tw_recycled: f64,
@@ -96,7 +97,8 @@ struct CounterRates {
 }
 
 impl CounterRates {
-    fn between(earlier: &Counters, later: &Counters, interval: Duration) -> Self {
+    /// Counter increase per second between two readings.
+    pub fn between(earlier: &Counters, later: &Counters, interval: Duration) -> Self {
         let d = later.delta_since(earlier);
         let secs = interval.as_secs_f64().max(1e-6);
         CounterRates {
@@ -111,18 +113,35 @@ impl CounterRates {
     }
 }
 
-struct Reading {
-    settings: PortPoolSettings,
-    snapshot: Snapshot,
-    counters: Counters,
-    at: Instant,
+/// One reading of settings, socket table and counters.
+pub struct Reading {
+    /// Port-pool settings.
+    pub settings: PortPoolSettings,
+    /// The socket table grouped into pools.
+    pub snapshot: Snapshot,
+    /// Cumulative TCP counters.
+    pub counters: Counters,
+    /// When it was read.
+    pub at: Instant,
 }
 
-fn read(args: &Args) -> anyhow::Result<Reading> {
+/// What to show: the `--dest`, `--top` and `--proc` flags.
+#[derive(Debug, Clone, Copy)]
+pub struct View {
+    /// Only pools towards this destination.
+    pub dest: Option<SocketAddr>,
+    /// How many pools the text lists.
+    pub top: usize,
+    /// Read /proc instead of netlink.
+    pub proc: bool,
+}
+
+/// Reads settings, the socket table (grouped into pools) and the counters.
+pub fn read(view: View) -> anyhow::Result<Reading> {
     let settings = PortPoolSettings::read().context("reading the port-pool settings")?;
     let options = SnapshotOptions {
-        destination: args.dest,
-        table: if args.proc {
+        destination: view.dest,
+        table: if view.proc {
             TableChoice::Proc
         } else {
             TableChoice::Auto
@@ -148,8 +167,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let painter = Painter::for_stdout();
     let mut previous: Option<Reading> = None;
     let clear_screen = args.watch.is_some() && !args.json && std::io::stdout().is_terminal();
+    let view = View {
+        dest: args.dest,
+        top: args.top,
+        proc: args.proc,
+    };
     loop {
-        let reading = read(&args)?;
+        let reading = read(view)?;
         let rates = previous
             .as_ref()
             .map(|p| CounterRates::between(&p.counters, &reading.counters, reading.at - p.at));
@@ -169,7 +193,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             text.push('\n');
             text
         } else {
-            render_text(&reading, rates, &args, painter)
+            render_text(&reading, rates, view, painter)
         };
         if clear_screen {
             // Cursor home + clear screen: refresh in place like top/watch.
@@ -248,7 +272,13 @@ fn time_to_fill(free_ports: u64, churn_per_sec: f64, block_ms: u32) -> String {
     )
 }
 
-fn render_text(reading: &Reading, rates: Option<CounterRates>, args: &Args, p: Painter) -> String {
+/// The text report: settings, sockets, pools, headroom, counters.
+pub fn render_text(
+    reading: &Reading,
+    rates: Option<CounterRates>,
+    view: View,
+    p: Painter,
+) -> String {
     let mut s = String::with_capacity(4096);
     let (settings, snap) = (&reading.settings, &reading.snapshot);
     s.push_str(&p.heading("portlab ports"));
@@ -258,7 +288,7 @@ fn render_text(reading: &Reading, rates: Option<CounterRates>, args: &Args, p: P
     ));
     push_settings(&mut s, settings, p);
     push_states(&mut s, snap, p);
-    push_pools(&mut s, settings, snap, args, p);
+    push_pools(&mut s, settings, snap, view, p);
     push_headroom(&mut s, settings, snap, p);
     push_counters(&mut s, &reading.counters, rates, p);
     s
@@ -391,7 +421,7 @@ fn push_states(s: &mut String, snap: &Snapshot, p: Painter) {
     ));
 }
 
-fn push_pools(s: &mut String, st: &PortPoolSettings, snap: &Snapshot, args: &Args, p: Painter) {
+fn push_pools(s: &mut String, st: &PortPoolSettings, snap: &Snapshot, args: View, p: Painter) {
     let title = match args.dest {
         Some(dest) => format!("Pools towards {dest}"),
         None => "Pools".to_string(),
@@ -560,43 +590,9 @@ fn paint_by_risk(risk: Risk, text: &str, p: Painter) -> String {
     }
 }
 
-/// 28232 → "28,232".
-pub fn fmt_int(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
-}
-
-/// A rate with sensible precision: 470.5, 28,232, 0.25.
-pub fn fmt_rate(rate: f64) -> String {
-    if rate >= 1000.0 {
-        fmt_int(rate.round() as u64)
-    } else if rate >= 10.0 {
-        format!("{rate:.1}")
-    } else {
-        format!("{rate:.2}")
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn formats_numbers_for_reading() {
-        assert_eq!(fmt_int(0), "0");
-        assert_eq!(fmt_int(999), "999");
-        assert_eq!(fmt_int(28_232), "28,232");
-        assert_eq!(fmt_int(1_000_000), "1,000,000");
-        assert_eq!(fmt_rate(470.533), "470.5");
-        assert_eq!(fmt_rate(28_232.0), "28,232");
-    }
 
     #[test]
     fn watch_interval_must_be_positive() {

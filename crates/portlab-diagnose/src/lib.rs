@@ -1,0 +1,105 @@
+//! # portlab-diagnose
+//!
+//! Evidence in, findings out. [`diagnose`] reads an [`Evidence`] — what a load run counted,
+//! what the sampler saw of the port pool, the settings and counter deltas, or a host snapshot
+//! for `portlab doctor` — and returns [`Finding`]s, most severe first. Each finding names a
+//! [`Cause`], a one-sentence summary, evidence lines with numbers and the [`Remedy`]s that are
+//! correct for each OS, with the folklore they replace ([`Correction`]).
+//!
+//! The causes told apart:
+//! 1. ephemeral-port exhaustion on the client ([`Cause::PortExhaustion`]),
+//! 2. TIME_WAIT pressure before failures ([`Cause::TimeWaitPressure`]),
+//! 3. a listener's accept queue overflowing ([`Cause::ListenQueueOverflow`]),
+//! 4. the file-descriptor limit ([`Cause::FileDescriptorLimit`]),
+//! 5. the server refusing, resetting or timing out ([`Cause::ServerSide`]),
+//! 6. healthy, with the headroom ([`Cause::Healthy`]).
+//!
+//! Nothing here prints; the `portlab` binary renders findings.
+//!
+//! ```
+//! use portlab_diagnose::{diagnose, Cause, Evidence};
+//! # fn settings() -> portlab_sockets::PortPoolSettings { portlab_sockets::PortPoolSettings::read().unwrap() }
+//! let evidence = Evidence {
+//!     settings: settings(),
+//!     loopback: false,
+//!     run: None,
+//!     pool: None,
+//!     counters_delta: None,
+//!     counters_interval_ms: 0,
+//!     snapshot: None,
+//! };
+//! let findings = diagnose(&evidence);
+//! assert_eq!(findings[0].cause, Cause::Healthy);
+//! ```
+#![warn(missing_docs)]
+
+pub mod evidence;
+pub mod remedies;
+mod rules;
+
+pub use evidence::{Evidence, FailureCounts, Policy, PoolEvidence, RunEvidence};
+pub use remedies::{Correction, Os, Remedy};
+pub use rules::diagnose;
+
+use serde::Serialize;
+
+/// What a finding says went wrong.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The client ran out of ephemeral ports for a destination (EADDRNOTAVAIL).
+    PortExhaustion,
+    /// TIME_WAIT fills the pool faster than it drains; failures are near.
+    TimeWaitPressure,
+    /// A listener's accept queue overflowed: SYNs dropped, connects slow or timing out.
+    ListenQueueOverflow,
+    /// The process ran out of file descriptors (EMFILE/ENFILE).
+    FileDescriptorLimit,
+    /// The server (or a hop) refused, reset, timed out or answered garbage.
+    ServerSide,
+    /// Nothing of the above.
+    Healthy,
+}
+
+impl Cause {
+    /// A short title.
+    pub fn title(self) -> &'static str {
+        match self {
+            Cause::PortExhaustion => "Ephemeral-port exhaustion (client side)",
+            Cause::TimeWaitPressure => "TIME_WAIT pressure",
+            Cause::ListenQueueOverflow => "Listen-queue overflow at the server",
+            Cause::FileDescriptorLimit => "File-descriptor limit",
+            Cause::ServerSide => "Server refusing, resetting or timing out",
+            Cause::Healthy => "Healthy",
+        }
+    }
+}
+
+/// How bad a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// For information (healthy, headroom).
+    Info,
+    /// Failures are near, or a few happened.
+    Warning,
+    /// Requests are failing because of this.
+    Critical,
+}
+
+/// One conclusion with its evidence and remedies.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Finding {
+    /// What went wrong.
+    pub cause: Cause,
+    /// How bad.
+    pub severity: Severity,
+    /// One sentence.
+    pub summary: String,
+    /// Lines of evidence, each with its numbers.
+    pub evidence: Vec<String>,
+    /// What to do, per OS.
+    pub remedies: Vec<Remedy>,
+    /// Folklore that does not help, and what is true.
+    pub corrections: Vec<Correction>,
+}
