@@ -75,6 +75,52 @@ pub struct Ready {
     pub port_range: (u16, u16),
     /// `tcp_tw_reuse` read back inside the namespace.
     pub tw_reuse: u32,
+    /// Every port-pool setting read inside the namespace (what a diagnosis reads).
+    pub settings: SandboxSettings,
+}
+
+/// [`PortPoolSettings`] as read inside the sandbox, in a form that crosses the anchor's pipe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SandboxSettings {
+    /// `ip_local_reserved_ports`, as (low, high) ranges.
+    pub reserved_ports: Vec<(u16, u16)>,
+    /// `tcp_tw_reuse_delay` in ms (absent before Linux 6.14).
+    pub tcp_tw_reuse_delay_ms: Option<u32>,
+    /// `tcp_timestamps`.
+    pub tcp_timestamps: u32,
+    /// `tcp_max_tw_buckets`.
+    pub tcp_max_tw_buckets: u64,
+    /// `tcp_fin_timeout` (FIN_WAIT_2), seconds.
+    pub tcp_fin_timeout_secs: u32,
+    /// `net.core.somaxconn`.
+    pub somaxconn: u32,
+    /// Open-file limit (soft, hard).
+    pub nofile: (u64, u64),
+}
+
+impl Ready {
+    /// The sandbox's settings as portlab-sockets describes a namespace's.
+    pub fn port_pool_settings(&self) -> PortPoolSettings {
+        let s = &self.settings;
+        let range = |(low, high): (u16, u16)| portlab_sockets::PortRange { low, high };
+        PortPoolSettings {
+            ip_local_port_range: range(self.port_range),
+            ip_local_reserved_ports: s.reserved_ports.iter().copied().map(range).collect(),
+            tcp_tw_reuse: match self.tw_reuse {
+                0 => portlab_sockets::TwReuse::Disabled,
+                1 => portlab_sockets::TwReuse::All,
+                2 => portlab_sockets::TwReuse::LoopbackOnly,
+                other => portlab_sockets::TwReuse::Unknown(other),
+            },
+            tcp_tw_reuse_delay_ms: s.tcp_tw_reuse_delay_ms,
+            tcp_timestamps: s.tcp_timestamps,
+            tcp_max_tw_buckets: s.tcp_max_tw_buckets,
+            tcp_fin_timeout_secs: s.tcp_fin_timeout_secs,
+            somaxconn: s.somaxconn,
+            nofile_soft: s.nofile.0,
+            nofile_hard: s.nofile.1,
+        }
+    }
 }
 
 /// A line of the anchor's stdout.
@@ -135,25 +181,26 @@ fn set_up(config: &SandboxConfig) -> Result<Ready, AnchorError> {
     let (low, high) = config.port_range;
     write_sysctl("ip_local_port_range", &format!("{low} {high}"))?;
     write_sysctl("tcp_tw_reuse", &config.tw_reuse.to_string())?;
-    let range_text = read_sysctl("ip_local_port_range")?;
-    let mut parts = range_text.split_whitespace().map(str::parse::<u16>);
-    let port_range = match (parts.next(), parts.next()) {
-        (Some(Ok(l)), Some(Ok(h))) => (l, h),
-        _ => {
-            return Err(AnchorError::Setup {
-                message: format!("unexpected ip_local_port_range {range_text:?}"),
-            })
-        }
-    };
-    let tw_reuse = read_sysctl("tcp_tw_reuse")?
-        .parse()
-        .map_err(|_| AnchorError::Setup {
-            message: "unexpected tcp_tw_reuse".to_string(),
-        })?;
+    let all = PortPoolSettings::read().map_err(|e| AnchorError::Setup {
+        message: format!("reading the sandbox's port-pool settings: {e}"),
+    })?;
     Ok(Ready {
         isolation,
-        port_range,
-        tw_reuse,
+        port_range: (all.ip_local_port_range.low, all.ip_local_port_range.high),
+        tw_reuse: all.tcp_tw_reuse.sysctl_value(),
+        settings: SandboxSettings {
+            reserved_ports: all
+                .ip_local_reserved_ports
+                .iter()
+                .map(|r| (r.low, r.high))
+                .collect(),
+            tcp_tw_reuse_delay_ms: all.tcp_tw_reuse_delay_ms,
+            tcp_timestamps: all.tcp_timestamps,
+            tcp_max_tw_buckets: all.tcp_max_tw_buckets,
+            tcp_fin_timeout_secs: all.tcp_fin_timeout_secs,
+            somaxconn: all.somaxconn,
+            nofile: (all.nofile_soft, all.nofile_hard),
+        },
     })
 }
 
@@ -229,15 +276,6 @@ fn write_sysctl(name: &str, value: &str) -> Result<(), AnchorError> {
     std::fs::write(&path, value).map_err(|e| AnchorError::Setup {
         message: format!("setting {path} to {value:?} inside the sandbox: {e}"),
     })
-}
-
-fn read_sysctl(name: &str) -> Result<String, AnchorError> {
-    let path = format!("/proc/sys/net/ipv4/{name}");
-    std::fs::read_to_string(&path)
-        .map(|s| s.trim().to_string())
-        .map_err(|e| AnchorError::Setup {
-            message: format!("reading {path} inside the sandbox: {e}"),
-        })
 }
 
 /// Samples every interval; the wait between samples is a poll(2) on `input`, so end of input

@@ -39,11 +39,11 @@ mod scenario;
 mod story;
 pub use story::group_thousands;
 
-pub use anchor::{AnchorError, Sample, ANCHOR_SUBCOMMAND};
+pub use anchor::{AnchorError, Ready, Sample, SandboxSettings, ANCHOR_SUBCOMMAND};
 pub use predict::{closed_form_failure_fraction, Prediction, PredictionSource};
 pub use report::{
-    Diagnosis, ErrorCount, LadderReport, LadderSettings, PoolPeak, StepReport, TimelinePoint,
-    UpstreamReport, Verdict,
+    Diagnosis, ErrorCount, LadderReport, LadderSettings, LoadSecond, PoolPeak, StepReport,
+    TimelinePoint, UpstreamReport, Verdict,
 };
 pub use run::{run_ladder, run_step, LabEvent};
 pub use sandbox::{current_exe, Isolation, Sandbox, SandboxConfig};

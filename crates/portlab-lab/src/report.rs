@@ -110,8 +110,28 @@ pub struct StepReport {
     pub predicted_failure_fraction: f64,
     /// Which model predicted it.
     pub prediction_source: PredictionSource,
+    /// Where the load tester connected (the proxy, or the server when direct).
+    pub front: SocketAddr,
+    /// Most ports in use in one pool of either leg at one sample.
+    pub peak_ports_in_use: u64,
     /// Socket-table samples during the step.
     pub timeline: Vec<TimelinePoint>,
+    /// The load tester's per-second counts (from `portlab load --json`).
+    pub load_timeline: Vec<LoadSecond>,
+}
+
+/// One second of the load tester's run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, Default)]
+#[serde(default)]
+pub struct LoadSecond {
+    /// Seconds since the start (0-based).
+    pub second: u64,
+    /// Requests answered in that second.
+    pub succeeded: u64,
+    /// Requests failed in that second.
+    pub failed: u64,
+    /// Connections opened in that second.
+    pub new_connections: u64,
 }
 
 impl StepReport {
@@ -139,14 +159,18 @@ pub struct LadderSettings {
 }
 
 /// Cause, evidence and remedies for the worst step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Diagnosis {
-    /// One sentence naming the cause.
+    /// One sentence naming the cause (portlab-diagnose's top finding for the worst step).
     pub summary: String,
-    /// Measured facts that support it.
+    /// Measured facts that support it (the finding's evidence lines).
     pub evidence: Vec<String>,
-    /// What removes it, as shown by the fix steps.
+    /// What only the lab saw: which leg filled, the proxy's upstream leg, the prediction.
+    pub sandbox_evidence: Vec<String>,
+    /// What removed it, as measured by the fix steps.
     pub remedies: Vec<String>,
+    /// Every finding of portlab-diagnose for the worst step, with remedies per OS.
+    pub findings: Vec<portlab_diagnose::Finding>,
 }
 
 /// Whether the run showed what it is meant to show.

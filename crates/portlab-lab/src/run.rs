@@ -13,7 +13,8 @@ use crate::anchor::{monotonic_ms, Ready, Sample};
 use crate::predict::{Predictor, TIME_WAIT_SECS};
 use crate::procs::Guarded;
 use crate::report::{
-    ErrorCount, LadderReport, LadderSettings, PoolPeak, StepReport, TimelinePoint, UpstreamReport,
+    ErrorCount, LadderReport, LadderSettings, LoadSecond, PoolPeak, StepReport, TimelinePoint,
+    UpstreamReport,
 };
 use crate::sandbox::Sandbox;
 use crate::scenario::{parse_http_url, LabConfig, Path, Scenario};
@@ -95,6 +96,7 @@ pub fn run_ladder(
     };
     Ok(crate::story::assemble(
         settings,
+        &ready.port_pool_settings(),
         steps,
         started.elapsed().as_secs_f64(),
     ))
@@ -216,7 +218,16 @@ fn run_step_with(
         pool_full_after_secs: pool_full_after(&window, pool_ports, load_start_ms),
         predicted_failure_fraction: prediction.failure_fraction,
         prediction_source: prediction.source,
+        front: topology.front,
+        peak_ports_in_use: window
+            .iter()
+            .flat_map(|s| s.pools.iter())
+            .filter(|p| leg(p.destination, &topology, scenario.path).is_some())
+            .map(|p| p.used)
+            .max()
+            .unwrap_or(0),
         timeline: timeline(&window, &topology, scenario.path, load_start_ms),
+        load_timeline: load.timeline,
     };
     Ok((report, ready))
 }
@@ -407,6 +418,7 @@ struct LoadJson {
     summary: LoadSummary,
     connections: LoadConnections,
     errors: Vec<LoadError>,
+    timeline: Vec<LoadSecond>,
 }
 
 #[derive(Deserialize, Default)]

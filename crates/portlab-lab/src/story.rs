@@ -2,14 +2,18 @@
 //! evidence, remedies shown by the fix steps), the verdict, and a paragraph in plain words with
 //! the measured numbers. Strings only; nothing is printed here.
 
+use portlab_diagnose::{Cause, Evidence, FailureCounts, PoolEvidence, RunEvidence};
+use portlab_sockets::PortPoolSettings;
+
 use crate::report::{Diagnosis, LadderReport, LadderSettings, StepReport, Verdict};
-use crate::scenario::{Fix, Path};
+use crate::scenario::{Fix, Path, Policy};
 
 /// Version of the `portlab reproduce --json` shape.
 const SCHEMA_VERSION: u32 = 1;
 
 pub(crate) fn assemble(
     settings: LadderSettings,
+    pool_settings: &PortPoolSettings,
     steps: Vec<StepReport>,
     elapsed_secs: f64,
 ) -> LadderReport {
@@ -27,7 +31,7 @@ pub(crate) fn assemble(
             .all(|s| s.failed == 0),
     };
     let diagnosis = match worst_step {
-        Some(w) => diagnose(&settings, w, &steps),
+        Some(w) => diagnose(&settings, pool_settings, w, &steps),
         None => clean_diagnosis(&settings, &steps),
     };
     let story = story(&settings, worst_step, &steps);
@@ -67,12 +71,6 @@ pub(crate) fn percent(fraction: f64) -> String {
     }
 }
 
-fn is_exhaustion(step: &StepReport) -> bool {
-    step.dominant_error
-        .as_ref()
-        .is_some_and(|e| e.class == "AddrNotAvailable")
-}
-
 fn sustainable_per_sec(settings: &LadderSettings, pool_ports: u64) -> f64 {
     let block_secs = if settings.tw_reuse == 0 {
         settings.time_wait_secs as f64
@@ -82,89 +80,83 @@ fn sustainable_per_sec(settings: &LadderSettings, pool_ports: u64) -> f64 {
     pool_ports as f64 / block_secs
 }
 
-fn diagnose(settings: &LadderSettings, w: &StepReport, steps: &[StepReport]) -> Diagnosis {
-    let dominant = w.dominant_error.as_ref();
-    let summary = if is_exhaustion(w) {
-        format!(
-            "Ephemeral-port exhaustion: in step {} ({}), connections closed by the client piled \
-             up in TIME_WAIT for {} s faster than the {}-port pool could hold them, so connect() \
-             failed with EADDRNOTAVAIL.",
-            w.step,
-            w.name,
-            settings.time_wait_secs,
-            group_thousands(w.pool_ports)
-        )
-    } else {
-        format!(
-            "Step {} ({}) failed {} of {} requests, mostly with {}; this is not the port \
-             exhaustion the lab expects — see the evidence.",
-            w.step,
-            w.name,
-            group_thousands(w.failed),
-            group_thousands(w.requests),
-            dominant.map_or("an unknown error", |e| e.class.as_str())
-        )
+/// What portlab-diagnose needs to know about a step, measured in its sandbox.
+fn evidence_of(pool_settings: &PortPoolSettings, w: &StepReport) -> Evidence {
+    let mut failures = FailureCounts::default();
+    for e in &w.errors {
+        let slot = match e.class.as_str() {
+            "AddrNotAvailable" => &mut failures.addr_not_available,
+            "AddrInUse" => &mut failures.addr_in_use,
+            "ConnectionRefused" => &mut failures.connection_refused,
+            "ConnectionReset" => &mut failures.connection_reset,
+            "ConnectTimeout" => &mut failures.connect_timeout,
+            "ResponseTimeout" => &mut failures.response_timeout,
+            "TooManyOpenFiles" => &mut failures.too_many_open_files,
+            "NoBufferSpace" => &mut failures.no_buffer_space,
+            "Unreachable" => &mut failures.unreachable,
+            "Protocol" => &mut failures.protocol,
+            "Tls" => &mut failures.tls,
+            _ => &mut failures.other,
+        };
+        *slot += e.count;
+    }
+    let run = RunEvidence {
+        destination: Some(w.front),
+        policy: match w.policy {
+            Policy::KeepAlive => portlab_diagnose::Policy::KeepAlive,
+            Policy::Close => portlab_diagnose::Policy::ServerCloses,
+            Policy::Drop => portlab_diagnose::Policy::ClientCloses,
+        },
+        concurrency: w.concurrency as u64,
+        source_ips: w.source_ips.len().max(1) as u64,
+        attempts: w.requests,
+        successes: w.succeeded,
+        failures,
+        first_failure_ms: None,
+        first_addr_not_available_ms: None,
+        duration_ms: (w.elapsed_secs * 1000.0) as u64,
+        connections_opened: w.client_connections_opened,
+        slow_connects: 0,
     };
-    let mut evidence = Vec::new();
-    if let Some(e) = dominant {
-        evidence.push(format!(
-            "{} of {} requests ({}) failed; {} with {} ({}).",
+    let pool = PoolEvidence {
+        pool_size: w.pool_ports,
+        peak_time_wait: w.peak_time_wait(),
+        peak_ports_in_use: w.peak_ports_in_use,
+        pool_full_at_ms: w.pool_full_after_secs.map(|s| (s * 1000.0) as u64),
+    };
+    Evidence {
+        settings: pool_settings.clone(),
+        loopback: true,
+        run: Some(run),
+        pool: Some(pool),
+        counters_delta: None,
+        counters_interval_ms: 0,
+        snapshot: None,
+    }
+}
+
+fn diagnose(
+    settings: &LadderSettings,
+    pool_settings: &PortPoolSettings,
+    w: &StepReport,
+    steps: &[StepReport],
+) -> Diagnosis {
+    let findings = portlab_diagnose::diagnose(&evidence_of(pool_settings, w));
+    let top = findings.first().filter(|f| f.cause != Cause::Healthy);
+    let summary = match top {
+        Some(f) => format!("Step {} ({}): {}.", w.step, w.name, f.summary),
+        None => format!(
+            "Step {} ({}) failed {} of {} requests, mostly with {}.",
+            w.step,
+            w.name,
             group_thousands(w.failed),
             group_thousands(w.requests),
-            percent(w.failure_fraction),
-            group_thousands(e.count),
-            e.errno_name,
-            e.class
-        ));
-    }
-    if let Some(p) = &w.peak_pool {
-        evidence.push(format!(
-            "Peak TIME_WAIT {} of {} usable ports in the busiest pool, {} → {} ({} leg){}.",
-            group_thousands(p.time_wait),
-            group_thousands(w.pool_ports),
-            p.local_ip,
-            p.destination,
-            p.leg,
-            w.pool_full_after_secs
-                .map(|t| format!(", full {t:.2} s into the run"))
-                .unwrap_or_default()
-        ));
-    }
-    evidence.push(format!(
-        "{} new connections at {}/s over the run; with tcp_tw_reuse={} one pool sustains \
-         {:.1}/s ({} ports ÷ {} s).",
-        group_thousands(w.client_connections_opened),
-        group_thousands(w.new_connections_per_sec as u64),
-        settings.tw_reuse,
-        sustainable_per_sec(settings, w.pool_ports),
-        group_thousands(w.pool_ports),
-        if settings.tw_reuse == 0 {
-            settings.time_wait_secs
-        } else {
-            1
-        }
-    ));
-    if let Some(u) = &w.upstream {
-        let failures: u64 = u.connect_failures.values().sum();
-        evidence.push(format!(
-            "The {} opened {} upstream connections (one per client connection), {} of which \
-             failed to connect.",
-            w.path.label(),
-            group_thousands(u.connections_opened),
-            group_thousands(failures)
-        ));
-    }
-    evidence.push(format!(
-        "Sandbox: ip_local_port_range {}–{}, tcp_tw_reuse {}; model predicted {} ({}).",
-        settings.port_range.0,
-        settings.port_range.1,
-        settings.tw_reuse,
-        percent(w.predicted_failure_fraction),
-        match w.prediction_source {
-            crate::PredictionSource::Simulate => "portlab simulate",
-            crate::PredictionSource::ClosedForm => "closed-form estimate",
-        }
-    ));
+            w.dominant_error
+                .as_ref()
+                .map_or("an unknown error", |e| e.class.as_str())
+        ),
+    };
+    let evidence: Vec<String> = top.map(|f| f.evidence.clone()).unwrap_or_default();
     let remedies = steps
         .iter()
         .filter_map(|s| s.fix.map(|f| (f, s)))
@@ -173,8 +165,50 @@ fn diagnose(settings: &LadderSettings, w: &StepReport, steps: &[StepReport]) -> 
     Diagnosis {
         summary,
         evidence,
+        sandbox_evidence: lab_evidence(settings, w),
         remedies,
+        findings,
     }
+}
+
+/// What only the lab knows: which leg filled, the proxy's upstream leg, the prediction.
+fn lab_evidence(settings: &LadderSettings, w: &StepReport) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(p) = &w.peak_pool {
+        lines.push(format!(
+            "busiest pool: {} → {} ({} leg), {} TIME_WAIT of {} ports",
+            p.local_ip,
+            p.destination,
+            p.leg,
+            group_thousands(p.time_wait),
+            group_thousands(w.pool_ports)
+        ));
+    }
+    if let Some(u) = &w.upstream {
+        let failures: u64 = u.connect_failures.values().sum();
+        lines.push(format!(
+            "the {} opened {} upstream connections, one per client connection, each closed by \
+             the {} when the client hung up ({} upstream connects failed)",
+            w.path.label(),
+            group_thousands(u.connections_opened),
+            w.path.label(),
+            group_thousands(failures)
+        ));
+    }
+    lines.push(format!(
+        "model: {} predicted ({}); measured {}; sandbox ip_local_port_range {}-{}, \
+         tcp_tw_reuse {}",
+        percent(w.predicted_failure_fraction),
+        match w.prediction_source {
+            crate::PredictionSource::Simulate => "portlab simulate",
+            crate::PredictionSource::ClosedForm => "closed-form estimate",
+        },
+        percent(w.failure_fraction),
+        settings.port_range.0,
+        settings.port_range.1,
+        settings.tw_reuse
+    ));
+    lines
 }
 
 fn remedy_line(fix: Fix, s: &StepReport) -> String {
@@ -212,6 +246,8 @@ fn clean_diagnosis(settings: &LadderSettings, steps: &[StepReport]) -> Diagnosis
         .max()
         .unwrap_or(0);
     Diagnosis {
+        findings: Vec::new(),
+        sandbox_evidence: Vec::new(),
         summary: "No step failed: the port pools never ran out.".to_string(),
         evidence: vec![format!(
             "Highest TIME_WAIT in one pool: {}; ip_local_port_range {}–{}, tcp_tw_reuse {}.",

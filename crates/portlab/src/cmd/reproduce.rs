@@ -267,7 +267,7 @@ pub struct AnchorArgs {
     sample_ms: u64,
 }
 
-use portlab_lab::group_thousands as group;
+use crate::render::fmt_int as group;
 
 fn pct(fraction: f64) -> String {
     format!("{:.1} %", fraction * 100.0)
@@ -405,28 +405,46 @@ fn render_table(o: &mut String, steps: &[StepReport], paint: Painter) {
 }
 
 fn render_diagnosis(o: &mut String, r: &LadderReport, paint: Painter) {
-    let title = match r.worst_step {
-        Some(n) => format!("Diagnosis (worst step: {n})"),
-        None => "Diagnosis".to_string(),
-    };
-    let _ = writeln!(o, "\n{}", paint.heading(&title));
-    for line in wrap(&r.diagnosis.summary, 96) {
-        let _ = writeln!(o, "  {line}");
+    let d = &r.diagnosis;
+    if d.findings.is_empty() {
+        let _ = writeln!(o, "\n{}", paint.heading("Diagnosis"));
+        for line in wrap(&d.summary, 96) {
+            let _ = writeln!(o, "  {line}");
+        }
+        return;
     }
-    for e in &r.diagnosis.evidence {
-        for (i, line) in wrap(e, 94).iter().enumerate() {
-            let bullet = if i == 0 { "-" } else { " " };
-            let _ = writeln!(o, "  {bullet} {line}");
+    if let Some(w) = r
+        .worst_step
+        .and_then(|n| r.steps.iter().find(|s| s.step == n))
+    {
+        let _ = writeln!(
+            o,
+            "\n{} step {}: {} ({}, {}, c={})",
+            paint.heading("Worst"),
+            w.step,
+            w.name,
+            w.path.label(),
+            w.policy.cli_name(),
+            w.concurrency
+        );
+    }
+    crate::render::push_findings(o, &d.findings, paint);
+    let _ = writeln!(o, "  {}", paint.heading("In the sandbox"));
+    for line in &d.sandbox_evidence {
+        bullet(o, line);
+    }
+    if !d.remedies.is_empty() {
+        let _ = writeln!(o, "  {}", paint.heading("Fixes, as measured"));
+        for rem in &d.remedies {
+            bullet(o, rem);
         }
     }
-    if !r.diagnosis.remedies.is_empty() {
-        let _ = writeln!(o, "  {}", paint.heading("Fixes, as measured:"));
-        for rem in &r.diagnosis.remedies {
-            for (i, line) in wrap(rem, 94).iter().enumerate() {
-                let bullet = if i == 0 { "-" } else { " " };
-                let _ = writeln!(o, "  {bullet} {line}");
-            }
-        }
+}
+
+fn bullet(o: &mut String, text: &str) {
+    for (i, line) in wrap(text, 92).iter().enumerate() {
+        let mark = if i == 0 { "-" } else { " " };
+        let _ = writeln!(o, "    {mark} {line}");
     }
 }
 

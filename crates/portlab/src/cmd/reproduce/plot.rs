@@ -1,14 +1,13 @@
-//! `portlab reproduce --plot DIR`: one SVG timeline per step — ports in use on the client and
-//! upstream legs and TIME_WAIT sockets in the sandbox, against the pool size.
+//! `portlab reproduce --plot DIR`: one SVG timeline per step through the shared chart
+//! (`crate::plot`): the load tester's requests and new connections per second on top; ports in
+//! use on the client and upstream legs and TIME_WAIT in the sandbox below, against the pool.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use plotters::prelude::*;
 use portlab_lab::{StepReport, TimelinePoint};
 
-/// A plotted line: legend, colour, and the value it takes from each sample.
-type Series = (&'static str, RGBColor, fn(&TimelinePoint) -> u64);
+use crate::plot::{colors, write_svg, Series, Timeline};
 
 /// Writes `DIR/step-N.svg` for every step; returns the paths written.
 ///
@@ -20,89 +19,81 @@ pub fn write_all(steps: &[StepReport], dir: &Path) -> anyhow::Result<Vec<PathBuf
         .iter()
         .map(|step| {
             let path = dir.join(format!("step-{}.svg", step.step));
-            plot_step(step, &path).with_context(|| format!("writing {}", path.display()))?;
+            write_svg(&timeline(step), &path)?;
             Ok(path)
         })
         .collect()
 }
 
-fn plot_step(step: &StepReport, path: &Path) -> anyhow::Result<()> {
-    let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("{e}");
-    let root = SVGBackend::new(path, (1000, 480)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| err(&e))?;
-    let points: Vec<&TimelinePoint> = step.timeline.iter().filter(|p| p.t_ms >= 0).collect();
-    let end_secs = points
-        .last()
-        .map_or(1.0, |p| p.t_ms as f64 / 1000.0)
-        .max(0.1);
-    let top = points
-        .iter()
-        .map(|p| {
-            p.time_wait
-                .max(p.client_ports_used)
-                .max(p.upstream_ports_used)
-        })
-        .max()
-        .unwrap_or(0)
-        .max(step.pool_ports)
-        .max(1) as f64;
-    let caption = format!(
-        "step {}: {} ({}, {}, c={}) — {} of {} failed",
-        step.step,
-        step.name,
-        step.path.label(),
-        step.policy.cli_name(),
-        step.concurrency,
-        step.failed,
-        step.requests
-    );
-    let mut chart = ChartBuilder::on(&root)
-        .caption(caption, ("sans-serif", 16))
-        .margin(12)
-        .x_label_area_size(34)
-        .y_label_area_size(64)
-        .build_cartesian_2d(0f64..end_secs, 0f64..top * 1.08)
-        .map_err(|e| err(&e))?;
-    chart
-        .configure_mesh()
-        .x_desc("seconds since the load started")
-        .y_desc("sockets / ports")
-        .x_label_formatter(&|v| format!("{v:.1}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .draw()
-        .map_err(|e| err(&e))?;
-    let series: [Series; 3] = [
-        ("client leg: ports in use", BLUE, |p| p.client_ports_used),
-        ("upstream leg: ports in use", RGBColor(230, 120, 0), |p| {
-            p.upstream_ports_used
-        }),
-        ("TIME_WAIT (whole sandbox)", MAGENTA, |p| p.time_wait),
+fn timeline(step: &StepReport) -> Timeline {
+    // Per-second counts are plotted at the end of their second.
+    let per_second = |get: fn(&portlab_lab::LoadSecond) -> u64| -> Vec<(f64, f64)> {
+        step.load_timeline
+            .iter()
+            .map(|s| ((s.second + 1) as f64, get(s) as f64))
+            .collect()
+    };
+    let samples: Vec<&TimelinePoint> = step.timeline.iter().filter(|p| p.t_ms >= 0).collect();
+    let gauge = |get: fn(&TimelinePoint) -> u64| -> Vec<(f64, f64)> {
+        samples
+            .iter()
+            .map(|p| (p.t_ms as f64 / 1000.0, get(p) as f64))
+            .collect()
+    };
+    let mut gauges = vec![
+        Series {
+            name: "client leg: ports in use".to_string(),
+            color: colors::ESTABLISHED,
+            points: gauge(|p| p.client_ports_used),
+        },
+        Series {
+            name: "TIME_WAIT (whole sandbox)".to_string(),
+            color: colors::TIME_WAIT,
+            points: gauge(|p| p.time_wait),
+        },
     ];
-    for (name, color, get) in series {
-        chart
-            .draw_series(LineSeries::new(
-                points
-                    .iter()
-                    .map(|p| (p.t_ms as f64 / 1000.0, get(p) as f64)),
-                color.stroke_width(2),
-            ))
-            .map_err(|e| err(&e))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+    if step.upstream.is_some() {
+        gauges.push(Series {
+            name: "upstream leg: ports in use".to_string(),
+            color: plotters::style::RGBColor(40, 90, 200),
+            points: gauge(|p| p.upstream_ports_used),
+        });
     }
-    let pool = step.pool_ports as f64;
-    chart
-        .draw_series(LineSeries::new([(0.0, pool), (end_secs, pool)], RED))
-        .map_err(|e| err(&e))?
-        .label(format!("pool: {} ports per destination", step.pool_ports))
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| err(&e))?;
-    root.present().map_err(|e| err(&e))?;
-    Ok(())
+    Timeline {
+        title: format!(
+            "step {}: {} ({}, {}, c={}) — {} of {} failed",
+            step.step,
+            step.name,
+            step.path.label(),
+            step.policy.cli_name(),
+            step.concurrency,
+            step.failed,
+            step.requests
+        ),
+        rates: vec![
+            Series {
+                name: "answered/s".to_string(),
+                color: colors::OK,
+                points: per_second(|s| s.succeeded),
+            },
+            Series {
+                name: "failed/s".to_string(),
+                color: colors::FAILED,
+                points: per_second(|s| s.failed),
+            },
+            Series {
+                name: "new connections/s".to_string(),
+                color: colors::ESTABLISHED,
+                points: per_second(|s| s.new_connections),
+            },
+        ],
+        gauges,
+        ceiling: Some((
+            format!("pool: {} ports per destination", step.pool_ports),
+            step.pool_ports as f64,
+        )),
+        marker: step
+            .pool_full_after_secs
+            .map(|t| ("pool full".to_string(), t)),
+    }
 }
