@@ -428,7 +428,7 @@ fn render_diagnosis(o: &mut String, r: &LadderReport, paint: Painter) {
             w.concurrency
         );
     }
-    crate::render::push_findings(o, &d.findings, paint);
+    push_findings_compact(o, &d.findings, paint);
     let _ = writeln!(o, "  {}", paint.heading("In the sandbox"));
     for line in &d.sandbox_evidence {
         bullet(o, line);
@@ -437,6 +437,46 @@ fn render_diagnosis(o: &mut String, r: &LadderReport, paint: Painter) {
         let _ = writeln!(o, "  {}", paint.heading("Fixes, as measured"));
         for rem in &d.remedies {
             bullet(o, rem);
+        }
+    }
+}
+
+/// The findings without the long remedy texts (those are in `--json` and `portlab doctor`):
+/// cause, summary, evidence, and the remedies for Linux and any OS as one line each.
+fn push_findings_compact(o: &mut String, findings: &[portlab_diagnose::Finding], paint: Painter) {
+    use portlab_diagnose::{Os, Severity};
+    let _ = writeln!(o, "{}", paint.heading("Diagnosis"));
+    for f in findings {
+        let label = match f.severity {
+            Severity::Critical => paint.bad("CRITICAL"),
+            Severity::Warning => paint.warn("WARNING"),
+            Severity::Info => paint.good("OK"),
+        };
+        let _ = writeln!(o, "  {label}  {}", paint.heading(f.cause.title()));
+        for line in wrap(&f.summary, 94) {
+            let _ = writeln!(o, "    {line}");
+        }
+        for line in &f.evidence {
+            bullet(o, line);
+        }
+        let remedies: Vec<String> = f
+            .remedies
+            .iter()
+            .filter(|r| matches!(r.os, Os::Any | Os::Linux))
+            .map(|r| match &r.command {
+                Some(c) => format!("{}: {c}", r.action),
+                None => r.action.clone(),
+            })
+            .collect();
+        if !remedies.is_empty() {
+            let _ = writeln!(
+                o,
+                "    {}",
+                paint.dim("remedies (Linux and any OS; all in --json):")
+            );
+            for (i, r) in remedies.iter().enumerate() {
+                let _ = writeln!(o, "    {}. {r}", i + 1);
+            }
         }
     }
 }

@@ -26,11 +26,17 @@ pub fn write_all(steps: &[StepReport], dir: &Path) -> anyhow::Result<Vec<PathBuf
 }
 
 fn timeline(step: &StepReport) -> Timeline {
-    // Per-second counts are plotted at the end of their second.
+    // Per-second counts as rates over the part of each second the load ran, at its middle:
+    // most steps last under a second, where "per second" would otherwise be one point at 1 s.
+    let elapsed = step.elapsed_secs.max(1e-3);
     let per_second = |get: fn(&portlab_lab::LoadSecond) -> u64| -> Vec<(f64, f64)> {
         step.load_timeline
             .iter()
-            .map(|s| ((s.second + 1) as f64, get(s) as f64))
+            .filter_map(|s| {
+                let start = s.second as f64;
+                let len = (start + 1.0).min(elapsed) - start;
+                (len > 0.0).then(|| (start + len / 2.0, get(s) as f64 / len))
+            })
             .collect()
     };
     let samples: Vec<&TimelinePoint> = step.timeline.iter().filter(|p| p.t_ms >= 0).collect();
