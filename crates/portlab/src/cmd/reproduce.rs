@@ -413,21 +413,21 @@ fn render_diagnosis(o: &mut String, r: &LadderReport, paint: Painter) {
         }
         return;
     }
-    if let Some(w) = r
+    let title = match r
         .worst_step
         .and_then(|n| r.steps.iter().find(|s| s.step == n))
     {
-        let _ = writeln!(
-            o,
-            "\n{} step {}: {} ({}, {}, c={})",
-            paint.heading("Worst"),
+        Some(w) => format!(
+            "Diagnosis of the worst step, {}: {} ({}, {}, c={})",
             w.step,
             w.name,
             w.path.label(),
             w.policy.cli_name(),
             w.concurrency
-        );
-    }
+        ),
+        None => "Diagnosis".to_string(),
+    };
+    let _ = writeln!(o, "\n{}", paint.heading(&title));
     push_findings_compact(o, &d.findings, paint);
     let _ = writeln!(o, "  {}", paint.heading("In the sandbox"));
     for line in &d.sandbox_evidence {
@@ -445,7 +445,6 @@ fn render_diagnosis(o: &mut String, r: &LadderReport, paint: Painter) {
 /// cause, summary, evidence, and the remedies for Linux and any OS as one line each.
 fn push_findings_compact(o: &mut String, findings: &[portlab_diagnose::Finding], paint: Painter) {
     use portlab_diagnose::{Os, Severity};
-    let _ = writeln!(o, "{}", paint.heading("Diagnosis"));
     for f in findings {
         let label = match f.severity {
             Severity::Critical => paint.bad("CRITICAL"),
