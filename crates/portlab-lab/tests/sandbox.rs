@@ -141,14 +141,24 @@ fn dropping_the_sandbox_stops_every_process() {
 }
 
 fn unprivileged_user_gets_a_user_namespace_sandbox() {
+    use std::os::unix::fs::PermissionsExt;
     use std::os::unix::process::CommandExt;
+    // A copy nobody can run: the build directory may sit under a home nobody cannot enter.
+    let dir = std::env::temp_dir().join(format!("portlab-lab-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let copy = dir.join("sandbox-test");
+    std::fs::copy(exe(), &copy).expect("copy the test binary");
+    for path in [&dir, &copy] {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
     // std drops supplementary groups (setgroups(0)) when root sets a uid.
-    let out = Command::new(exe())
+    let out = Command::new(&copy)
         .arg(UNPRIVILEGED_MODE)
         .uid(NOBODY)
         .gid(NOBODY)
-        .output()
-        .expect("run as nobody");
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = out.expect("run as nobody");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

