@@ -34,7 +34,7 @@ pub struct UpstreamReport {
 }
 
 /// The pool (local IP × destination) that held the most TIME_WAIT sockets during a step.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PoolPeak {
     /// `client` (load tester → front) or `upstream` (proxy → server).
     pub leg: String,
@@ -46,6 +46,8 @@ pub struct PoolPeak {
     pub time_wait: u64,
     /// Its ports in use (any state) at the peak.
     pub used: u64,
+    /// Seconds from the start of the load until a pool of this leg had every port in use.
+    pub full_after_secs: Option<f64>,
 }
 
 /// One socket-table sample, relative to the start of the load.
@@ -102,6 +104,8 @@ pub struct StepReport {
     pub pool_ports: u64,
     /// The pool with the most TIME_WAIT sockets at its peak, if any socket was seen.
     pub peak_pool: Option<PoolPeak>,
+    /// The same per leg: `client`, and `upstream` behind a proxy.
+    pub leg_peaks: Vec<PoolPeak>,
     /// Most TIME_WAIT sockets in the whole sandbox at one sample.
     pub peak_time_wait_total: u64,
     /// Seconds from the start of the load until a pool first had all its ports in use.

@@ -213,7 +213,27 @@ fn run_step_with(
         upstream,
         source_ips: scenario.source_ips.clone(),
         pool_ports,
-        peak_pool: peak_pool(&window, &topology, scenario.path),
+        peak_pool: peak_pool(
+            &window,
+            &topology,
+            scenario.path,
+            None,
+            pool_ports,
+            load_start_ms,
+        ),
+        leg_peaks: ["client", "upstream"]
+            .into_iter()
+            .filter_map(|l| {
+                peak_pool(
+                    &window,
+                    &topology,
+                    scenario.path,
+                    Some(l),
+                    pool_ports,
+                    load_start_ms,
+                )
+            })
+            .collect(),
         peak_time_wait_total: window.iter().map(|s| s.time_wait).max().unwrap_or(0),
         pool_full_after_secs: pool_full_after(&window, pool_ports, load_start_ms),
         predicted_failure_fraction: prediction.failure_fraction,
@@ -525,19 +545,41 @@ fn leg(destination: SocketAddr, topology: &Topology, path: Path) -> Option<&'sta
     }
 }
 
-fn peak_pool(window: &[&Sample], topology: &Topology, path: Path) -> Option<PoolPeak> {
-    window
+/// The pool with the most TIME_WAIT of the leg `only` (or of either leg), with the time the
+/// leg first had a pool with every port in use.
+fn peak_pool(
+    window: &[&Sample],
+    topology: &Topology,
+    path: Path,
+    only: Option<&str>,
+    pool_ports: u64,
+    start_ms: u64,
+) -> Option<PoolPeak> {
+    let on_leg = |p: &crate::anchor::PoolSample| {
+        leg(p.destination, topology, path).filter(|l| only.is_none_or(|o| o == *l))
+    };
+    let (leg, p) = window
         .iter()
         .flat_map(|s| s.pools.iter())
-        .filter_map(|p| leg(p.destination, topology, path).map(|l| (l, p)))
-        .max_by_key(|(_, p)| (p.time_wait, p.used))
-        .map(|(leg, p)| PoolPeak {
-            leg: leg.to_string(),
-            local_ip: p.local_ip,
-            destination: p.destination,
-            time_wait: p.time_wait,
-            used: p.used,
+        .filter_map(|p| on_leg(p).map(|l| (l, p)))
+        .max_by_key(|(_, p)| (p.time_wait, p.used))?;
+    let full_after_secs = window
+        .iter()
+        .find(|s| {
+            pool_ports > 0
+                && s.pools
+                    .iter()
+                    .any(|p| p.used >= pool_ports && on_leg(p) == Some(leg))
         })
+        .map(|s| s.monotonic_ms.saturating_sub(start_ms) as f64 / 1000.0);
+    Some(PoolPeak {
+        leg: leg.to_string(),
+        local_ip: p.local_ip,
+        destination: p.destination,
+        time_wait: p.time_wait,
+        used: p.used,
+        full_after_secs,
+    })
 }
 
 fn pool_full_after(window: &[&Sample], pool_ports: u64, start_ms: u64) -> Option<f64> {

@@ -106,6 +106,10 @@ pub struct LabConfig {
     pub upstream_pool: usize,
     /// Source IPs of the source-IP fix; `None`: enough pools for every request plus one.
     pub source_ips: Option<usize>,
+    /// Source IPs of the load tester in the other steps: 1 is one client host (its own leg
+    /// runs out with the forwarder's); more stand for many clients, so that only the
+    /// forwarder's upstream leg runs out and the clients see resets, as in the seed.
+    pub client_ips: usize,
     /// Run the fix steps after the incident steps.
     pub fixes: bool,
     /// The user's server instead of `portlab serve`.
@@ -126,6 +130,7 @@ impl LabConfig {
             direct: false,
             upstream_pool: 8,
             source_ips: None,
+            client_ips: 1,
             fixes: true,
             target: None,
             load_threads: None,
@@ -162,14 +167,21 @@ pub struct Scenario {
 
 /// The steps for `config`: one incident step per ladder concurrency (policy `drop` through the
 /// forwarder, or direct with `config.direct`), then — at the highest concurrency — keep-alive,
-/// the pooling proxy in place of the forwarder (the client asks `Connection: close`, so the
-/// proxy holds the client leg's TIME_WAIT on its listening port, which takes no ephemeral
-/// port), and more source IPs (direct: the forwarder's upstream leg has one source IP).
+/// the pooling proxy in place of the forwarder, and more source IPs (direct: the forwarder's
+/// upstream leg has one source IP). With one client IP the pooling-proxy step's client asks
+/// `Connection: close` (the proxy then holds the client leg's TIME_WAIT on its listening port,
+/// which takes no ephemeral port; with `drop` the client's own pool would run out whatever the
+/// proxy does); with several client IPs it keeps `drop`.
 pub fn plan(config: &LabConfig) -> Vec<Scenario> {
     let incident_path = if config.direct {
         Path::Direct
     } else {
         Path::Forwarder
+    };
+    let clients = if config.client_ips > 1 {
+        source_ips(config.client_ips)
+    } else {
+        Vec::new()
     };
     let step = |name: String, fix, path, policy, concurrency, source_ips| Scenario {
         name,
@@ -191,7 +203,7 @@ pub fn plan(config: &LabConfig) -> Vec<Scenario> {
                 incident_path,
                 Policy::Drop,
                 c,
-                Vec::new(),
+                clients.clone(),
             )
         })
         .collect();
@@ -205,16 +217,20 @@ pub fn plan(config: &LabConfig) -> Vec<Scenario> {
         incident_path,
         Policy::KeepAlive,
         top,
-        Vec::new(),
+        clients.clone(),
     ));
     if !config.direct {
         steps.push(step(
             "fix: pooling proxy".to_string(),
             Some(Fix::PoolingProxy),
             Path::PoolingProxy,
-            Policy::Close,
+            if clients.is_empty() {
+                Policy::Close
+            } else {
+                Policy::Drop
+            },
             top,
-            Vec::new(),
+            clients.clone(),
         ));
     }
     let ips = config
@@ -283,6 +299,17 @@ mod tests {
             steps[6].source_ips[5],
             IpAddr::V4(Ipv4Addr::new(127, 0, 0, 6))
         );
+    }
+
+    #[test]
+    fn many_clients_keep_dropping_through_the_pooling_proxy() {
+        let mut config = LabConfig::new(PathBuf::from("portlab"));
+        config.client_ips = 6;
+        let steps = plan(&config);
+        assert!(steps[..4].iter().all(|s| s.source_ips.len() == 6));
+        assert_eq!(steps[5].path, Path::PoolingProxy);
+        assert_eq!(steps[5].policy, Policy::Drop);
+        assert_eq!(steps[5].source_ips.len(), 6);
     }
 
     #[test]

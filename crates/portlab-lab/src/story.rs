@@ -135,28 +135,118 @@ fn evidence_of(pool_settings: &PortPoolSettings, w: &StepReport) -> Evidence {
     }
 }
 
+/// Upstream connects that failed with EADDRNOTAVAIL at the forwarder.
+fn upstream_addr_not_available(w: &StepReport) -> u64 {
+    w.upstream
+        .as_ref()
+        .and_then(|u| u.connect_failures.get("addr_not_available"))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn client_addr_not_available(w: &StepReport) -> u64 {
+    w.errors
+        .iter()
+        .filter(|e| e.class == "AddrNotAvailable")
+        .map(|e| e.count)
+        .sum()
+}
+
+/// Whether the forwarder's upstream leg, not the load tester's own, ran out of ports.
+fn upstream_ran_out(w: &StepReport) -> bool {
+    upstream_addr_not_available(w) > client_addr_not_available(w)
+}
+
+/// The forwarder as the client of the server: its upstream connects, the failures it counted
+/// and the upstream pool the sandbox saw.
+fn upstream_evidence_of(pool_settings: &PortPoolSettings, w: &StepReport) -> Option<Evidence> {
+    let u = w.upstream.as_ref()?;
+    let peak = w.leg_peaks.iter().find(|p| p.leg == "upstream")?;
+    let failures = FailureCounts {
+        addr_not_available: upstream_addr_not_available(w),
+        other: u.connect_failures.values().sum::<u64>() - upstream_addr_not_available(w),
+        ..FailureCounts::default()
+    };
+    let attempts = u.connections_opened + failures.total();
+    let run = RunEvidence {
+        destination: Some(peak.destination),
+        // The forwarder closes its upstream connection when the client hangs up.
+        policy: portlab_diagnose::Policy::ClientCloses,
+        concurrency: w.concurrency as u64,
+        source_ips: 1,
+        attempts,
+        successes: u.connections_opened,
+        failures,
+        first_failure_ms: None,
+        first_addr_not_available_ms: None,
+        duration_ms: (w.elapsed_secs * 1000.0) as u64,
+        connections_opened: u.connections_opened,
+        slow_connects: 0,
+    };
+    let pool = PoolEvidence {
+        pool_size: w.pool_ports,
+        peak_time_wait: peak.time_wait,
+        peak_ports_in_use: peak.used,
+        pool_full_at_ms: peak.full_after_secs.map(|s| (s * 1000.0) as u64),
+    };
+    Some(Evidence {
+        run: Some(run),
+        pool: Some(pool),
+        ..evidence_of(pool_settings, w)
+    })
+}
+
 fn diagnose(
     settings: &LadderSettings,
     pool_settings: &PortPoolSettings,
     w: &StepReport,
     steps: &[StepReport],
 ) -> Diagnosis {
-    let findings = portlab_diagnose::diagnose(&evidence_of(pool_settings, w));
-    let top = findings.first().filter(|f| f.cause != Cause::Healthy);
-    let summary = match top {
-        Some(f) => format!("Step {} ({}): {}.", w.step, w.name, f.summary),
-        None => format!(
-            "Step {} ({}) failed {} of {} requests, mostly with {}.",
-            w.step,
-            w.name,
-            group_thousands(w.failed),
-            group_thousands(w.requests),
-            w.dominant_error
-                .as_ref()
-                .map_or("an unknown error", |e| e.class.as_str())
-        ),
+    let client = portlab_diagnose::diagnose(&evidence_of(pool_settings, w));
+    let upstream = if upstream_ran_out(w) {
+        upstream_evidence_of(pool_settings, w)
+            .map(|e| portlab_diagnose::diagnose(&e))
+            .unwrap_or_default()
+    } else {
+        Vec::new()
     };
-    let evidence: Vec<String> = top.map(|f| f.evidence.clone()).unwrap_or_default();
+    let seen_by = w
+        .dominant_error
+        .as_ref()
+        .map_or("failures".to_string(), |e| {
+            format!("{} ({})", e.class, e.errno_name)
+        });
+    let (summary, evidence, findings) = match upstream.first() {
+        Some(f) if f.cause == Cause::PortExhaustion => (
+            format!(
+                "Step {} ({}): the forwarder ran out of ephemeral ports for its upstream \
+                 connections: {} upstream connects failed with EADDRNOTAVAIL, and the forwarder \
+                 closed those clients' connections, which the load tester saw as {seen_by}. {}.",
+                w.step,
+                w.name,
+                group_thousands(upstream_addr_not_available(w)),
+                f.summary
+                    .replacen("The client", "The forwarder, as a client,", 1)
+            ),
+            f.evidence.clone(),
+            upstream.into_iter().chain(client).collect::<Vec<_>>(),
+        ),
+        _ => {
+            let top = client.first().filter(|f| f.cause != Cause::Healthy);
+            let summary = match top {
+                Some(f) => format!("Step {} ({}): {}.", w.step, w.name, f.summary),
+                None => format!(
+                    "Step {} ({}) failed {} of {} requests, mostly with {seen_by}.",
+                    w.step,
+                    w.name,
+                    group_thousands(w.failed),
+                    group_thousands(w.requests),
+                ),
+            };
+            let evidence = top.map(|f| f.evidence.clone()).unwrap_or_default();
+            (summary, evidence, client)
+        }
+    };
     let remedies = steps
         .iter()
         .filter_map(|s| s.fix.map(|f| (f, s)))
@@ -305,6 +395,10 @@ fn incident_sentences(settings: &LadderSettings, w: &StepReport) -> String {
             ""
         }
     ));
+    if upstream_ran_out(w) {
+        text.push_str(&upstream_ending(settings, w));
+        return text;
+    }
     match w.pool_full_after_secs {
         Some(t) if t > 0.0 => text.push_str(&format!(
             " {} connections got through before the {}-port pool filled, {:.2} s into the run \
@@ -335,6 +429,44 @@ fn incident_sentences(settings: &LadderSettings, w: &StepReport) -> String {
         None => text.push('.'),
     }
     text
+}
+
+/// The forwarder's upstream pool ran out while the clients' did not (many client IPs).
+fn upstream_ending(settings: &LadderSettings, w: &StepReport) -> String {
+    let peak = w.leg_peaks.iter().find(|p| p.leg == "upstream");
+    let filled = match peak.and_then(|p| p.full_after_secs) {
+        Some(t) if t > 0.0 => format!(
+            "filled {:.2} s into the run (about {} new connections/s, while it sustains \
+             {:.1}/s)",
+            t,
+            group_thousands((w.pool_ports as f64 / t) as u64),
+            sustainable_per_sec(settings, w.pool_ports)
+        ),
+        _ => format!(
+            "reached {} TIME_WAIT",
+            group_thousands(peak.map_or(0, |p| p.time_wait))
+        ),
+    };
+    let seen = w.dominant_error.as_ref().map_or(String::new(), |e| {
+        format!(
+            ", {} of them as {} ({})",
+            group_thousands(e.count),
+            e.class,
+            e.errno_name
+        )
+    });
+    format!(
+        " The {} clients' pools had room, but the forwarder's one {}-port pool towards the \
+         server {filled}; from then on its upstream connect() failed with EADDRNOTAVAIL ({} \
+         times) and it closed the client's connection instead: {} of {} requests ({}) failed{seen} \
+         — the error the client sees is not the cause, which sits one hop away.",
+        w.source_ips.len().max(1),
+        group_thousands(w.pool_ports),
+        group_thousands(upstream_addr_not_available(w)),
+        group_thousands(w.failed),
+        group_thousands(w.requests),
+        percent(w.failure_fraction),
+    )
 }
 
 /// When several incident steps ran, whether their outcome tracked the concurrency.
@@ -378,10 +510,16 @@ fn fix_sentence(fix: Fix, s: &StepReport) -> String {
         ),
         Fix::PoolingProxy => format!(
             "With a pooling proxy in place of the forwarder, {} upstream connections carried \
-             all {} requests and {outcome} (the client asked Connection: close, so its \
-             TIME_WAIT sat on the proxy's listening port, which takes no ephemeral port).",
+             all {} requests and {outcome}{}.",
             group_thousands(s.upstream.as_ref().map_or(0, |u| u.connections_opened)),
-            group_thousands(s.requests)
+            group_thousands(s.requests),
+            match s.policy {
+                Policy::Close =>
+                    " (the client asked Connection: close, so its TIME_WAIT sat on \
+                                  the proxy's listening port, which takes no ephemeral port)",
+                Policy::Drop => " although the clients still closed every connection",
+                Policy::KeepAlive => "",
+            }
         ),
         Fix::SourceIps => format!(
             "Spread over {} source IPs, still closing every connection, the load tester had {} \

@@ -36,6 +36,7 @@ Examples:
   portlab reproduce --ladder 50 -n 2000 --json > lab.json
   portlab reproduce --range 40000-44999 --tw-reuse 1
   portlab reproduce --plot lab-plots/
+  portlab reproduce --client-ips 6     # many clients: only the forwarder's upstream runs out
   portlab reproduce --target http://127.0.0.1:8080/ --target-cmd 'nginx -g \"daemon off;\"'")]
 pub struct Args {
     /// Concurrency of each incident step (comma-separated).
@@ -69,6 +70,11 @@ pub struct Args {
     /// Source IPs of the source-IP step (default: enough for every request, plus one).
     #[arg(long, value_name = "N")]
     source_ips: Option<usize>,
+    /// Source IPs of the load tester in the incident steps (127.0.0.1…N): several stand for
+    /// many clients, whose own pools then have room, so only the forwarder's upstream leg runs
+    /// out and the clients see resets, as in the seed.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    client_ips: usize,
     /// Run only the incident steps.
     #[arg(long)]
     no_fixes: bool,
@@ -117,6 +123,10 @@ impl Args {
                 return Err(exit::usage("--source-ips must be between 1 and 254"));
             }
         }
+        if !(1..=254).contains(&self.client_ips) {
+            return Err(exit::usage("--client-ips must be between 1 and 254"));
+        }
+        config.client_ips = self.client_ips;
         config.ladder = self.ladder.clone();
         config.requests = self.requests;
         config.direct = self.no_proxy;
@@ -351,13 +361,29 @@ fn table_row(s: &StepReport) -> [String; 11] {
         s.concurrency.to_string(),
         group(s.requests),
         format!("{} {}", group(s.failed), pct(s.failure_fraction)),
-        s.dominant_error
-            .as_ref()
-            .map_or_else(|| "-".to_string(), |e| e.class.clone()),
+        dominant_cell(s),
         peak,
         group(s.new_connections_per_sec as u64),
         pct(s.predicted_failure_fraction),
     ]
+}
+
+/// The load tester's dominant class, and the forwarder's EADDRNOTAVAIL behind it when that is
+/// what the client's resets stand for.
+fn dominant_cell(s: &StepReport) -> String {
+    let upstream = s
+        .upstream
+        .as_ref()
+        .and_then(|u| u.connect_failures.get("addr_not_available"))
+        .copied()
+        .unwrap_or(0);
+    match &s.dominant_error {
+        None => "-".to_string(),
+        Some(e) if upstream > 0 && e.class != "AddrNotAvailable" => {
+            format!("{} < upstream EADDRNOTAVAIL", e.class)
+        }
+        Some(e) => e.class.clone(),
+    }
 }
 
 fn render_table(o: &mut String, steps: &[StepReport], paint: Painter) {
