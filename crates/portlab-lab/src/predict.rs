@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
-use crate::scenario::{Policy, Scenario};
+use crate::scenario::{Path, Policy, Scenario};
 
 /// Linux's TIME_WAIT length (TCP_TIMEWAIT_LEN in include/net/tcp.h, compiled in).
 pub(crate) const TIME_WAIT_SECS: f64 = 60.0;
@@ -90,8 +90,12 @@ impl Predictor {
         }
     }
 
-    /// The prediction for the client leg of `s`, given the sandbox's range and reuse setting
-    /// and the measured duration (which only matters when TIME_WAIT reuse is on).
+    /// The prediction for `s`: the worse of its legs — the load tester's, and behind the
+    /// forwarder its upstream leg (one source IP; it closes first when the client does, the
+    /// server closes first on `Connection: close`, and it keeps a connection per kept-alive
+    /// client connection). A request fails if either leg has no port; the legs churn alike, so
+    /// the worse one sets the failure share. `elapsed_secs` (measured) matters only with
+    /// TIME_WAIT reuse on, for the closed form.
     pub(crate) fn predict(
         &mut self,
         s: &Scenario,
@@ -100,39 +104,57 @@ impl Predictor {
         tw_reuse: u8,
         elapsed_secs: f64,
     ) -> Prediction {
+        let mut legs = vec![(s.policy, s.source_ips.len().max(1))];
+        if s.path == Path::Forwarder {
+            legs.push((s.policy, 1));
+        }
+        legs.dedup();
         if self.simulate_works != Some(false) {
-            match self.simulate(s, range, tw_reuse) {
-                Some(f) => {
+            let simulated: Option<Vec<f64>> = legs
+                .iter()
+                .map(|&(policy, pools)| self.simulate(s, range, tw_reuse, policy, pools))
+                .collect();
+            match simulated {
+                Some(fractions) => {
                     self.simulate_works = Some(true);
                     return Prediction {
-                        failure_fraction: f,
+                        failure_fraction: fractions.into_iter().fold(0.0, f64::max),
                         source: PredictionSource::Simulate,
                     };
                 }
                 None => self.simulate_works = Some(false),
             }
         }
-        let pools = s.source_ips.len().max(1);
+        let failure_fraction = legs
+            .iter()
+            .map(|&(policy, pools)| {
+                closed_form_failure_fraction(
+                    policy,
+                    s.requests,
+                    s.concurrency,
+                    pools,
+                    pool_ports,
+                    tw_reuse,
+                    elapsed_secs,
+                )
+            })
+            .fold(0.0, f64::max);
         Prediction {
-            failure_fraction: closed_form_failure_fraction(
-                s.policy,
-                s.requests,
-                s.concurrency,
-                pools,
-                pool_ports,
-                tw_reuse,
-                elapsed_secs,
-            ),
+            failure_fraction,
             source: PredictionSource::ClosedForm,
         }
     }
 
-    /// `portlab simulate --json` for the client leg; `None` when the command is missing or
-    /// its output lacks `simulation.failure_fraction`.
-    fn simulate(&self, s: &Scenario, range: (u16, u16), tw_reuse: u8) -> Option<f64> {
-        // The pooling proxy's and the forwarder's upstream legs are not simulated: the client
-        // leg fails first (see closed_form_failure_fraction).
-        let policy = s.policy;
+    /// `portlab simulate --json` for one leg; `None` when the command is missing or its output
+    /// lacks `simulation.failure_fraction`.
+    fn simulate(
+        &self,
+        s: &Scenario,
+        range: (u16, u16),
+        tw_reuse: u8,
+        policy: Policy,
+        pools: usize,
+    ) -> Option<f64> {
         let output = Command::new(&self.exe)
             .arg("simulate")
             .args(["--os", "linux", "--loopback"])
@@ -145,7 +167,7 @@ impl Predictor {
             .arg("--connection")
             .arg(policy.cli_name())
             .arg("--source-ips")
-            .arg(s.source_ips.len().max(1).to_string())
+            .arg(pools.to_string())
             .arg("-n")
             .arg(s.requests.to_string())
             .arg("--json")

@@ -118,11 +118,15 @@ fn evidence_of(pool_settings: &PortPoolSettings, w: &StepReport) -> Evidence {
         connections_opened: w.client_connections_opened,
         slow_connects: 0,
     };
+    // The load tester's own leg (the upstream leg has its own evidence).
+    let client_peak = w.leg_peaks.iter().find(|p| p.leg == "client");
     let pool = PoolEvidence {
         pool_size: w.pool_ports,
-        peak_time_wait: w.peak_time_wait(),
-        peak_ports_in_use: w.peak_ports_in_use,
-        pool_full_at_ms: w.pool_full_after_secs.map(|s| (s * 1000.0) as u64),
+        peak_time_wait: client_peak.map_or(0, |p| p.time_wait),
+        peak_ports_in_use: client_peak.map_or(0, |p| p.used),
+        pool_full_at_ms: client_peak
+            .and_then(|p| p.full_after_secs)
+            .map(|s| (s * 1000.0) as u64),
     };
     Evidence {
         settings: pool_settings.clone(),

@@ -454,6 +454,9 @@ fn render_diagnosis(o: &mut String, r: &LadderReport, paint: Painter) {
         None => "Diagnosis".to_string(),
     };
     let _ = writeln!(o, "\n{}", paint.heading(&title));
+    for line in wrap(&d.summary, 96) {
+        let _ = writeln!(o, "  {line}");
+    }
     push_findings_compact(o, &d.findings, paint);
     let _ = writeln!(o, "  {}", paint.heading("In the sandbox"));
     for line in &d.sandbox_evidence {
@@ -468,21 +471,27 @@ fn render_diagnosis(o: &mut String, r: &LadderReport, paint: Painter) {
 }
 
 /// The findings without the long remedy texts (those are in `--json` and `portlab doctor`):
-/// cause, summary, evidence, and the remedies for Linux and any OS as one line each.
+/// cause, evidence and, for the first finding (whose summary the lab's summary above already
+/// says), the remedies for Linux and any OS as one line each; the others with their summary.
 fn push_findings_compact(o: &mut String, findings: &[portlab_diagnose::Finding], paint: Painter) {
     use portlab_diagnose::{Os, Severity};
-    for f in findings {
+    for (n, f) in findings.iter().enumerate() {
         let label = match f.severity {
             Severity::Critical => paint.bad("CRITICAL"),
             Severity::Warning => paint.warn("WARNING"),
             Severity::Info => paint.good("OK"),
         };
         let _ = writeln!(o, "  {label}  {}", paint.heading(f.cause.title()));
-        for line in wrap(&f.summary, 94) {
-            let _ = writeln!(o, "    {line}");
+        if n > 0 {
+            for line in wrap(&f.summary, 94) {
+                let _ = writeln!(o, "    {line}");
+            }
         }
         for line in &f.evidence {
             bullet(o, line);
+        }
+        if n > 0 {
+            continue;
         }
         let remedies: Vec<String> = f
             .remedies
