@@ -174,6 +174,57 @@ fn short_ladder_reproduces_the_incident_and_every_fix_holds() {
 }
 
 #[test]
+fn many_clients_exhaust_only_the_forwarders_upstream_leg() {
+    if !full_cli() {
+        return;
+    }
+    let mark = marker("clients");
+    let output = reproduce(
+        &mark,
+        &[
+            "--ladder",
+            "50",
+            "-n",
+            "2000",
+            "--client-ips",
+            "3",
+            "--json",
+        ],
+    )
+    .output()
+    .expect("run portlab reproduce");
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_of(&output);
+    let incident = &report["steps"][0];
+    let failed = incident["failed"].as_u64().expect("failed");
+    // 2,000 requests, one 1,000-port upstream pool: about 1,000 fail, none of them at the
+    // clients' own connect() (3 pools of 1,000 ports have room).
+    assert!((900..=1100).contains(&failed), "{incident:#}");
+    let upstream_failed = incident["upstream"]["connect_failures"]["addr_not_available"]
+        .as_u64()
+        .expect("upstream EADDRNOTAVAIL");
+    assert_eq!(upstream_failed, failed, "{incident:#}");
+    assert_ne!(incident["dominant_error"]["class"], "AddrNotAvailable");
+    assert_eq!(incident["peak_pool"]["leg"], "upstream");
+    let summary = report["diagnosis"]["summary"].as_str().expect("summary");
+    assert!(
+        summary.contains("the forwarder ran out of ephemeral ports"),
+        "{summary}"
+    );
+    // With the clients still dropping, the pooling proxy holds: 8 upstream connections.
+    let pooled = &report["steps"][2];
+    assert_eq!(pooled["fix"], "pooling_proxy");
+    assert_eq!(pooled["policy"], "drop");
+    assert_eq!(pooled["failed"], 0, "{pooled:#}");
+    assert_no_leftovers(&mark);
+}
+
+#[test]
 fn text_report_has_the_table_the_diagnosis_and_the_story() {
     if !full_cli() {
         return;
