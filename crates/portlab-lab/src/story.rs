@@ -382,12 +382,20 @@ fn incident_sentences(settings: &LadderSettings, w: &StepReport) -> String {
         w.concurrency,
         group_thousands(w.requests)
     );
-    if w.path == Path::Forwarder {
-        let upstream = w.upstream.as_ref().map_or(0, |u| u.connections_opened);
+    if let (Path::Forwarder, Some(u)) = (w.path, &w.upstream) {
+        let failed: u64 = u.connect_failures.values().sum();
+        let tried = if failed > 0 {
+            format!(
+                "{} tried, {} opened",
+                group_thousands(u.connections_opened + failed),
+                group_thousands(u.connections_opened)
+            )
+        } else {
+            group_thousands(u.connections_opened)
+        };
         text.push_str(&format!(
-            "; the forwarder opened one upstream connection for each client connection ({}) \
-             and closed it when the client hung up",
-            group_thousands(upstream)
+            "; the forwarder opened one upstream connection for each client connection \
+             ({tried}) and closed it when the client hung up"
         ));
     }
     text.push_str(&format!(
