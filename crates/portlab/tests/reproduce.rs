@@ -225,6 +225,54 @@ fn many_clients_exhaust_only_the_forwarders_upstream_leg() {
 }
 
 #[test]
+fn nginx_as_the_target_server_in_every_sandbox() {
+    if !full_cli() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("portlab-nginx-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let d = dir.display();
+    let conf = format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\ndaemon off;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; \
+         fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+         server {{ listen 127.0.0.1:8080; location / {{ return 200 \"hello\\n\"; }} }} }}\n"
+    );
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).expect("write nginx.conf");
+    let mark = marker("nginx");
+    let target_cmd = format!("nginx -c {}", conf_path.display());
+    let output = reproduce(
+        &mark,
+        &[
+            "--ladder",
+            "50",
+            "-n",
+            "2000",
+            "--json",
+            "--target",
+            "http://127.0.0.1:8080/hello.html",
+            "--target-cmd",
+            &target_cmd,
+        ],
+    )
+    .output()
+    .expect("run portlab reproduce");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_of(&output);
+    assert_reproduced_and_fixed(&report);
+    // nginx (master and worker) stopped with every step.
+    assert_no_leftovers(&mark);
+}
+
+#[test]
 fn text_report_has_the_table_the_diagnosis_and_the_story() {
     if !full_cli() {
         return;
