@@ -112,7 +112,9 @@ impl Predictor {
         if self.simulate_works != Some(false) {
             let simulated: Option<Vec<f64>> = legs
                 .iter()
-                .map(|&(policy, pools)| self.simulate(s, range, tw_reuse, policy, pools))
+                .map(|&(policy, pools)| {
+                    self.simulate(s, range, tw_reuse, policy, pools, elapsed_secs)
+                })
                 .collect();
             match simulated {
                 Some(fractions) => {
@@ -146,7 +148,10 @@ impl Predictor {
     }
 
     /// `portlab simulate --json` for one leg; `None` when the command is missing or its output
-    /// lacks `simulation.failure_fraction`.
+    /// lacks `simulation.failure_fraction`. The simulated workers are paced like the measured
+    /// ones: each request, answered or failed, takes the mean wall time a worker spent per
+    /// request (elapsed × concurrency ÷ requests), so a simulated run lasts as long as the real
+    /// one — which decides how many TIME_WAIT ports come free again when reuse is on.
     fn simulate(
         &self,
         s: &Scenario,
@@ -154,9 +159,19 @@ impl Predictor {
         tw_reuse: u8,
         policy: Policy,
         pools: usize,
+        elapsed_secs: f64,
     ) -> Option<f64> {
-        let output = Command::new(&self.exe)
-            .arg("simulate")
+        let mut cmd = Command::new(&self.exe);
+        cmd.arg("simulate");
+        let per_request_us =
+            (elapsed_secs * 1e6 * s.concurrency as f64 / s.requests.max(1) as f64).round() as u64;
+        if per_request_us > 0 {
+            cmd.arg("--latency")
+                .arg(format!("{per_request_us}us"))
+                .arg("--failed-connect-us")
+                .arg(per_request_us.to_string());
+        }
+        let output = cmd
             .args(["--os", "linux", "--loopback"])
             .arg("--range")
             .arg(format!("{}-{}", range.0, range.1))
