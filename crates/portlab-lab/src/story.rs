@@ -546,6 +546,164 @@ fn fix_sentence(fix: Fix, s: &StepReport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::{ErrorCount, PoolPeak, UpstreamReport};
+    use crate::sandbox::Isolation;
+
+    fn settings() -> LadderSettings {
+        LadderSettings {
+            isolation: Isolation::NetworkNamespace,
+            port_range: (40000, 40999),
+            tw_reuse: 0,
+            time_wait_secs: 60,
+            requests: 5000,
+            upstream_pool: 8,
+        }
+    }
+
+    fn pool_settings() -> PortPoolSettings {
+        let ready = crate::anchor::Ready {
+            isolation: Isolation::NetworkNamespace,
+            port_range: (40000, 40999),
+            tw_reuse: 0,
+            settings: crate::anchor::SandboxSettings {
+                reserved_ports: Vec::new(),
+                tcp_tw_reuse_delay_ms: Some(1000),
+                tcp_timestamps: 1,
+                tcp_max_tw_buckets: 131072,
+                tcp_fin_timeout_secs: 60,
+                somaxconn: 4096,
+                nofile: (1024, 1024),
+            },
+        };
+        ready.port_pool_settings()
+    }
+
+    fn peak(leg: &str, dest: &str, time_wait: u64) -> PoolPeak {
+        PoolPeak {
+            leg: leg.to_string(),
+            local_ip: "127.0.0.1".parse().expect("ip"),
+            destination: dest.parse().expect("addr"),
+            time_wait,
+            used: time_wait,
+            full_after_secs: (time_wait == 1000).then_some(0.25),
+        }
+    }
+
+    /// A forwarder step: `client_failed` requests failed at the client's connect(),
+    /// `upstream_failed` at the forwarder's (seen by the client as resets).
+    fn step(n: usize, fix: Option<Fix>, client_failed: u64, upstream_failed: u64) -> StepReport {
+        let failed = client_failed + upstream_failed;
+        let mut errors = Vec::new();
+        if client_failed > 0 {
+            errors.push(ErrorCount {
+                class: "AddrNotAvailable".into(),
+                errno_name: "EADDRNOTAVAIL".into(),
+                count: client_failed,
+            });
+        }
+        if upstream_failed > 0 {
+            errors.push(ErrorCount {
+                class: "ConnectionReset".into(),
+                errno_name: "ECONNRESET/EPIPE".into(),
+                count: upstream_failed,
+            });
+        }
+        let upstream = UpstreamReport {
+            connections_opened: 5000 - failed,
+            peak_open: None,
+            connect_failures: [("addr_not_available".to_string(), upstream_failed)]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .collect(),
+        };
+        let client_tw = if client_failed > 0 { 1000 } else { 300 };
+        let upstream_tw = if failed > 0 { 1000 } else { 300 };
+        StepReport {
+            step: n,
+            name: format!("step {n}"),
+            fix,
+            path: Path::Forwarder,
+            policy: Policy::Drop,
+            concurrency: 100,
+            requests: 5000,
+            succeeded: 5000 - failed,
+            failed,
+            failure_fraction: failed as f64 / 5000.0,
+            dominant_error: errors.first().cloned(),
+            errors,
+            elapsed_secs: 0.5,
+            client_connections_opened: 5000 - client_failed,
+            new_connections_per_sec: 2000.0,
+            upstream: Some(upstream),
+            source_ips: Vec::new(),
+            pool_ports: 1000,
+            peak_pool: Some(peak("client", "127.1.1.1:80", client_tw)),
+            leg_peaks: vec![
+                peak("client", "127.1.1.1:80", client_tw),
+                peak("upstream", "127.0.0.1:8080", upstream_tw),
+            ],
+            peak_time_wait_total: client_tw + upstream_tw,
+            pool_full_after_secs: (failed > 0).then_some(0.25),
+            predicted_failure_fraction: failed as f64 / 5000.0,
+            prediction_source: crate::PredictionSource::ClosedForm,
+            front: "127.1.1.1:80".parse().expect("addr"),
+            peak_ports_in_use: 1000,
+            timeline: Vec::new(),
+            load_timeline: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn client_leg_exhaustion_is_diagnosed_and_told_with_the_numbers() {
+        let steps = vec![step(1, None, 4000, 0), step(2, Some(Fix::KeepAlive), 0, 0)];
+        let r = assemble(settings(), &pool_settings(), steps, 3.0);
+        assert_eq!(r.worst_step, Some(1));
+        assert!(r.verdict.incident_reproduced && r.verdict.fixes_hold);
+        assert_eq!(r.diagnosis.findings[0].cause, Cause::PortExhaustion);
+        assert!(
+            r.diagnosis.summary.contains("127.1.1.1:80"),
+            "{}",
+            r.diagnosis.summary
+        );
+        for needle in [
+            "the 1,000-port pool filled, 0.25 s into the run",
+            "4,000 of 5,000 requests (80.0 %) failed",
+            "With keep-alive",
+            "none failed",
+        ] {
+            assert!(r.story.contains(needle), "{needle:?} not in {}", r.story);
+        }
+    }
+
+    #[test]
+    fn upstream_leg_exhaustion_is_blamed_on_the_forwarder() {
+        let steps = vec![
+            step(1, None, 0, 4000),
+            step(2, Some(Fix::PoolingProxy), 0, 0),
+        ];
+        let r = assemble(settings(), &pool_settings(), steps, 3.0);
+        assert!(
+            r.diagnosis
+                .summary
+                .contains("the forwarder ran out of ephemeral ports"),
+            "{}",
+            r.diagnosis.summary
+        );
+        assert!(
+            r.diagnosis.evidence[0].contains("127.0.0.1:8080"),
+            "{:?}",
+            r.diagnosis.evidence
+        );
+        assert!(r.story.contains("one hop away"), "{}", r.story);
+    }
+
+    #[test]
+    fn a_failing_fix_fails_the_verdict() {
+        let steps = vec![step(1, None, 4000, 0), step(2, Some(Fix::SourceIps), 10, 0)];
+        let r = assemble(settings(), &pool_settings(), steps, 3.0);
+        assert!(r.verdict.incident_reproduced);
+        assert!(!r.verdict.fixes_hold);
+    }
 
     #[test]
     fn groups_thousands() {
