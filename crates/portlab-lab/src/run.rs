@@ -29,8 +29,11 @@ const FRONT_ADDR: &str = "127.1.1.1:80";
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a server or proxy may take to exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
-/// Upper bound on one step's load (5,000 requests take about a second).
-const LOAD_TIMEOUT: Duration = Duration::from_secs(90);
+/// Upper bound on one step's load: a minute, plus a millisecond per request (5,000 requests
+/// take about a second here, so this only stops a hung load tester).
+fn load_timeout(requests: u64) -> Duration {
+    Duration::from_secs(60) + Duration::from_millis(requests)
+}
 
 /// Progress of a ladder, for the caller to render.
 #[derive(Debug)]
@@ -512,7 +515,7 @@ fn run_load(
         cmd.arg("--threads").arg(threads.to_string());
     }
     cmd.arg(url);
-    let finished = Guarded::spawn("load", &mut cmd)?.finish(LOAD_TIMEOUT)?;
+    let finished = Guarded::spawn("load", &mut cmd)?.finish(load_timeout(scenario.requests))?;
     // Exit 0: all answered; 1: some failed (expected here); anything else: a real problem.
     if !matches!(finished.status.code(), Some(0 | 1)) {
         return Err(LabError::Protocol {
