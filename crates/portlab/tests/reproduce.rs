@@ -292,6 +292,36 @@ fn nginx_as_the_target_server_in_every_sandbox() {
 }
 
 #[test]
+fn a_target_that_dies_fails_the_run_cleanly() {
+    if !full_cli() {
+        return;
+    }
+    let mark = marker("deadtarget");
+    let before = host_state();
+    let output = reproduce(
+        &mark,
+        &[
+            "--ladder",
+            "50",
+            "-n",
+            "100",
+            "--target",
+            "http://127.0.0.1:8080/",
+            "--target-cmd",
+            "exit 3",
+        ],
+    )
+    .output()
+    .expect("run portlab reproduce");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("did not answer"), "{stderr}");
+    assert_eq!(host_state(), before, "the host changed");
+    assert_no_leftovers(&mark);
+}
+
+#[test]
 fn text_report_has_the_table_the_diagnosis_and_the_story() {
     if !full_cli() {
         return;
