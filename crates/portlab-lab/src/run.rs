@@ -285,7 +285,9 @@ fn start_server(
         let mut cmd = sandbox.command("sh");
         cmd.arg("-c").arg(format!("exec {}", target.command));
         let server = Guarded::spawn("target", &mut cmd)?;
-        wait_until_serving(sandbox, config, &target.url, &server)?;
+        if let Err(err) = wait_until_serving(sandbox, config, &target.url, &server) {
+            return Err(with_stderr(err, server));
+        }
         return Ok((server, addr, path));
     }
     let mut cmd = sandbox.command(&config.exe);
@@ -326,7 +328,10 @@ fn wait_until_serving(
             .next_line(Duration::from_millis(20))
             .is_ok_and(|l| l.is_none())
         {
-            break;
+            return Err(LabError::Protocol {
+                what: "target".to_string(),
+                detail: format!("the --target-cmd exited before {url} answered"),
+            });
         }
     }
     Err(LabError::Protocol {
@@ -370,10 +375,18 @@ fn with_stderr(err: LabError, child: Guarded) -> LabError {
     match err {
         LabError::Protocol { what, detail } => {
             let stderr = child.kill_and_stderr();
-            LabError::Protocol {
-                what,
-                detail: format!("{detail}; stderr: {}", stderr.trim()),
-            }
+            let lines: Vec<&str> = stderr
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect();
+            let detail = if lines.is_empty() {
+                detail
+            } else {
+                // One line: the CLI reports errors on one line.
+                format!("{detail}; its stderr: {}", lines.join(" / "))
+            };
+            LabError::Protocol { what, detail }
         }
         other => other,
     }
