@@ -392,6 +392,16 @@ fn with_stderr(err: LabError, child: Guarded) -> LabError {
     }
 }
 
+/// A child's stderr on one line (the CLI reports an error on one line).
+pub(crate) fn one_line(stderr: &str) -> String {
+    stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
 /// SIGTERM, then wait for the exit.
 fn stop(child: Guarded, what: &str) -> Result<Vec<String>, LabError> {
     child.signal(nix::sys::signal::Signal::SIGTERM);
@@ -403,7 +413,7 @@ fn stop(child: Guarded, what: &str) -> Result<Vec<String>, LabError> {
             detail: format!(
                 "exited with {}: {}",
                 finished.status,
-                finished.stderr.trim()
+                one_line(&finished.stderr)
             ),
         });
     }
@@ -536,7 +546,7 @@ fn run_load(
             detail: format!(
                 "exited with {}: {}",
                 finished.status,
-                finished.stderr.trim()
+                one_line(&finished.stderr)
             ),
         });
     }
@@ -545,7 +555,7 @@ fn run_load(
         what: "load".to_string(),
         detail: format!(
             "unreadable JSON report ({e}); stderr: {}",
-            finished.stderr.trim()
+            one_line(&finished.stderr)
         ),
     })
 }

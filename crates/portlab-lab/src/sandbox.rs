@@ -97,7 +97,10 @@ impl Sandbox {
                 let stderr = anchor.kill_and_stderr();
                 return Err(LabError::Protocol {
                     what: "sandbox".to_string(),
-                    detail: format!("unexpected first line {first:?}; stderr: {}", stderr.trim()),
+                    detail: format!(
+                        "unexpected first line {first:?}; stderr: {}",
+                        crate::run::one_line(&stderr)
+                    ),
                 });
             }
         };
