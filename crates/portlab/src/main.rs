@@ -28,27 +28,33 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Reproduce the seed incident in a sandbox: load tester → port forwarder → server at
+    /// rising concurrency, then the fixes; a table, the diagnosis and the story (the main job).
+    Reproduce(cmd::reproduce::Args),
+    /// Load a URL with hey's flags, counting and classifying every failure (errno →
+    /// class, connection stats, per-second timeline).
+    Load(Box<cmd::load::Args>),
     /// Show this host's ephemeral-port pool: settings, sockets by state, usage per destination,
     /// headroom and kernel counters.
     Ports(cmd::ports::Args),
     /// Diagnose this host without generating load: settings, pool usage, counters, findings
     /// and remedies.
     Doctor(cmd::doctor::Args),
-    /// Load a URL like hey, at wrk's speed, counting and classifying every failure (errno →
-    /// class, connection stats, per-second timeline).
-    Load(Box<cmd::load::Args>),
-    /// Run the HTTP/1.1 target: any path answers with a small fixed body; keep-alive knobs,
-    /// delays and seeded fault injection.
-    Serve(cmd::serve::Args),
-    /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
-    /// with an upstream connection pool.
-    Proxy(cmd::proxy::Args),
     /// Capacity arithmetic for an OS profile: ports per pool, sustainable connections/s, time
     /// to exhaustion and failure fraction for a churn, beside the folk formula ports/TIME_WAIT.
     Model(cmd::model::Args),
     /// Simulate a workload against an OS's port allocator (deterministic, seeded): per-second
     /// timeline, totals, first failure; text, JSON or an SVG plot.
     Simulate(cmd::simulate::Args),
+    /// Run the HTTP/1.1 target: any path answers with a small fixed body; keep-alive knobs,
+    /// delays and seeded fault injection.
+    Serve(cmd::serve::Args),
+    /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
+    /// with an upstream connection pool.
+    Proxy(cmd::proxy::Args),
+    /// Internal: the process that holds a `reproduce` sandbox's namespaces.
+    #[command(name = "__sandbox-anchor", hide = true)]
+    SandboxAnchor(cmd::reproduce::AnchorArgs),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +64,8 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Ports(args) => cmd::ports::run(args),
+        Command::Reproduce(args) => cmd::reproduce::run(args),
+        Command::SandboxAnchor(args) => cmd::reproduce::run_anchor(args),
         Command::Doctor(args) => cmd::doctor::run(args),
         Command::Load(args) => cmd::load::run(*args),
         Command::Serve(args) => cmd::serve::run(args),

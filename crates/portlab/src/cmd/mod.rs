@@ -6,5 +6,6 @@ pub mod load_telemetry;
 pub mod model;
 pub mod ports;
 pub mod proxy;
+pub mod reproduce;
 pub mod serve;
 pub mod simulate;
