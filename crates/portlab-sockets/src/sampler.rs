@@ -78,9 +78,14 @@ impl DestinationCounts {
     }
 }
 
-/// Share of one core the detailed dumps may use: the dump interval stretches to
-/// `dump time / DUMP_BUDGET_FRACTION` when dumps are slow.
+/// Share of one core the detailed dumps may use on average. A token bucket: a dump is taken at
+/// a tick when the time spent dumping so far is at most this share of the time since the start
+/// plus [`DUMP_BURST`], so short runs and small tables are sampled at every tick and large
+/// tables as often as the budget allows.
 pub const DUMP_BUDGET_FRACTION: f64 = 0.02;
+
+/// The burst of dump time allowed above [`DUMP_BUDGET_FRACTION`].
+pub const DUMP_BURST: Duration = Duration::from_millis(50);
 
 /// The namespace-wide TCP socket counts of `/proc/net/sockstat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -257,7 +262,8 @@ struct SamplerState {
     report: SamplerReport,
     entries: Vec<SocketEntry>,
     busy: Duration,
-    next_dump: Instant,
+    /// Time spent in dumps so far (the token bucket's spending).
+    dump_busy: Duration,
     last_dump: Option<Instant>,
     /// Keep one detailed sample in `tick_stride` for `report.series`.
     tick_stride: u64,
@@ -288,7 +294,7 @@ impl SamplerState {
             report,
             entries: Vec::new(),
             busy: Duration::ZERO,
-            next_dump: start,
+            dump_busy: Duration::ZERO,
             last_dump: None,
             tick_stride: 1,
         }
@@ -336,7 +342,8 @@ impl SamplerState {
         let began = Instant::now();
         let sockstat = SockStat::read();
         let at_ms = (began - self.start).as_millis() as u64;
-        let counts = if force || began >= self.next_dump {
+        let allowance = (began - self.start).mul_f64(DUMP_BUDGET_FRACTION) + DUMP_BURST;
+        let counts = if force || self.dump_busy <= allowance {
             Some(self.dump(socket, filter, began)?)
         } else {
             None
@@ -360,9 +367,7 @@ impl SamplerState {
         if let Ok(counters) = Counters::read() {
             self.last_counters = counters;
         }
-        let cost = began.elapsed();
-        let budget_gap = cost.div_f64(DUMP_BUDGET_FRACTION);
-        self.next_dump = began + budget_gap.max(self.config.interval);
+        self.dump_busy += began.elapsed();
         if let Some(last) = self.last_dump {
             let gap = (began - last).as_millis() as u64;
             self.report.max_dump_gap_ms = self.report.max_dump_gap_ms.max(gap);
