@@ -120,8 +120,15 @@ where
     DB::ErrorType: 'static,
 {
     let y_top = (y_max * 1.1).max(1.0);
-    // Short runs: tenths of a second on the axis, and dots so single points show.
-    let fine = seconds <= 10.0;
+    // Short runs: hundredths or tenths of a second on the axis (and dots, below, so single
+    // points show).
+    let decimals = if seconds <= 2.0 {
+        2
+    } else if seconds <= 10.0 {
+        1
+    } else {
+        0
+    };
     let mut chart = ChartBuilder::on(area)
         .margin(15)
         .x_label_area_size(35)
@@ -131,13 +138,7 @@ where
         .configure_mesh()
         .x_desc("seconds since start")
         .y_desc(y_desc)
-        .x_label_formatter(&|x| {
-            if fine {
-                format!("{x:.1}")
-            } else {
-                format!("{x:.0}")
-            }
-        })
+        .x_label_formatter(&|x| format!("{x:.decimals$}"))
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()?;
     for s in series {
