@@ -135,7 +135,7 @@ fn push_remedies(s: &mut String, finding: &Finding, detail: Detail, p: Painter) 
             (Detail::Full, command) => {
                 push_wrapped(s, 4, &number, &format!("[{}] {}", r.os.name(), r.action));
                 if let Some(command) = command {
-                    s.push_str(&format!("         $ {command}\n"));
+                    s.push_str(&format!("       $ {command}\n"));
                 }
                 push_wrapped(s, 7, "", &format!("{} Caveat: {}", r.effect, r.caveat));
             }
