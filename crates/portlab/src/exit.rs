@@ -64,3 +64,19 @@ pub fn report_error(err: &anyhow::Error) -> ExitCode {
         ExitCode::from(FAILURE)
     }
 }
+
+/// Writes a report to stdout. A closed pipe (`portlab … | head`) is not an error: the reader
+/// has what it wanted, so the output stops quietly instead of panicking as `print!` would.
+///
+/// # Errors
+/// Any other write error.
+pub fn emit(text: &str) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            Err(anyhow::Error::new(err).context("writing to stdout"))
+        }
+        _ => Ok(()),
+    }
+}

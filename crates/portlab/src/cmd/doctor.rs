@@ -108,15 +108,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             counter_rates_per_sec: rates,
             findings: &findings,
         };
-        println!(
-            "{}",
+        crate::exit::emit(&format!(
+            "{}\n",
             serde_json::to_string(&report).context("encoding JSON")?
-        );
+        ))?;
     } else {
         let p = Painter::for_stdout();
         let mut s = ports::render_text(&reading, rates, view, p);
         push_findings(&mut s, "Diagnosis", &findings, Detail::Full, p);
-        print!("{s}");
+        crate::exit::emit(&s)?;
     }
     Ok(if critical {
         ExitCode::from(1)

@@ -159,12 +159,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             telemetry: &telemetry,
         };
         let text = serde_json::to_string_pretty(&combined).context("serializing the report")?;
-        println!("{text}");
+        crate::exit::emit(&format!("{text}\n"))?;
     } else {
         let painter = Painter::for_stdout();
         let mut text = render_text(&report, painter);
         load_telemetry::push_text(&mut text, &telemetry, painter);
-        print!("{text}");
+        crate::exit::emit(&text)?;
     }
     Ok(if report.summary.failed > 0 {
         ExitCode::from(exit::FAILURE)

@@ -127,9 +127,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             workload: query.churn.as_ref(),
             capacity: &cap,
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::exit::emit(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
     } else {
-        print!("{}", render(&profile, &query, &cap, Painter::for_stdout()));
+        crate::exit::emit(&render(&profile, &query, &cap, Painter::for_stdout()))?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -352,17 +352,9 @@ fn parse_latency(text: &str) -> Result<Latency, String> {
     })
 }
 
-/// `1234567` → `1,234,567`.
+/// `1234567` → `1,234,567` (the shared formatter).
 pub fn group(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
-    for (i, ch) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
+    crate::render::fmt_int(n)
 }
 
 /// A rate with sensible precision: `470.5`, `28,232`.

@@ -107,21 +107,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             prediction: &prediction,
             simulation: &report,
         };
-        println!("{}", serde_json::to_string_pretty(&out)?);
+        crate::exit::emit(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
     } else {
-        print!(
-            "{}",
-            render(
-                &profile,
-                &workload,
-                &prediction,
-                &report,
-                args.timeline,
-                Painter::for_stdout()
-            )
-        );
+        crate::exit::emit(&render(
+            &profile,
+            &workload,
+            &prediction,
+            &report,
+            args.timeline,
+            Painter::for_stdout(),
+        ))?;
         if let Some(path) = &args.plot {
-            println!("plot written to {}", path.display());
+            crate::exit::emit(&format!("plot written to {}\n", path.display()))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -240,105 +237,40 @@ fn render(
     s
 }
 
-/// A plotted line: legend name, colour, and the value it takes from each second.
-type Series = (
-    &'static str,
-    plotters::style::RGBColor,
-    fn(&portlab_model::SecondSample) -> u64,
-);
-
-/// Draws the timeline: request rates on top, TIME_WAIT and ports in use below.
+/// Draws the timeline with the shared chart: attempts, successes and EADDRNOTAVAIL per second
+/// on top; TIME_WAIT and ports in use below, the pool size as the ceiling, the first failure
+/// marked.
 fn plot(r: &SimReport, p: &OsProfile, w: &Workload, path: &Path) -> anyhow::Result<()> {
-    use plotters::prelude::*;
-
-    let root = SVGBackend::new(path, (1000, 720)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let (top, bottom) = root.split_vertically(360);
-    let seconds = r.timeline.len().max(1) as f64;
-    let max_rate = r
-        .timeline
-        .iter()
-        .map(|s| s.attempts)
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
-    let max_ports = r
-        .timeline
-        .iter()
-        .map(|s| s.ports_in_use.max(s.time_wait))
-        .max()
-        .unwrap_or(0)
-        .max(1) as f64;
-    let caption = format!("portlab simulate — {}, {}", p.os, workload_line(w));
-    let mut chart = ChartBuilder::on(&top)
-        .caption(caption, ("sans-serif", 16))
-        .margin(20)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..seconds, 0f64..max_rate * 1.05)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .y_desc("per second")
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let series: [Series; 3] = [
-        ("attempts", BLUE, |s| s.attempts),
-        ("successes", GREEN, |s| s.successes),
-        ("EADDRNOTAVAIL", RED, |s| s.addr_not_available),
-    ];
-    for (name, color, get) in series {
-        chart
-            .draw_series(LineSeries::new(
-                r.timeline.iter().map(|s| (s.second as f64, get(s) as f64)),
-                color,
-            ))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let mut gauges = ChartBuilder::on(&bottom)
-        .margin(20)
-        .x_label_area_size(30)
-        .y_label_area_size(70)
-        .build_cartesian_2d(0f64..seconds, 0f64..max_ports * 1.05)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    gauges
-        .configure_mesh()
-        .x_label_formatter(&|x| format!("{x:.0}"))
-        .y_label_formatter(&|y| format!("{y:.0}"))
-        .x_desc("second")
-        .y_desc("ports")
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let gauge_series: [Series; 2] = [
-        ("TIME_WAIT", MAGENTA, |s| s.time_wait),
-        ("ports in use", BLACK, |s| s.ports_in_use),
-    ];
-    for (name, color, get) in gauge_series {
-        gauges
-            .draw_series(LineSeries::new(
-                r.timeline.iter().map(|s| (s.second as f64, get(s) as f64)),
-                color,
-            ))
-            .map_err(|e| anyhow::anyhow!("{e}"))?
-            .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
-    }
-    gauges
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow::anyhow!("{e}"))?;
-    Ok(())
+    use crate::plot::{colors, write_svg, Series, Timeline};
+    let series = |name: &str, color, get: fn(&portlab_model::SecondSample) -> u64| Series {
+        name: name.to_string(),
+        color,
+        points: r
+            .timeline
+            .iter()
+            .map(|s| (s.second as f64, get(s) as f64))
+            .collect(),
+    };
+    let timeline = Timeline {
+        title: format!("portlab simulate — {}, {}", p.os, workload_line(w)),
+        rates: vec![
+            series("attempts / s", colors::ESTABLISHED, |s| s.attempts),
+            series("successes / s", colors::OK, |s| s.successes),
+            series("EADDRNOTAVAIL / s", colors::FAILED, |s| {
+                s.addr_not_available
+            }),
+        ],
+        gauges: vec![
+            series("TIME_WAIT", colors::TIME_WAIT, |s| s.time_wait),
+            series("ports in use", colors::ESTABLISHED, |s| s.ports_in_use),
+        ],
+        ceiling: Some((
+            format!("pool size {}", group(u64::from(p.ports_per_pool()))),
+            f64::from(p.ports_per_pool()),
+        )),
+        marker: r
+            .first_failure_secs
+            .map(|t| ("first failure".to_string(), t)),
+    };
+    write_svg(&timeline, path)
 }
