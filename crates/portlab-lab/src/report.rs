@@ -12,7 +12,7 @@ use crate::sandbox::Isolation;
 use crate::scenario::{Fix, Path, Policy};
 
 /// Failures of one class, as `portlab load` counted them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ErrorCount {
     /// `portlab load`'s class name (`AddrNotAvailable`, `ConnectionReset`, …).
     pub class: String,
@@ -20,6 +20,8 @@ pub struct ErrorCount {
     pub errno_name: String,
     /// Requests that failed with it.
     pub count: u64,
+    /// When it first happened, ms since the start of the load.
+    pub first_at_ms: Option<f64>,
 }
 
 /// The proxy's upstream leg, from its stats at the end of the step.
@@ -96,6 +98,9 @@ pub struct StepReport {
     pub client_connections_opened: u64,
     /// The load tester's new connections per second.
     pub new_connections_per_sec: f64,
+    /// Successful connects that took 1 s or more (a SYN was retransmitted: a listener dropped
+    /// it).
+    pub slow_connects: u64,
     /// The proxy's upstream leg (absent when direct).
     pub upstream: Option<UpstreamReport>,
     /// Source IPs of the load tester (pools on the client leg).

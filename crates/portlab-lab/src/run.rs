@@ -213,6 +213,7 @@ fn run_step_with(
         elapsed_secs: load.summary.elapsed_secs,
         client_connections_opened: load.connections.opened,
         new_connections_per_sec: load.connections.new_per_sec,
+        slow_connects: load.connections.slow_connects,
         upstream,
         source_ips: scenario.source_ips.clone(),
         pool_ports,
@@ -481,6 +482,7 @@ struct LoadSummary {
 struct LoadConnections {
     opened: u64,
     new_per_sec: f64,
+    slow_connects: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -489,6 +491,7 @@ struct LoadError {
     class: String,
     errno_name: String,
     count: u64,
+    first_at_ms: Option<f64>,
 }
 
 impl LoadJson {
@@ -500,6 +503,7 @@ impl LoadJson {
                 class: e.class.clone(),
                 errno_name: e.errno_name.clone(),
                 count: e.count,
+                first_at_ms: e.first_at_ms,
             })
             .collect();
         v.sort_by(|a, b| b.count.cmp(&a.count).then(a.class.cmp(&b.class)));

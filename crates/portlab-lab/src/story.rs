@@ -112,11 +112,21 @@ fn evidence_of(pool_settings: &PortPoolSettings, w: &StepReport) -> Evidence {
         attempts: w.requests,
         successes: w.succeeded,
         failures,
-        first_failure_ms: None,
-        first_addr_not_available_ms: None,
+        first_failure_ms: w
+            .errors
+            .iter()
+            .filter_map(|e| e.first_at_ms)
+            .reduce(f64::min)
+            .map(|ms| ms as u64),
+        first_addr_not_available_ms: w
+            .errors
+            .iter()
+            .find(|e| e.class == "AddrNotAvailable")
+            .and_then(|e| e.first_at_ms)
+            .map(|ms| ms as u64),
         duration_ms: (w.elapsed_secs * 1000.0) as u64,
         connections_opened: w.client_connections_opened,
-        slow_connects: 0,
+        slow_connects: w.slow_connects,
     };
     // The load tester's own leg (the upstream leg has its own evidence).
     let client_peak = w.leg_peaks.iter().find(|p| p.leg == "client");
@@ -599,6 +609,7 @@ mod tests {
                 class: "AddrNotAvailable".into(),
                 errno_name: "EADDRNOTAVAIL".into(),
                 count: client_failed,
+                first_at_ms: Some(250.0),
             });
         }
         if upstream_failed > 0 {
@@ -606,6 +617,7 @@ mod tests {
                 class: "ConnectionReset".into(),
                 errno_name: "ECONNRESET/EPIPE".into(),
                 count: upstream_failed,
+                first_at_ms: Some(250.0),
             });
         }
         let upstream = UpstreamReport {
@@ -634,6 +646,7 @@ mod tests {
             elapsed_secs: 0.5,
             client_connections_opened: 5000 - client_failed,
             new_connections_per_sec: 2000.0,
+            slow_connects: 0,
             upstream: Some(upstream),
             source_ips: Vec::new(),
             pool_ports: 1000,

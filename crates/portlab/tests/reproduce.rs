@@ -58,21 +58,6 @@ fn processes_with(marker: &str) -> Vec<u32> {
         .collect()
 }
 
-/// Until `portlab load`, `serve` and `proxy` are merged into this branch, the end-to-end
-/// tests cannot run; they say so loudly instead of failing. (Removed once merged.)
-fn full_cli() -> bool {
-    let ok = ["load", "serve", "proxy"].iter().all(|sub| {
-        Command::new(PORTLAB)
-            .args([sub, "--help"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    });
-    if !ok {
-        eprintln!("SKIPPED: this portlab binary lacks load/serve/proxy (not merged yet)");
-    }
-    ok
-}
-
 fn marker(name: &str) -> String {
     format!("{name}-{}", std::process::id())
 }
@@ -141,9 +126,6 @@ fn assert_reproduced_and_fixed(report: &Value) {
 
 #[test]
 fn short_ladder_reproduces_the_incident_and_every_fix_holds() {
-    if !full_cli() {
-        return;
-    }
     let mark = marker("ladder");
     let before = host_state();
     let started = Instant::now();
@@ -175,9 +157,6 @@ fn short_ladder_reproduces_the_incident_and_every_fix_holds() {
 
 #[test]
 fn many_clients_exhaust_only_the_forwarders_upstream_leg() {
-    if !full_cli() {
-        return;
-    }
     let mark = marker("clients");
     let output = reproduce(
         &mark,
@@ -226,9 +205,6 @@ fn many_clients_exhaust_only_the_forwarders_upstream_leg() {
 
 #[test]
 fn nginx_as_the_target_server_in_every_sandbox() {
-    if !full_cli() {
-        return;
-    }
     let dir = std::env::temp_dir().join(format!("portlab-nginx-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let d = dir.display();
@@ -293,9 +269,6 @@ fn nginx_as_the_target_server_in_every_sandbox() {
 
 #[test]
 fn a_target_that_dies_fails_the_run_cleanly() {
-    if !full_cli() {
-        return;
-    }
     let mark = marker("deadtarget");
     let before = host_state();
     let output = reproduce(
@@ -323,9 +296,6 @@ fn a_target_that_dies_fails_the_run_cleanly() {
 
 #[test]
 fn text_report_has_the_table_the_diagnosis_and_the_story() {
-    if !full_cli() {
-        return;
-    }
     let mark = marker("text");
     let output = reproduce(&mark, &["--ladder", "20", "-n", "1500", "--no-fixes"])
         .output()
@@ -355,9 +325,6 @@ fn text_report_has_the_table_the_diagnosis_and_the_story() {
 
 #[test]
 fn sigint_mid_run_stops_every_process_and_leaves_the_host_alone() {
-    if !full_cli() {
-        return;
-    }
     let mark = marker("sigint");
     let before = host_state();
     let mut child = reproduce(&mark, &["--ladder", "100,100", "-n", "5000", "--progress"])
@@ -430,9 +397,6 @@ fn as_nobody(cmd: &mut Command) {
 
 #[test]
 fn unprivileged_user_gets_a_user_namespace_sandbox_where_the_host_allows_it() {
-    if !full_cli() {
-        return;
-    }
     let exe = ExeCopy::world_readable("userns");
     let probe = {
         let mut cmd = Command::new("unshare");

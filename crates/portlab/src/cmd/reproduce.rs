@@ -277,7 +277,7 @@ pub struct AnchorArgs {
     sample_ms: u64,
 }
 
-use crate::render::fmt_int as group;
+use crate::render::{fmt_int as group, push_findings, wrap, Detail};
 
 fn pct(fraction: f64) -> String {
     format!("{:.1} %", fraction * 100.0)
@@ -432,33 +432,31 @@ fn render_table(o: &mut String, steps: &[StepReport], paint: Painter) {
 
 fn render_diagnosis(o: &mut String, r: &LadderReport, paint: Painter) {
     let d = &r.diagnosis;
-    if d.findings.is_empty() {
+    let worst = r
+        .worst_step
+        .and_then(|n| r.steps.iter().find(|s| s.step == n));
+    let Some(w) = worst.filter(|_| !d.findings.is_empty()) else {
         let _ = writeln!(o, "\n{}", paint.heading("Diagnosis"));
         for line in wrap(&d.summary, 96) {
             let _ = writeln!(o, "  {line}");
         }
         return;
-    }
-    let title = match r
-        .worst_step
-        .and_then(|n| r.steps.iter().find(|s| s.step == n))
-    {
-        Some(w) => format!(
-            "Diagnosis of the worst step, {}: {} ({}, {}, c={})",
-            w.step,
-            w.name,
-            w.path.label(),
-            w.policy.cli_name(),
-            w.concurrency
-        ),
-        None => "Diagnosis".to_string(),
     };
-    let _ = writeln!(o, "\n{}", paint.heading(&title));
-    for line in wrap(&d.summary, 96) {
-        let _ = writeln!(o, "  {line}");
-    }
-    push_findings_compact(o, &d.findings, paint);
+    let title = format!(
+        "Diagnosis of the worst step, {}: {} ({}, {}, c={})",
+        w.step,
+        w.name,
+        w.path.label(),
+        w.policy.cli_name(),
+        w.concurrency
+    );
+    push_findings(o, &title, &d.findings, Detail::Compact, paint);
     let _ = writeln!(o, "  {}", paint.heading("In the sandbox"));
+    // The lab's conclusion, where it says more than the first finding (the forwarder's
+    // upstream leg ran out, not the load tester's).
+    if !d.findings.iter().any(|f| d.summary.contains(&f.summary)) {
+        bullet(o, &d.summary);
+    }
     for line in &d.sandbox_evidence {
         bullet(o, line);
     }
@@ -470,75 +468,11 @@ fn render_diagnosis(o: &mut String, r: &LadderReport, paint: Painter) {
     }
 }
 
-/// The findings without the long remedy texts (those are in `--json` and `portlab doctor`):
-/// cause, evidence and, for the first finding (whose summary the lab's summary above already
-/// says), the remedies for Linux and any OS as one line each; the others with their summary.
-fn push_findings_compact(o: &mut String, findings: &[portlab_diagnose::Finding], paint: Painter) {
-    use portlab_diagnose::{Os, Severity};
-    for (n, f) in findings.iter().enumerate() {
-        let label = match f.severity {
-            Severity::Critical => paint.bad("CRITICAL"),
-            Severity::Warning => paint.warn("WARNING"),
-            Severity::Info => paint.good("OK"),
-        };
-        let _ = writeln!(o, "  {label}  {}", paint.heading(f.cause.title()));
-        if n > 0 {
-            for line in wrap(&f.summary, 94) {
-                let _ = writeln!(o, "    {line}");
-            }
-        }
-        for line in &f.evidence {
-            bullet(o, line);
-        }
-        if n > 0 {
-            continue;
-        }
-        let remedies: Vec<String> = f
-            .remedies
-            .iter()
-            .filter(|r| matches!(r.os, Os::Any | Os::Linux))
-            .map(|r| match &r.command {
-                Some(c) => format!("{}: {c}", r.action),
-                None => r.action.clone(),
-            })
-            .collect();
-        if !remedies.is_empty() {
-            let _ = writeln!(
-                o,
-                "    {}",
-                paint.dim("remedies (Linux and any OS; all in --json):")
-            );
-            for (i, r) in remedies.iter().enumerate() {
-                let _ = writeln!(o, "    {}. {r}", i + 1);
-            }
-        }
-    }
-}
-
 fn bullet(o: &mut String, text: &str) {
     for (i, line) in wrap(text, 92).iter().enumerate() {
         let mark = if i == 0 { "-" } else { " " };
         let _ = writeln!(o, "    {mark} {line}");
     }
-}
-
-/// Greedy word wrap at `width` columns.
-fn wrap(text: &str, width: usize) -> Vec<String> {
-    let mut lines = Vec::new();
-    let mut current = String::new();
-    for word in text.split_whitespace() {
-        if !current.is_empty() && current.chars().count() + 1 + word.chars().count() > width {
-            lines.push(std::mem::take(&mut current));
-        }
-        if !current.is_empty() {
-            current.push(' ');
-        }
-        current.push_str(word);
-    }
-    if !current.is_empty() {
-        lines.push(current);
-    }
-    lines
 }
 
 #[cfg(test)]
@@ -551,11 +485,5 @@ mod tests {
         assert!(parse_range("40999-40000").is_err());
         assert!(parse_range("80-90").is_err());
         assert!(parse_range("40000").is_err());
-    }
-
-    #[test]
-    fn wrap_keeps_words_whole() {
-        let lines = wrap("one two three four five", 9);
-        assert_eq!(lines, ["one two", "three", "four five"]);
     }
 }
