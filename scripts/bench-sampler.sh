@@ -24,7 +24,7 @@ ip netns exec "$ns" "$bin" serve --listen 127.0.0.1:8080 >/dev/null 2>&1 &
 server_pid=$!
 for _ in $(seq 1 100); do ip netns exec "$ns" bash -c ': </dev/tcp/127.0.0.1/8080' 2>/dev/null && break; sleep 0.05; done
 # 50,000 client-closed connections to the target: 50,000 TIME_WAIT sockets for the next 60 s.
-ip netns exec "$ns" "$bin" load --connection drop -n 50000 -c 20 --no-sample http://127.0.0.1:8080/ >/dev/null || true
+ip netns exec "$ns" "$bin" load --connection drop -n 52000 -c 50 --no-sample http://127.0.0.1:8080/ >/dev/null || true
 echo "TIME_WAIT sockets to the target: $(ip netns exec "$ns" ss -tanH state time-wait | wc -l)"
 rps() { ip netns exec "$ns" "$bin" load -c 50 -z 5s --json "$@" http://127.0.0.1:8080/ > "$out"; python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["summary"]["requests_per_sec"])' "$out"; }
 out=$(mktemp)
