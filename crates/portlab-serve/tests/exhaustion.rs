@@ -10,9 +10,9 @@
 
 mod common;
 
+use portlab_testkit::NetNs;
 use std::net::SocketAddr;
-use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
+
 use std::time::Duration;
 
 use common::{listener, Client};
@@ -20,67 +20,28 @@ use portlab_serve::{
     HttpProxy, HttpProxyConfig, Server, ServerConfig, TcpProxy, TcpProxyConfig, UpstreamErrorClass,
 };
 
-/// A network namespace that is always deleted (Drop), named `plserve-<pid>-<n>`.
-struct Netns {
-    name: String,
+/// A namespace of the test's own with a 10-port ephemeral range and no TIME_WAIT reuse.
+fn pool_namespace() -> NetNs {
+    let ns = NetNs::new("serve").expect("create netns (needs root)");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40009")
+        .expect("sysctl");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0").expect("sysctl");
+    ns
 }
 
-fn ip(args: &[&str]) {
-    let status = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("run ip (iproute2)");
-    assert!(status.success(), "ip {args:?} failed (tests need root)");
-}
-
-impl Netns {
-    fn new() -> Netns {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "plserve-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ns.exec(&["ip", "link", "set", "lo", "up"]);
-        ns.exec(&["sysctl", "-qw", "net.ipv4.ip_local_port_range=40000 40009"]);
-        ns.exec(&["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=0"]);
-        ns
-    }
-
-    fn exec(&self, cmd: &[&str]) {
-        let mut args = vec!["netns", "exec", &self.name];
-        args.extend_from_slice(cmd);
-        ip(&args);
-    }
-
-    /// Runs `body` on a thread that entered the namespace, on its own tokio runtime.
-    fn run<F: std::future::Future<Output = ()>>(&self, body: impl FnOnce() -> F + Send + 'static) {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            use std::os::fd::AsRawFd;
-            let file = std::fs::File::open(&path).expect("open netns");
-            // SAFETY: setns(2) with a namespace fd we opened; affects only this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(body());
-        })
-        .join()
-        .expect("test thread");
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+/// Runs `body` on a thread that entered the namespace, on its own tokio runtime.
+fn run_in<F: std::future::Future<Output = ()>>(
+    ns: &NetNs,
+    body: impl FnOnce() -> F + Send + 'static,
+) {
+    ns.run(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(body());
+    })
+    .expect("enter the namespace");
 }
 
 /// Listens on all addresses (only this namespace's loopback exists) at a fixed port outside
@@ -97,8 +58,8 @@ fn client_addr(i: usize, port: u16) -> SocketAddr {
 
 #[test]
 fn tcp_forwarder_upstream_leg_runs_out_of_ports() {
-    let ns = Netns::new();
-    ns.run(|| async {
+    let ns = pool_namespace();
+    run_in(&ns, || async {
         let server = Server::new(ServerConfig::default()).expect("server");
         let server_listener = listen_any(8080);
         let server_addr = SocketAddr::new(
@@ -166,8 +127,8 @@ fn tcp_forwarder_upstream_leg_runs_out_of_ports() {
 
 #[test]
 fn http_proxy_pool_needs_no_more_ports_than_pool() {
-    let ns = Netns::new();
-    ns.run(|| async {
+    let ns = pool_namespace();
+    run_in(&ns, || async {
         let server = Server::new(ServerConfig::default()).expect("server");
         let server_listener = listen_any(8080);
         let server_addr = SocketAddr::new(

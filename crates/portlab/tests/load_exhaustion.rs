@@ -6,72 +6,19 @@
 //! TIME_WAIT). Needs root, iproute2 and nginx (Debian packages).
 
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use portlab_testkit::NetNs;
 use serde_json::Value;
 
-static COUNTER: AtomicU32 = AtomicU32::new(0);
-
-/// A network namespace deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new() -> Self {
-        let name = format!(
-            "plload-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::SeqCst)
-        );
-        run_ok("ip", &["netns", "add", &name]);
-        let ns = Self { name };
-        run_ok("ip", &["-n", &ns.name, "link", "set", "lo", "up"]);
-        // Sysctls inside the namespace only (both are per-netns in Linux).
-        run_ok(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &ns.name,
-                "sysctl",
-                "-q",
-                "-w",
-                "net.ipv4.ip_local_port_range=40000 40999",
-                "net.ipv4.tcp_tw_reuse=0",
-            ],
-        );
-        ns
-    }
-
-    fn exec(&self, program: &str) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.name, program]);
-        cmd
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn run_ok(program: &str, args: &[&str]) -> Output {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program}: {e}"));
-    assert!(
-        out.status.success(),
-        "{program} {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+/// A namespace with 1,000 ephemeral ports and no TIME_WAIT reuse (sysctls inside it only).
+fn pool_namespace() -> NetNs {
+    let ns = NetNs::new("load").expect("create netns (needs root)");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40999")
+        .expect("sysctl");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0").expect("sysctl");
+    ns
 }
 
 /// nginx inside the namespace, one process, killed by PID on drop.
@@ -81,7 +28,7 @@ struct Nginx {
 }
 
 impl Nginx {
-    fn start(ns: &Netns, ports: &[u16]) -> Self {
+    fn start(ns: &NetNs, ports: &[u16]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display();
         let listens: String = ports
@@ -102,7 +49,7 @@ impl Nginx {
             "nginx"
         };
         let child = ns
-            .exec(nginx)
+            .command(nginx)
             .arg("-c")
             .arg(&conf_path)
             .arg("-p")
@@ -117,7 +64,7 @@ impl Nginx {
         // Wait for the listeners without connecting (a probe connection would take a port).
         let end = Instant::now() + Duration::from_secs(10);
         loop {
-            let out = ns.exec("ss").args(["-Hltn"]).output().expect("ss");
+            let out = ns.command("ss").args(["-Hltn"]).output().expect("ss");
             let text = String::from_utf8_lossy(&out.stdout);
             if ports
                 .iter()
@@ -142,9 +89,9 @@ impl Drop for Nginx {
     }
 }
 
-fn load(ns: &Netns, args: &[&str]) -> (Option<i32>, Value) {
+fn load(ns: &NetNs, args: &[&str]) -> (Option<i32>, Value) {
     let out = ns
-        .exec(env!("CARGO_BIN_EXE_portlab"))
+        .command(env!("CARGO_BIN_EXE_portlab"))
         .arg("load")
         .args(args)
         .arg("--json")
@@ -171,7 +118,7 @@ fn class_count(report: &Value, class: &str) -> u64 {
 
 #[test]
 fn drop_policy_exhausts_the_port_range_and_keep_alive_does_not() {
-    let ns = Netns::new();
+    let ns = pool_namespace();
     // Three listening ports: each destination port has its own pool of 1,000 ephemeral ports
     // (connect() picks ports per 4-tuple), so the two runs do not share TIME_WAIT entries.
     let _nginx = Nginx::start(&ns, &[8080, 8081, 8082]);
