@@ -127,6 +127,9 @@ pub struct StepReport {
     pub timeline: Vec<TimelinePoint>,
     /// The load tester's per-second counts (from `portlab load --json`).
     pub load_timeline: Vec<LoadSecond>,
+    /// The load tester's cumulative progress about ten times a second: (ms since its start,
+    /// requests done, of which failed) — the sub-second view for plots.
+    pub load_progress: Vec<(u64, u64, u64)>,
 }
 
 /// One second of the load tester's run.

@@ -252,6 +252,7 @@ fn run_step_with(
             .unwrap_or(0),
         timeline: timeline(&window, &topology, scenario.path, load_start_ms),
         load_timeline: load.timeline,
+        load_progress: load.telemetry.progress.points,
     };
     Ok((report, ready))
 }
@@ -466,6 +467,20 @@ struct LoadJson {
     connections: LoadConnections,
     errors: Vec<LoadError>,
     timeline: Vec<LoadSecond>,
+    telemetry: LoadTelemetry,
+}
+
+/// `telemetry.progress.points` of `portlab load --json`: [ms, done, failed], about 10 Hz.
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LoadTelemetry {
+    progress: LoadProgress,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LoadProgress {
+    points: Vec<(u64, u64, u64)>,
 }
 
 #[derive(Deserialize, Default)]

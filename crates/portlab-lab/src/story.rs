@@ -663,6 +663,7 @@ mod tests {
             peak_ports_in_use: 1000,
             timeline: Vec::new(),
             load_timeline: Vec::new(),
+            load_progress: Vec::new(),
         }
     }
 

@@ -39,6 +39,24 @@ fn timeline(step: &StepReport) -> Timeline {
             })
             .collect()
     };
+    // Rates between the load's progress points (about 10 Hz) when it reported them.
+    let progress_rate = |failed: bool| -> Vec<(f64, f64)> {
+        step.load_progress
+            .windows(2)
+            .filter_map(|w| {
+                let dt = w[1].0.checked_sub(w[0].0).filter(|d| *d > 0)? as f64 / 1000.0;
+                let fails = w[1].2.saturating_sub(w[0].2) as f64;
+                let done = w[1].1.saturating_sub(w[0].1) as f64;
+                let v = if failed {
+                    fails
+                } else {
+                    (done - fails).max(0.0)
+                };
+                Some((w[1].0 as f64 / 1000.0, v / dt))
+            })
+            .collect()
+    };
+    let fine = step.load_progress.len() > 2;
     let samples: Vec<&TimelinePoint> = step.timeline.iter().filter(|p| p.t_ms >= 0).collect();
     let gauge = |get: fn(&TimelinePoint) -> u64| -> Vec<(f64, f64)> {
         samples
@@ -80,12 +98,20 @@ fn timeline(step: &StepReport) -> Timeline {
             Series {
                 name: "answered/s".to_string(),
                 color: colors::OK,
-                points: per_second(|s| s.succeeded),
+                points: if fine {
+                    progress_rate(false)
+                } else {
+                    per_second(|s| s.succeeded)
+                },
             },
             Series {
                 name: "failed/s".to_string(),
                 color: colors::FAILED,
-                points: per_second(|s| s.failed),
+                points: if fine {
+                    progress_rate(true)
+                } else {
+                    per_second(|s| s.failed)
+                },
             },
             Series {
                 name: "new connections/s".to_string(),
