@@ -157,7 +157,7 @@ pub struct TickSample {
 pub const MAX_TICKS: usize = 1024;
 
 /// What the sampler saw over its life.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SamplerReport {
     /// The destinations watched.
     pub destinations: Vec<SocketAddr>,
@@ -237,19 +237,8 @@ impl Sampler {
         self.stop.store(true, Ordering::Release);
         let _ = self.wake.send(());
         self.thread.join().unwrap_or_else(|_| SamplerReport {
-            destinations: Vec::new(),
-            interval_ms: 0,
-            samples: 0,
-            ticks: 0,
-            max_dump_gap_ms: 0,
-            seconds: Vec::new(),
-            series: Vec::new(),
-            peak: DestinationCounts::default(),
-            netns_peak: SockStat::default(),
-            pool_full_at_ms: None,
-            counters_delta: Counters::default(),
-            busy_ms: 0,
             error: Some("sampler thread panicked".into()),
+            ..SamplerReport::default()
         })
     }
 }
@@ -274,17 +263,7 @@ impl SamplerState {
         let report = SamplerReport {
             destinations: config.destinations.clone(),
             interval_ms: config.interval.as_millis() as u64,
-            samples: 0,
-            ticks: 0,
-            max_dump_gap_ms: 0,
-            seconds: Vec::new(),
-            series: Vec::new(),
-            peak: DestinationCounts::default(),
-            netns_peak: SockStat::default(),
-            pool_full_at_ms: None,
-            counters_delta: Counters::default(),
-            busy_ms: 0,
-            error: None,
+            ..SamplerReport::default()
         };
         SamplerState {
             config,
