@@ -41,7 +41,7 @@ pub enum SockDiagError {
     /// The kernel refused the netlink socket or the dump (EPERM/EACCES), e.g. under a seccomp
     /// or LSM policy.
     #[error(
-        "NETLINK_SOCK_DIAG denied ({0}); run with the needed permission or use the /proc fallback"
+        "NETLINK_SOCK_DIAG denied ({0}): allow it (seccomp/LSM policy, container capabilities) or read /proc/net/tcp instead (`portlab ports --proc`)"
     )]
     PermissionDenied(io::Error),
     /// The netlink socket could not be opened (kernel without CONFIG_INET_DIAG, …).
@@ -526,6 +526,15 @@ mod tests {
         assert_eq!(parse_proc_line("garbage"), None);
         assert_eq!(parse_proc_line("0: 0100007F:XYZ 0100007F:1F90 06"), None);
         assert_eq!(parse_proc_line("0: 0100007F:9C40 0100007F:1F90 FF"), None);
+    }
+
+    #[test]
+    fn denial_and_absence_are_told_apart() {
+        let denied = classify_open_error(io::Error::from_raw_os_error(libc::EPERM));
+        assert!(matches!(denied, SockDiagError::PermissionDenied(_)));
+        assert!(denied.to_string().contains("--proc"), "{denied}");
+        let absent = classify_open_error(io::Error::from_raw_os_error(libc::EPROTONOSUPPORT));
+        assert!(matches!(absent, SockDiagError::Open(_)));
     }
 
     #[test]

@@ -16,8 +16,8 @@ use crate::state::{StateCounts, TcpState};
 /// Where to read the socket table from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TableChoice {
-    /// NETLINK_SOCK_DIAG, falling back to /proc/net/tcp{,6} (with a note) if it is unavailable
-    /// or denied.
+    /// NETLINK_SOCK_DIAG, falling back to /proc/net/tcp{,6} (with a note) if it is unavailable;
+    /// an error ([`SockDiagError::PermissionDenied`]) if it is denied.
     #[default]
     Auto,
     /// /proc/net/tcp{,6} only.
@@ -267,7 +267,9 @@ fn read_table(
             *entries = read;
             Ok((TableSource::SockDiag, None))
         }
-        Err(netlink_err @ (SockDiagError::PermissionDenied(_) | SockDiagError::Open(_))) => {
+        // Unavailable (no inet_diag in this kernel): fall back with a note. Denied is an error
+        // the caller reports: a silent fallback would hide a policy the user should know of.
+        Err(netlink_err @ SockDiagError::Open(_)) => {
             entries.clear();
             diag::for_each_socket_proc(StateMask::ALL, |e| entries.push(e)).map_err(
                 |proc_err| {
