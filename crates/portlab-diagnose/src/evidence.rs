@@ -98,6 +98,8 @@ pub struct RunEvidence {
     pub connections_opened: u64,
     /// Connects that took 1 s or more (a SYN was retransmitted: the listener dropped it).
     pub slow_connects: u64,
+    /// 99th percentile of successful connect() latency, ms, where measured.
+    pub connect_p99_ms: Option<f64>,
 }
 
 impl RunEvidence {

@@ -127,6 +127,7 @@ fn evidence_of(pool_settings: &PortPoolSettings, w: &StepReport) -> Evidence {
         duration_ms: (w.elapsed_secs * 1000.0) as u64,
         connections_opened: w.client_connections_opened,
         slow_connects: w.slow_connects,
+        connect_p99_ms: None,
     };
     // The load tester's own leg (the upstream leg has its own evidence).
     let client_peak = w.leg_peaks.iter().find(|p| p.leg == "client");
@@ -196,6 +197,7 @@ fn upstream_evidence_of(pool_settings: &PortPoolSettings, w: &StepReport) -> Opt
         duration_ms: (w.elapsed_secs * 1000.0) as u64,
         connections_opened: u.connections_opened,
         slow_connects: 0,
+        connect_p99_ms: None,
     };
     let pool = PoolEvidence {
         pool_size: w.pool_ports,

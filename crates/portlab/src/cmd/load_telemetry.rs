@@ -313,6 +313,8 @@ fn evidence(
         duration_ms: (report.summary.elapsed_secs * 1000.0) as u64,
         connections_opened: report.connections.opened,
         slow_connects: report.connections.slow_connects,
+        connect_p99_ms: (report.connections.connect_latency.count > 0)
+            .then(|| report.connections.connect_latency.p99_us as f64 / 1000.0),
     };
     let pool = sampler.map(|s| PoolEvidence {
         pool_size,
