@@ -326,9 +326,16 @@ fn pressure_from_run(e: &Evidence, run: &RunEvidence) -> Option<Finding> {
     Some(Finding {
         cause: Cause::TimeWaitPressure,
         severity: Severity::Warning,
-        summary: format!(
-            "No port failures yet, but TIME_WAIT filled {fill:.0} % of the pool to {dest}; at this churn it will run out"
-        ),
+        summary: if churn > sustainable {
+            format!(
+                "No port failures yet, but TIME_WAIT filled {fill:.0} % of the pool to {dest}; at this churn it will run out"
+            )
+        } else {
+            format!(
+                "No port failures: new connections to {dest} run at {:.0} % of the rate the pool sustains, close to its limit",
+                churn * 100.0 / sustainable.max(f64::MIN_POSITIVE)
+            )
+        },
         evidence,
         remedies: remedies::port_exhaustion(),
         corrections: remedies::corrections(),
@@ -715,8 +722,36 @@ mod tests {
         r.duration_ms = 1000;
         let findings = diagnose(&evidence(Some(r), Some(pool)));
         assert_eq!(findings[0].cause, Cause::TimeWaitPressure);
+        assert!(
+            findings[0].summary.contains("will run out"),
+            "{}",
+            findings[0].summary
+        );
         let text = findings[0].evidence.join("\n");
         assert!(text.contains("290 free ports last ≈ 0.4 s"), "{text}");
+    }
+
+    #[test]
+    fn pressure_below_the_sustainable_rate_does_not_predict_failure() {
+        let pool = PoolEvidence {
+            pool_size: 1000,
+            peak_time_wait: 700,
+            peak_ports_in_use: 710,
+            pool_full_at_ms: None,
+        };
+        let mut r = run(Policy::ClientCloses, FailureCounts::default());
+        r.connections_opened = 710;
+        r.duration_ms = 1000;
+        let mut e = evidence(Some(r), Some(pool));
+        e.settings.tcp_tw_reuse = TwReuse::All; // 1,000 ports ÷ 1 s = 1,000/s sustainable
+        let findings = diagnose(&e);
+        assert_eq!(findings[0].cause, Cause::TimeWaitPressure);
+        assert!(
+            findings[0].summary.contains("run at 70 %"),
+            "{}",
+            findings[0].summary
+        );
+        assert!(!findings[0].summary.contains("will run out"));
     }
 
     #[test]
