@@ -614,6 +614,16 @@ mod tests {
         }
     }
 
+    /// A sampled pool: usable ports, TIME_WAIT peak, ports-in-use peak, when it filled.
+    fn pool(size: u64, time_wait: u64, in_use: u64, full_at_ms: Option<u64>) -> PoolEvidence {
+        PoolEvidence {
+            pool_size: size,
+            peak_time_wait: time_wait,
+            peak_ports_in_use: in_use,
+            pool_full_at_ms: full_at_ms,
+        }
+    }
+
     fn evidence(run: Option<RunEvidence>, pool: Option<PoolEvidence>) -> Evidence {
         Evidence {
             settings: settings(),
@@ -632,12 +642,7 @@ mod tests {
             addr_not_available: 2000,
             ..FailureCounts::default()
         };
-        let pool = PoolEvidence {
-            pool_size: 1000,
-            peak_time_wait: 995,
-            peak_ports_in_use: 1000,
-            pool_full_at_ms: Some(780),
-        };
+        let pool = pool(1000, 995, 1000, Some(780));
         let findings = diagnose(&evidence(
             Some(run(Policy::ClientCloses, failures)),
             Some(pool),
@@ -665,12 +670,7 @@ mod tests {
 
     #[test]
     fn slow_connects_in_a_filling_pool_are_named_as_the_port_scan() {
-        let pool = PoolEvidence {
-            pool_size: 55_001,
-            peak_time_wait: 36_000,
-            peak_ports_in_use: 36_050,
-            pool_full_at_ms: None,
-        };
+        let pool = pool(55_001, 36_000, 36_050, None);
         let mut r = run(Policy::ClientCloses, FailureCounts::default());
         r.connections_opened = 36_000;
         r.duration_ms = 60_000;
@@ -696,12 +696,7 @@ mod tests {
 
     #[test]
     fn keep_alive_run_is_healthy() {
-        let pool = PoolEvidence {
-            pool_size: 1000,
-            peak_time_wait: 0,
-            peak_ports_in_use: 10,
-            pool_full_at_ms: None,
-        };
+        let pool = pool(1000, 0, 10, None);
         let mut r = run(Policy::KeepAlive, FailureCounts::default());
         r.connections_opened = 10;
         let findings = diagnose(&evidence(Some(r), Some(pool)));
@@ -711,12 +706,7 @@ mod tests {
 
     #[test]
     fn pressure_without_failures_warns_with_headroom() {
-        let pool = PoolEvidence {
-            pool_size: 1000,
-            peak_time_wait: 700,
-            peak_ports_in_use: 710,
-            pool_full_at_ms: None,
-        };
+        let pool = pool(1000, 700, 710, None);
         let mut r = run(Policy::ClientCloses, FailureCounts::default());
         r.connections_opened = 700;
         r.duration_ms = 1000;
@@ -733,12 +723,7 @@ mod tests {
 
     #[test]
     fn pressure_below_the_sustainable_rate_does_not_predict_failure() {
-        let pool = PoolEvidence {
-            pool_size: 1000,
-            peak_time_wait: 700,
-            peak_ports_in_use: 710,
-            pool_full_at_ms: None,
-        };
+        let pool = pool(1000, 700, 710, None);
         let mut r = run(Policy::ClientCloses, FailureCounts::default());
         r.connections_opened = 710;
         r.duration_ms = 1000;
@@ -762,15 +747,7 @@ mod tests {
         };
         let mut r = run(Policy::KeepAlive, failures);
         r.slow_connects = 25;
-        let mut e = evidence(
-            Some(r),
-            Some(PoolEvidence {
-                pool_size: 1000,
-                peak_time_wait: 0,
-                peak_ports_in_use: 50,
-                pool_full_at_ms: None,
-            }),
-        );
+        let mut e = evidence(Some(r), Some(pool(1000, 0, 50, None)));
         e.counters_delta = Some(Counters {
             listen_overflows: 30,
             listen_drops: 30,
