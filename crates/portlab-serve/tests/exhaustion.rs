@@ -56,27 +56,39 @@ fn client_addr(i: usize, port: u16) -> SocketAddr {
     SocketAddr::new(ip.parse().expect("ip"), port)
 }
 
+/// The target server on port 8080 of the namespace (outside the shrunken range), running until
+/// the returned sender fires: (server, its address, stop, task).
+fn spawn_server() -> (
+    Server,
+    SocketAddr,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<portlab_serve::ServerStats>,
+) {
+    let server = Server::new(ServerConfig::default()).expect("server");
+    let server_listener = listen_any(8080);
+    let server_addr = SocketAddr::new(
+        "127.0.0.1".parse().expect("ip"),
+        server_listener.local_addr().expect("addr").port(),
+    );
+    let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server_task = tokio::spawn({
+        let server = server.clone();
+        async move {
+            server
+                .run(server_listener, async {
+                    let _ = server_stopped.await;
+                })
+                .await
+        }
+    });
+    (server, server_addr, stop_server, server_task)
+}
+
 #[test]
 fn tcp_forwarder_upstream_leg_runs_out_of_ports() {
     let ns = pool_namespace();
     run_in(&ns, || async {
-        let server = Server::new(ServerConfig::default()).expect("server");
-        let server_listener = listen_any(8080);
-        let server_addr = SocketAddr::new(
-            "127.0.0.1".parse().expect("ip"),
-            server_listener.local_addr().expect("addr").port(),
-        );
-        let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server_task = tokio::spawn({
-            let server = server.clone();
-            async move {
-                server
-                    .run(server_listener, async {
-                        let _ = server_stopped.await;
-                    })
-                    .await
-            }
-        });
+        let (_server, server_addr, stop_server, server_task) = spawn_server();
         let proxy = TcpProxy::new(TcpProxyConfig::new(server_addr));
         let proxy_listener = listen_any(8081);
         let port = proxy_listener.local_addr().expect("addr").port();
@@ -129,23 +141,7 @@ fn tcp_forwarder_upstream_leg_runs_out_of_ports() {
 fn http_proxy_pool_needs_no_more_ports_than_pool() {
     let ns = pool_namespace();
     run_in(&ns, || async {
-        let server = Server::new(ServerConfig::default()).expect("server");
-        let server_listener = listen_any(8080);
-        let server_addr = SocketAddr::new(
-            "127.0.0.1".parse().expect("ip"),
-            server_listener.local_addr().expect("addr").port(),
-        );
-        let (stop_server, server_stopped) = tokio::sync::oneshot::channel::<()>();
-        let server_task = tokio::spawn({
-            let server = server.clone();
-            async move {
-                server
-                    .run(server_listener, async {
-                        let _ = server_stopped.await;
-                    })
-                    .await
-            }
-        });
+        let (server, server_addr, stop_server, server_task) = spawn_server();
         let proxy = HttpProxy::new(HttpProxyConfig::new(server_addr, 4)).expect("proxy");
         let proxy_listener = listen_any(8081);
         let port = proxy_listener.local_addr().expect("addr").port();
