@@ -7,7 +7,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use portlab_diagnose::{diagnose, Evidence, Finding, Severity};
+use portlab_diagnose::{diagnose, Finding, Severity};
+use portlab_pipeline::host_evidence;
 use serde::Serialize;
 
 use crate::cmd::ports::{self, CounterRates, View};
@@ -79,24 +80,14 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_secs_f64(args.interval));
         reading = Some(ports::read(view)?);
     }
-    let (reading, rates, delta) = match reading {
-        Some(after) => {
-            let rates =
-                CounterRates::between(&before.counters, &after.counters, after.at - before.at);
-            let delta = after.counters.delta_since(&before.counters);
-            (after, Some(rates), Some(delta))
-        }
-        None => (before, None, None),
+    let (reading, earlier) = match reading {
+        Some(after) => (after, Some(before)),
+        None => (before, None),
     };
-    let evidence = Evidence {
-        settings: reading.settings.clone(),
-        loopback: false,
-        run: None,
-        pool: None,
-        counters_delta: delta,
-        counters_interval_ms: rates.map_or(0, |r| (r.interval_secs * 1000.0) as u64),
-        snapshot: Some(reading.snapshot.clone()),
-    };
+    let rates = earlier
+        .as_ref()
+        .map(|e| CounterRates::between(&e.counters, &reading.counters, reading.at - e.at));
+    let evidence = host_evidence(&reading, earlier.as_ref());
     let findings = diagnose(&evidence);
     let critical = findings.iter().any(|f| f.severity == Severity::Critical);
     if args.json {

@@ -10,7 +10,7 @@ use anyhow::Context;
 use base64::Engine as _;
 use portlab_load::{ConnectionPolicy, LoadConfig, LoadReport, Progress, RateLimit};
 
-use crate::cmd::load_telemetry::{self, Telemetry};
+use crate::cmd::load_telemetry;
 use crate::exit;
 use crate::style::Painter;
 
@@ -141,7 +141,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let telemetry_args = args.telemetry.clone();
     let config = build_config(args)?;
     let plan = config.validate().map_err(|e| exit::usage(e.to_string()))?;
-    let (mut telemetry, note) = Telemetry::start(&telemetry_args, &plan)?;
+    let (mut telemetry, note) = load_telemetry::start(&telemetry_args, &plan)?;
     let mut bar = ProgressBar::new(&plan.config);
     let report = portlab_load::run(&plan, &mut |p| {
         bar.update(p);

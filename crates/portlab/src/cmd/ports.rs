@@ -4,12 +4,13 @@
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
+use portlab_pipeline::ReadOptions;
 use portlab_sockets::{
-    Counters, PoolUsage, PortPoolSettings, Risk, Snapshot, SnapshotOptions, TableChoice,
-    TableSource, TwReuse, LINUX_TIME_WAIT_SECS,
+    Counters, PoolUsage, PortPoolSettings, Risk, Snapshot, TableChoice, TableSource, TwReuse,
+    LINUX_TIME_WAIT_SECS,
 };
 use serde::Serialize;
 
@@ -113,17 +114,8 @@ impl CounterRates {
     }
 }
 
-/// One reading of settings, socket table and counters.
-pub struct Reading {
-    /// Port-pool settings.
-    pub settings: PortPoolSettings,
-    /// The socket table grouped into pools.
-    pub snapshot: Snapshot,
-    /// Cumulative TCP counters.
-    pub counters: Counters,
-    /// When it was read.
-    pub at: Instant,
-}
+/// One reading of settings, socket table and counters (the shared pipeline's).
+pub use portlab_pipeline::HostReading as Reading;
 
 /// What to show: the `--dest`, `--top` and `--proc` flags.
 #[derive(Debug, Clone, Copy)]
@@ -138,8 +130,7 @@ pub struct View {
 
 /// Reads settings, the socket table (grouped into pools) and the counters.
 pub fn read(view: View) -> anyhow::Result<Reading> {
-    let settings = PortPoolSettings::read().context("reading the port-pool settings")?;
-    let options = SnapshotOptions {
+    let options = ReadOptions {
         destination: view.dest,
         table: if view.proc {
             TableChoice::Proc
@@ -147,14 +138,7 @@ pub fn read(view: View) -> anyhow::Result<Reading> {
             TableChoice::Auto
         },
     };
-    let snapshot = Snapshot::take(&settings, &options).context("reading the TCP socket table")?;
-    let counters = Counters::read().context("reading the TCP counters")?;
-    Ok(Reading {
-        settings,
-        snapshot,
-        counters,
-        at: Instant::now(),
-    })
+    Ok(Reading::take(&options)?)
 }
 
 /// Runs `portlab ports`.
