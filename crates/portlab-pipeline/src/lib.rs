@@ -9,6 +9,8 @@
 //! - [`Telemetry`] — what a load run adds beside its engine: the sampler, the per-second join
 //!   of engine and sampler timelines ([`JoinedSecond`]), and the diagnosis of the run
 //!   ([`TelemetryReport`]).
+//! - [`select`] — which pools an exporter scrape exports: an always-kept allow-list, the top K
+//!   above a floor held down for a while, everything else folded into one "other" series.
 //!
 //! ## Why a crate of its own
 //! DESIGN.md's data flow is one-way: the leaves (`portlab-sockets`, `portlab-load`, later
@@ -32,9 +34,11 @@
 
 pub mod host;
 pub mod load;
+pub mod select;
 
 pub use host::{host_evidence, HostReading, ReadError, ReadOptions};
 pub use load::{
     JoinedSecond, ProgressSeries, Telemetry, TelemetryConfig, TelemetryReport, MAX_PROGRESS_POINTS,
 };
 pub use portlab_diagnose::Evidence;
+pub use select::{Folded, Matcher, MatcherError, PoolSelector, SelectConfig, Selection};

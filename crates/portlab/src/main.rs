@@ -52,6 +52,9 @@ enum Command {
     /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
     /// with an upstream connection pool.
     Proxy(cmd::proxy::Args),
+    /// Serve per-destination port-pool metrics for Prometheus (/metrics): utilisation per
+    /// (source IP, destination) pool, settings and kernel counters.
+    Exporter(cmd::exporter::Args),
     /// Internal: the process that holds a `reproduce` sandbox's namespaces.
     #[command(name = "__sandbox-anchor", hide = true)]
     SandboxAnchor(cmd::reproduce::AnchorArgs),
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Model(args) => cmd::model::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Exporter(args) => cmd::exporter::run(args),
     };
     match result {
         Ok(code) => code,

@@ -40,7 +40,7 @@ pub fn listen(addr: SocketAddr, backlog: u32) -> anyhow::Result<tokio::net::TcpL
     tokio::net::TcpListener::from_std(std_listener).context("registering the listener")
 }
 
-fn bind_error(err: BindError) -> anyhow::Error {
+pub(crate) fn bind_error(err: BindError) -> anyhow::Error {
     if err.is_usage() {
         let hint = match err.source.kind() {
             std::io::ErrorKind::AddrInUse => {
