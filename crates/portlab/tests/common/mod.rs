@@ -1,0 +1,3 @@
+//! Helpers shared by integration tests of this crate.
+
+pub mod exporter;
