@@ -87,11 +87,35 @@ pub fn get(addr: SocketAddr, path: &str) -> Answer {
                 .map(|(_, v)| v.trim().to_string())
         })
         .unwrap_or_default();
+    let chunked = head.lines().any(|l| {
+        l.split_once(':').is_some_and(|(k, v)| {
+            k.eq_ignore_ascii_case("transfer-encoding") && v.trim().eq_ignore_ascii_case("chunked")
+        })
+    });
     Answer {
         status,
         content_type,
-        body: body.to_string(),
+        body: if chunked {
+            dechunk(body)
+        } else {
+            body.to_string()
+        },
     }
+}
+
+/// Decodes a chunked body (RFC 9112 section 7.1; Go's server chunks answers over 4 KiB).
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size_line, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size_line.split(';').next().unwrap_or("").trim(), 16)
+            .expect("chunk size");
+        if size == 0 {
+            break;
+        }
+        out.push_str(&after[..size]);
+        rest = after[size..].strip_prefix("\r\n").expect("chunk end");
+    }
+    out
 }
 
 /// One sample: metric name, labels, value.
