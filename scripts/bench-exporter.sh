@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# What a scrape of `portlab exporter` costs at 50,000 sockets, beside `ss -tan` reading the same
+# table (the peer: the same NETLINK_SOCK_DIAG dump, printed instead of grouped), in one network
+# namespace, interleaved over ROUNDS rounds, both pinned to one core. Then the CPU share at a
+# 15 s scrape interval and the exporter's memory over SCRAPES scrapes.
+#
+# The issue's bars: a scrape at 50,000 sockets ≤ 50 ms; ≤ 1 % of a core at a 15 s interval;
+# memory flat over 10,000 scrapes.
+#
+# Sockets: a holder process opens N/2 client connections to its own listener (backlog 65535,
+# never accepted), so the table holds N sockets (N/2 clients + N/2 queued server sides) that stay
+# put for the whole run — TIME_WAIT would expire after 60 s.
+#
+# Usage (as root): scripts/bench-exporter.sh [ROUNDS] [SCRAPES] [SOCKETS]   (defaults 5 10000 50000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds=${1:-5}
+scrapes=${2:-10000}
+sockets=${3:-50000}
+cargo build --release -q -p portlab
+bin=$PWD/target/release/portlab
+ns="pl-bench-exporter-$$"
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  ip netns delete "$ns" 2>/dev/null || true
+}
+trap cleanup EXIT INT TERM
+ip netns add "$ns"
+ip netns exec "$ns" ip link set lo up
+ip netns exec "$ns" sysctl -qw net.ipv4.ip_local_port_range="10000 65000" net.core.somaxconn=65535
+
+ready=$(mktemp)
+ip netns exec "$ns" python3 - "$((sockets / 2))" "$ready" <<'PY' &
+import resource, socket, sys, time
+n, ready = int(sys.argv[1]), sys.argv[2]
+resource.setrlimit(resource.RLIMIT_NOFILE, (n + 1000, n + 1000))
+lst = socket.socket(); lst.bind(("127.0.0.1", 8080)); lst.listen(65535)
+held = [socket.create_connection(("127.0.0.1", 8080)) for _ in range(n)]
+open(ready, "w").write("ok")
+time.sleep(3600)  # bounded; killed by PID at the end
+PY
+pids+=($!)
+for _ in $(seq 1 600); do [ -s "$ready" ] && break; sleep 0.1; done
+[ -s "$ready" ] || { echo "holder did not open its sockets" >&2; exit 1; }
+echo "TCP sockets in the namespace: $(ip netns exec "$ns" ss -tanH | wc -l)"
+
+ip netns exec "$ns" taskset -c 1 "$bin" exporter --listen 127.0.0.1:7919 >/dev/null 2>&1 &
+exporter_pid=$!
+pids+=("$exporter_pid")
+for _ in $(seq 1 100); do ip netns exec "$ns" bash -c ': </dev/tcp/127.0.0.1/7919' 2>/dev/null && break; sleep 0.05; done
+
+# Interleaved rounds: 20 scrapes, then 20 `ss -tan` dumps, per round; times in ms.
+ip netns exec "$ns" python3 - "$rounds" <<'PY'
+import http.client, statistics, subprocess, sys, time
+rounds = int(sys.argv[1])
+conn = http.client.HTTPConnection("127.0.0.1", 7919)
+def scrape():
+    t = time.perf_counter(); conn.request("GET", "/metrics"); r = conn.getresponse(); body = r.read()
+    assert r.status == 200, body[:200]
+    return (time.perf_counter() - t) * 1000, body
+def ss():
+    t = time.perf_counter()
+    subprocess.run(["taskset", "-c", "1", "ss", "-tanH"], stdout=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - t) * 1000
+scrape()  # warm-up
+exp, peer, inner = [], [], []
+for _ in range(rounds):
+    for _ in range(20):
+        ms, body = scrape(); exp.append(ms)
+        for line in body.decode().splitlines():
+            if line.startswith("portlab_scrape_duration_seconds "):
+                inner.append(float(line.split()[1]) * 1000)
+    peer += [ss() for _ in range(20)]
+per_round = lambda xs: [statistics.median(xs[i*20:(i+1)*20]) for i in range(rounds)]
+ratios = [e / p for e, p in zip(per_round(exp), per_round(peer))]
+print(f"scrape (HTTP, whole body) : median {statistics.median(exp):6.1f} ms  p95 {sorted(exp)[int(len(exp)*0.95)]:6.1f} ms  (bar: <= 50 ms)")
+print(f"  of which reading        : median {statistics.median(inner):6.1f} ms  (portlab_scrape_duration_seconds)")
+print(f"ss -tanH (peer)           : median {statistics.median(peer):6.1f} ms")
+print(f"scrape / ss per round     : {' '.join(f'{r:.2f}' for r in ratios)}  median {statistics.median(ratios):.2f}")
+PY
+
+# CPU at a 15 s interval: one scrape, then the rest of the 15 s idle; two windows.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$exporter_pid/stat"; }
+hz=$(getconf CLK_TCK)
+for w in 1 2; do
+  before=$(cpu_ticks); start=$(date +%s.%N)
+  ip netns exec "$ns" bash -c 'exec 3<>/dev/tcp/127.0.0.1/7919; printf "GET /metrics HTTP/1.0\r\n\r\n" >&3; cat <&3 >/dev/null'
+  sleep_left=$(python3 -c "import time,sys; print(max(0, 15 - (time.time() - float(sys.argv[1]))))" "$start")
+  sleep "$sleep_left"
+  after=$(cpu_ticks)
+  python3 -c "import sys; t=(int(sys.argv[2])-int(sys.argv[1]))/int(sys.argv[3]); print(f'CPU window {sys.argv[4]}: {t*1000:.0f} ms of CPU in 15 s = {t/15*100:.2f} % of a core (bar: <= 1 %)')" "$before" "$after" "$hz" "$w"
+done
+
+# Memory over SCRAPES scrapes (keep-alive connection), RSS sampled along the way.
+ip netns exec "$ns" python3 - "$scrapes" "$exporter_pid" <<'PY'
+import http.client, sys
+n, pid = int(sys.argv[1]), sys.argv[2]
+def rss_kib():
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+conn = http.client.HTTPConnection("127.0.0.1", 7919)
+marks = sorted({10, 100, n // 10, n // 2, n})
+samples = []
+for i in range(1, n + 1):
+    conn.request("GET", "/metrics"); r = conn.getresponse(); r.read()
+    assert r.status == 200
+    if i in marks:
+        samples.append((i, rss_kib()))
+print("RSS after scrapes: " + ", ".join(f"{i}: {kib/1024:.1f} MiB" for i, kib in samples))
+first = dict(samples)[n // 10]
+print(f"growth from scrape {n // 10} to {n}: {(samples[-1][1] - first) / 1024:+.2f} MiB")
+PY
