@@ -375,3 +375,36 @@ fn shipped_alert_rules_pass_promtool_check_and_their_unit_tests() {
     promtool(&["check", "rules", "portlab-alerts.yml"]);
     promtool(&["test", "rules", "portlab-alerts.test.yml"]);
 }
+
+#[test]
+fn serves_unprivileged_as_in_the_daemonset() {
+    // The DaemonSet and the systemd unit run it as an unprivileged user with no capabilities.
+    let ns = pool_namespace("expuser");
+    let _held = hold_sockets(&ns, 12, 0);
+    let mut cmd = ns.command("setpriv");
+    cmd.args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--bounding-set=-all",
+        PORTLAB,
+        "exporter",
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let (_exp, addr) = Proc::start_listening(cmd);
+    let answer = ns
+        .run(move || get(addr, "/metrics"))
+        .expect("run in the namespace");
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let samples = parse(&answer.body);
+    assert_eq!(
+        value(
+            &samples,
+            "portlab_destination_ports_in_use",
+            &[("dst_port", "7000"), ("state", "established")]
+        ),
+        Some(12.0)
+    );
+}
