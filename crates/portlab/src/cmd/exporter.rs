@@ -235,14 +235,11 @@ impl Exporter {
         let started = Instant::now();
         let reading = HostReading::take(&self.options).map_err(|e| e.to_string())?;
         let selection = self.selector.select(&reading.snapshot.pools, reading.at);
+        // Only the exported pools are copied; the reading then moves into the data.
+        let kept = selection.kept.iter().map(|p| (*p).clone()).collect();
+        let folded = selection.folded;
         let max_ips = self.selector.config().top_k;
-        let data = metrics::ScrapeData::new(
-            reading.clone(),
-            &selection,
-            max_ips,
-            started.elapsed().as_secs_f64(),
-        );
-        drop(selection);
+        let data = metrics::ScrapeData::new(reading, kept, folded, max_ips, started);
         metrics::encode(data, &self.extra).map_err(|_| "encoding the metrics failed".to_string())
     }
 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use portlab_pipeline::{HostReading, Selection};
+use portlab_pipeline::HostReading;
 use portlab_sockets::LINUX_TIME_WAIT_SECS;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -40,14 +40,15 @@ pub struct ScrapeData {
 }
 
 impl ScrapeData {
-    /// Keeps what `selection` chose from `reading`, and the `max_ips` most used local IPs.
+    /// One scrape's data: `reading`, the pools chosen from it, the `max_ips` most used local
+    /// IPs, and the time since `started`.
     pub fn new(
         reading: HostReading,
-        selection: &Selection<'_>,
+        kept: Vec<portlab_sockets::PoolUsage>,
+        folded: portlab_pipeline::Folded,
         max_ips: usize,
-        duration_secs: f64,
+        started: std::time::Instant,
     ) -> ScrapeData {
-        let kept = selection.kept.iter().map(|p| (*p).clone()).collect();
         let bind_ips = reading
             .snapshot
             .local_ips
@@ -57,10 +58,10 @@ impl ScrapeData {
             .collect();
         ScrapeData {
             kept,
-            folded: selection.folded,
+            folded,
             bind_ips,
             reading,
-            duration_secs,
+            duration_secs: started.elapsed().as_secs_f64(),
         }
     }
 }
