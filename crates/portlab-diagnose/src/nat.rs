@@ -27,8 +27,6 @@ const SRC_RACE: &str = "XING engineering, \"A reason for unexplained connection 
 pub const EXHAUSTED_UTILISATION: f64 = 0.95;
 /// Clash drops with every pool below this utilisation are the SNAT race.
 pub const RACE_UTILISATION: f64 = 0.5;
-/// A pool at or above this utilisation without drops is under pressure.
-pub const PRESSURE_UTILISATION: f64 = 0.8;
 
 /// What the NAT host showed over an interval.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -107,13 +105,12 @@ fn pool_line(p: &NatPool) -> String {
 
 /// Findings for a NAT host, most severe first. Empty when nothing is wrong (no NAT finding).
 pub fn diagnose_nat(e: &NatEvidence) -> Vec<Finding> {
+    // A full pool without drops is no finding: flows to it may still succeed (closing entries
+    // evicted, flows ending); `portlab ports` shows its utilisation.
     let mut findings: Vec<Finding> = [table_full(e), port_exhaustion(e), snat_race(e)]
         .into_iter()
         .flatten()
         .collect();
-    if findings.is_empty() {
-        findings.extend(pool_pressure(e));
-    }
     findings.extend(udp_clash(e));
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.cause.cmp(&b.cause)));
     findings
@@ -299,28 +296,6 @@ fn snat_race(e: &NatEvidence) -> Option<Finding> {
             "Gives up port preservation; Kubernetes, flannel and Calico set it.",
             SRC_RACE,
         )],
-        corrections: Vec::new(),
-    })
-}
-
-fn pool_pressure(e: &NatEvidence) -> Option<Finding> {
-    let p = e
-        .pools
-        .first()
-        .filter(|p| p.utilisation >= PRESSURE_UTILISATION)?;
-    Some(Finding {
-        cause: Cause::NatPortExhaustion,
-        severity: Severity::Warning,
-        summary: format!(
-            "NAT pool towards {} is at {:.0} % ({} of {} ports), no drops yet: the next {} concurrent flows to it will be dropped",
-            pool_name(p),
-            p.utilisation * 100.0,
-            int(p.blocking),
-            int(p.pool_ports),
-            int(p.headroom + 1)
-        ),
-        evidence: vec![pool_line(p), counters_line(e)],
-        remedies: vec![cloud_remedy()],
         corrections: Vec::new(),
     })
 }
@@ -520,11 +495,9 @@ mod tests {
     }
 
     #[test]
-    fn quiet_nat_has_no_finding_and_pressure_warns() {
+    fn a_full_pool_without_drops_is_no_finding() {
         assert!(diagnose_nat(&ev(0, 0, 0, vec![pool(50, 100, 1)])).is_empty());
-        let f = diagnose_nat(&ev(0, 0, 0, vec![pool(90, 100, 1)]));
-        assert_eq!(f[0].severity, Severity::Warning);
-        assert!(f[0].summary.contains("no drops yet"));
+        assert!(diagnose_nat(&ev(0, 0, 0, vec![pool(100, 100, 1)])).is_empty());
     }
 
     #[test]

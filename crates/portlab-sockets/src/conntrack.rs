@@ -404,7 +404,9 @@ impl Conntrack {
         let mut count = 0;
         let mut max = 0;
         self.request(MSG_GET_STATS, NLM_F_REQUEST)?;
-        self.receive(&mut |message| {
+        // One message, flagged NLM_F_MULTI but never followed by NLMSG_DONE
+        // (ctnetlink_stat_ct()): stop after it.
+        self.receive_one(&mut |message| {
             if let Some((_, attrs)) = other_message(message, MSG_GET_STATS) {
                 for (kind, value) in attrs {
                     match kind {
@@ -487,10 +489,26 @@ impl Conntrack {
         Ok(())
     }
 
-    /// Reads the answer until NLMSG_DONE (dumps) or the one message of a plain request.
+    /// Reads the answer of a dump until NLMSG_DONE.
     fn receive(
         &mut self,
         visit: &mut dyn FnMut(&NetfilterMessage),
+    ) -> Result<(), ConntrackError> {
+        self.receive_until(visit, false)
+    }
+
+    /// Reads the one message of a plain request (or its error).
+    fn receive_one(
+        &mut self,
+        visit: &mut dyn FnMut(&NetfilterMessage),
+    ) -> Result<(), ConntrackError> {
+        self.receive_until(visit, true)
+    }
+
+    fn receive_until(
+        &mut self,
+        visit: &mut dyn FnMut(&NetfilterMessage),
+        single: bool,
     ) -> Result<(), ConntrackError> {
         loop {
             let received = self
@@ -506,7 +524,12 @@ impl Conntrack {
                 let length = message.header.length as usize;
                 multipart |= message.header.flags & netlink_packet_core::NLM_F_MULTIPART != 0;
                 match message.payload {
-                    NetlinkPayload::InnerMessage(inner) => visit(&inner),
+                    NetlinkPayload::InnerMessage(inner) => {
+                        visit(&inner);
+                        if single {
+                            return Ok(());
+                        }
+                    }
                     NetlinkPayload::Done(_) => return Ok(()),
                     NetlinkPayload::Error(error) => {
                         let err = error.to_io();
@@ -538,11 +561,12 @@ fn classify(err: io::Error) -> ConntrackError {
 
 /// A statistics message: its `res_id` (the CPU) and its be32 attributes.
 fn other_message(message: &NetfilterMessage, want: u8) -> Option<(u16, Vec<(u16, u64)>)> {
-    let NetfilterMessageInner::Other {
-        subsys: NetfilterSubsystem::Conntrack,
+    // netlink-packet-netfilter decodes the ctnetlink subsystem but leaves the statistics
+    // messages as `ConntrackMessage::Other` with raw attributes.
+    let NetfilterMessageInner::Conntrack(ConntrackMessage::Other {
         message_type,
         attributes,
-    } = &message.inner
+    }) = &message.inner
     else {
         return None;
     };
