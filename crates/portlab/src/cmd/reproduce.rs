@@ -99,7 +99,7 @@ pub struct Args {
     #[arg(long)]
     nat: bool,
     /// Port range of the sandbox's NAT rule (with --nat; at most 1,000 ports).
-    #[arg(long, value_name = "LOW-HIGH", requires = "nat")]
+    #[arg(long, value_name = "LOW-HIGH")]
     nat_ports: Option<String>,
 }
 
@@ -173,6 +173,11 @@ fn parse_range(text: &str) -> anyhow::Result<(u16, u16)> {
 
 /// Runs `portlab reproduce`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.nat_ports.is_some() && !args.nat {
+        return Err(exit::usage(
+            "--nat-ports sets the pool of the NAT lab: add --nat (portlab reproduce --nat --nat-ports 40000-40099)",
+        ));
+    }
     if args.nat {
         return super::reproduce_nat::run(super::reproduce_nat::NatArgs {
             nat_ports: args.nat_ports.clone(),
