@@ -394,6 +394,7 @@ pub(crate) fn loss_beyond_host(e: &Evidence) -> Option<Finding> {
         ));
     }
     evidence.push("no EADDRNOTAVAIL, no EMFILE: nothing failed locally".to_string());
+    evidence.push("behind a cloud NAT, read its counter: AWS NAT Gateway ErrorPortAllocation; Azure SNAT Connection Count, state failed; GCP Cloud NAT sent packets dropped, reason OUT_OF_RESOURCES".to_string());
     if let Some(p) = &e.pool {
         evidence.push(format!(
             "local port pool healthy: the fullest held {} of {} ports",

@@ -5,6 +5,7 @@ pub mod load;
 pub mod load_telemetry;
 pub mod model;
 pub mod nat_tool;
+pub mod nat_view;
 pub mod ports;
 pub mod proxy;
 pub mod reproduce;
