@@ -310,3 +310,79 @@ fn sigint_mid_nat_run_leaves_no_rule_namespace_or_process() {
     assert_no_leftovers(&m);
     assert_eq!(host_ruleset(), rules_before);
 }
+
+/// A NAT host with a 100-port pool, a server behind it, tcp_syn_retries=1 for the client.
+fn nat_host(name: &str) -> (NetNs, std::process::Child) {
+    let ns = NetNs::new(name).expect("netns (needs root)");
+    ns.sysctl("net.ipv4.ip_local_port_range", "50000 59999")
+        .expect("range");
+    ns.sysctl("net.ipv4.tcp_syn_retries", "1").expect("syn retries");
+    ns.exec_checked(&[
+        "nft",
+        "add table ip t; add chain ip t post { type nat hook postrouting priority srcnat; policy accept; }; \
+         add rule ip t post ip daddr 127.0.0.2 meta l4proto tcp snat to 127.0.0.1:40000-40099",
+    ])
+    .expect("nft rule in the namespace");
+    let mut server = ns
+        .command(PORTLAB)
+        .args(["serve", "--json", "--listen", "127.0.0.2:8080"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut first = String::new();
+    BufReader::new(server.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .expect("listening line");
+    assert!(first.contains("listening"), "{first}");
+    (ns, server)
+}
+
+#[test]
+fn doctor_on_the_nat_host_and_load_on_the_client_both_point_at_the_nat() {
+    let (ns, mut server) = nat_host("ctdoctor");
+    let load = ns
+        .command(PORTLAB)
+        .args(["load", "--json", "-n", "150", "-c", "150", "--hold", "6s"])
+        .args(["--connection", "drop", "--connect-timeout", "30s"])
+        .arg("http://127.0.0.2:8080/")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("load");
+    let path = PathBuf::from(format!("/var/run/netns/{}", ns.name()));
+    let mut ct = Conntrack::open_in(&path).expect("ctnetlink");
+    assert!(
+        wait_until(Duration::from_secs(5), || ct
+            .entries()
+            .is_ok_and(|e| e.iter().filter(|e| e.is_src_nat()).count() == 100)),
+        "the pool never filled"
+    );
+    let doctor = ns
+        .command(PORTLAB)
+        .args(["doctor", "--json", "--interval", "1.5"])
+        .output()
+        .expect("doctor");
+    assert_eq!(doctor.status.code(), Some(1), "critical finding → exit 1");
+    let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("doctor JSON");
+    let top = &report["findings"][0];
+    assert_eq!(top["cause"], "nat_port_exhaustion", "{:#}", report["findings"]);
+    assert!(top["summary"].as_str().unwrap().contains("127.0.0.2:8080/tcp"));
+    let pool = &report["nat"]["pools"][0];
+    assert_eq!(pool["live"], 100);
+    assert_eq!(pool["pool_ports"], 100);
+    assert_eq!(pool["utilisation"], 1.0);
+    let out = load.wait_with_output().expect("load ends");
+    let _ = server.kill();
+    let _ = server.wait();
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).expect("load JSON");
+    assert_eq!(run["summary"]["failed"], 50);
+    let diagnosis = &run["telemetry"]["diagnosis"];
+    assert_eq!(diagnosis[0]["cause"], "loss_beyond_host", "{diagnosis:#}");
+    let text = diagnosis[0].to_string();
+    assert!(text.contains("ErrorPortAllocation") && text.contains("OUT_OF_RESOURCES"));
+    assert!(diagnosis
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|f| f["cause"] != "port_exhaustion" && f["cause"] != "listen_queue_overflow"));
+}
