@@ -4,6 +4,7 @@ pub mod doctor;
 pub mod load;
 pub mod load_telemetry;
 pub mod model;
+pub mod model_nat;
 pub mod nat_tool;
 pub mod nat_view;
 pub mod ports;
