@@ -44,8 +44,8 @@ pub mod remedies;
 mod rules;
 
 pub use evidence::{Evidence, FailureCounts, Policy, PoolEvidence, RunEvidence};
-pub use remedies::{Correction, Os, Remedy};
 pub use nat::{diagnose_nat, NatEvidence};
+pub use remedies::{Correction, Os, Remedy};
 pub use rules::diagnose;
 
 use serde::Serialize;

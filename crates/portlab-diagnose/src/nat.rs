@@ -17,7 +17,8 @@ use crate::evidence::Evidence;
 use crate::remedies::{Os, Remedy};
 use crate::{Cause, Finding, Severity};
 
-const SRC_NAT_CORE: &str = "net/netfilter/nf_nat_core.c: nf_nat_l4proto_unique_tuple(), get_unique_tuple() (Linux 6.12)";
+const SRC_NAT_CORE: &str =
+    "net/netfilter/nf_nat_core.c: nf_nat_l4proto_unique_tuple(), get_unique_tuple() (Linux 6.12)";
 const SRC_CT_CORE: &str =
     "net/netfilter/nf_conntrack_core.c: __nf_conntrack_alloc(), early_drop() (Linux 6.12)";
 const SRC_CLOUD: &str = "AWS NAT Gateway CloudWatch metrics (docs.aws.amazon.com/vpc/latest/userguide/vpc-nat-gateway-cloudwatch.html); Azure NAT Gateway / Load Balancer SNAT metrics (learn.microsoft.com/azure/nat-gateway/nat-metrics); GCP Cloud NAT monitoring (cloud.google.com/nat/docs/monitoring)";
@@ -445,7 +446,10 @@ mod tests {
             live,
             closing: 0,
             pool_ports: ports,
-            range: Some(NatPortRange { low: 40000, high: 40000 + ports as u16 - 1 }),
+            range: Some(NatPortRange {
+                low: 40000,
+                high: 40000 + ports as u16 - 1,
+            }),
             blocking: live,
             utilisation: live as f64 / ports as f64,
             headroom: ports.saturating_sub(live),
@@ -455,7 +459,12 @@ mod tests {
 
     fn ev(insert_failed: u64, drop: u64, early_drop: u64, pools: Vec<NatPool>) -> NatEvidence {
         NatEvidence {
-            stats_delta: StatCounters { insert_failed, drop, early_drop, ..Default::default() },
+            stats_delta: StatCounters {
+                insert_failed,
+                drop,
+                early_drop,
+                ..Default::default()
+            },
             interval_ms: 5000,
             count: 100,
             max: 262_144,
@@ -469,9 +478,16 @@ mod tests {
         let f = diagnose_nat(&ev(150, 150, 0, vec![pool(100, 100, 1)]));
         assert_eq!(f[0].cause, Cause::NatPortExhaustion);
         assert_eq!(f[0].severity, Severity::Critical);
-        assert!(f[0].summary.contains("127.0.0.2:8080/tcp"), "{}", f[0].summary);
+        assert!(
+            f[0].summary.contains("127.0.0.2:8080/tcp"),
+            "{}",
+            f[0].summary
+        );
         assert!(f[0].summary.contains("100 %"), "{}", f[0].summary);
-        assert!(f[0].remedies.iter().any(|r| r.action.starts_with("Not a fix")));
+        assert!(f[0]
+            .remedies
+            .iter()
+            .any(|r| r.action.starts_with("Not a fix")));
     }
 
     #[test]

@@ -198,7 +198,8 @@ fn share(n: u64, k: u64, i: u64) -> u64 {
 
 fn addr(s: &str) -> SocketAddr {
     // Constants of this module; parse cannot fail.
-    s.parse().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 2], 8080)))
+    s.parse()
+        .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 2], 8080)))
 }
 
 /// The default steps for a pool of P ports: held connections at P/2, 0.9·P, P, 1.5·P to one
@@ -208,8 +209,8 @@ fn addr(s: &str) -> SocketAddr {
 pub fn nat_plan(config: &NatLabConfig) -> Vec<NatScenario> {
     let p = config.pool_ports();
     let one = vec![addr(PRIMARY)];
-    let step = |name: &str, flow, fix, flows, concurrency, destinations: Vec<SocketAddr>| {
-        NatScenario {
+    let step =
+        |name: &str, flow, fix, flows, concurrency, destinations: Vec<SocketAddr>| NatScenario {
             name: name.to_string(),
             flow,
             fix,
@@ -218,8 +219,7 @@ pub fn nat_plan(config: &NatLabConfig) -> Vec<NatScenario> {
             destinations,
             nat_ports: config.nat_ports,
             nat_ips: 1,
-        }
-    };
+        };
     let mut steps = Vec::new();
     for c in [p / 2, p * 9 / 10, p, p * 3 / 2] {
         steps.push(step(
@@ -531,14 +531,9 @@ pub fn run_nat_step(
     let kernel = kernel_release();
     let profile = kernel_profile(&kernel);
     let sandbox = Sandbox::create(&config.exe, &sandbox_config())?;
-    run_to_end(
-        &sandbox,
-        "sysctl",
-        &mut sandbox.command("sysctl").args([
-            "-qw",
-            &format!("net.ipv4.tcp_syn_retries={SYN_RETRIES}"),
-        ]),
-    )?;
+    let mut sysctl = sandbox.command("sysctl");
+    sysctl.args(["-qw", &format!("net.ipv4.tcp_syn_retries={SYN_RETRIES}")]);
+    run_to_end("sysctl", &mut sysctl)?;
     apply_rule(&sandbox, scenario)?;
     let servers = start_servers(&sandbox, config, scenario)?;
     let proxy = match scenario.flow {
@@ -631,8 +626,7 @@ pub fn run_nat_step(
 }
 
 /// Runs a command in the sandbox to its end; a non-zero exit is an error with its stderr.
-fn run_to_end(sandbox: &Sandbox, what: &str, cmd: &mut Command) -> Result<(), LabError> {
-    let _ = sandbox;
+fn run_to_end(what: &str, cmd: &mut Command) -> Result<(), LabError> {
     let finished = Guarded::spawn(what, cmd)?.finish(START_TIMEOUT)?;
     if finished.status.success() {
         Ok(())
@@ -737,10 +731,12 @@ fn start_watcher(sandbox: &Sandbox, config: &NatLabConfig) -> Result<Watcher, La
     let child = Guarded::spawn("conntrack watcher", &mut cmd)?;
     let mut rules = None;
     loop {
-        let line = child.next_line(START_TIMEOUT)?.ok_or_else(|| LabError::Protocol {
-            what: "conntrack watcher".to_string(),
-            detail: "exited before its first sample".to_string(),
-        })?;
+        let line = child
+            .next_line(START_TIMEOUT)?
+            .ok_or_else(|| LabError::Protocol {
+                what: "conntrack watcher".to_string(),
+                detail: "exited before its first sample".to_string(),
+            })?;
         match serde_json::from_str::<WatchEvent>(&line) {
             Ok(WatchEvent::Rules { rules: r, .. }) => rules = Some(r),
             Ok(WatchEvent::Sample(first)) => {
@@ -919,7 +915,11 @@ fn run_udp(
     config: &NatLabConfig,
     scenario: &NatScenario,
 ) -> Result<FlowOutcome, LabError> {
-    let dest = scenario.destinations.first().copied().unwrap_or(addr(UDP_DESTINATION));
+    let dest = scenario
+        .destinations
+        .first()
+        .copied()
+        .unwrap_or(addr(UDP_DESTINATION));
     let mut cmd = sandbox.command(&config.exe);
     cmd.args(["__nat-tool", "udp-flows", "--to"])
         .arg(dest.to_string())
@@ -961,10 +961,17 @@ mod tests {
     fn the_rule_names_the_range_and_the_nat_ips() {
         let config = NatLabConfig::new(PathBuf::from("portlab"));
         let plan = nat_plan(&config);
-        assert!(plan[0].nft_script().ends_with("snat to 127.0.0.1:40000-40099"));
+        assert!(plan[0]
+            .nft_script()
+            .ends_with("snat to 127.0.0.1:40000-40099"));
         let last = plan.last().unwrap();
-        assert!(last.nft_script().contains("snat to 127.0.0.11-127.0.0.13:40000-40099"));
-        let wider = plan.iter().find(|s| s.fix == Some(NatFix::WiderRange)).unwrap();
+        assert!(last
+            .nft_script()
+            .contains("snat to 127.0.0.11-127.0.0.13:40000-40099"));
+        let wider = plan
+            .iter()
+            .find(|s| s.fix == Some(NatFix::WiderRange))
+            .unwrap();
         assert_eq!(wider.nat_ports, (40000, 40199));
         assert!(plan[0].rule_text().starts_with("ip daddr"));
     }

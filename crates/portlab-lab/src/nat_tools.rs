@@ -171,12 +171,7 @@ pub struct UdpFlowReport {
 /// Runs `flows` one-shot request/reply UDP flows to `to`, one after another, flow i from
 /// `source_ip:(first_port + i)` so every flow is a new conntrack entry (a reused source port
 /// would be the same entry), each waiting `wait` for its reply.
-pub fn udp_flows(
-    to: SocketAddr,
-    source: SocketAddr,
-    flows: u64,
-    wait: Duration,
-) -> UdpFlowReport {
+pub fn udp_flows(to: SocketAddr, source: SocketAddr, flows: u64, wait: Duration) -> UdpFlowReport {
     let started = Instant::now();
     let mut report = UdpFlowReport {
         flows,

@@ -271,7 +271,6 @@ pub fn sequential_flow_failures(
     }
 }
 
-
 /// One second of a NAT simulation.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
 pub struct NatSecond {
@@ -325,7 +324,9 @@ pub fn simulate_nat(
     use std::cmp::Reverse;
     use std::collections::BinaryHeap;
     let cap = nat_capacity(profile, pool_ports, workload);
-    let usable = (cap.usable_fraction * cap.pool_ports as f64).floor().max(1.0) as u64;
+    let usable = (cap.usable_fraction * cap.pool_ports as f64)
+        .floor()
+        .max(1.0) as u64;
     let pools = cap.pools.max(1) as usize;
     let duration = duration_secs.clamp(0.0, MAX_NAT_SIM_SECS);
     let rate = workload.new_flows_per_sec.max(0.0);
@@ -425,7 +426,10 @@ mod tests {
         let p = linux("linux-6.5");
         assert_eq!(sequential_flow_failures(&p, NatProtocol::Tcp, 300, 100), 0);
         assert_eq!(sequential_flow_failures(&p, NatProtocol::Udp, 150, 100), 50);
-        assert_eq!(sequential_flow_failures(&linux("linux-6.4"), NatProtocol::Tcp, 300, 100), 200);
+        assert_eq!(
+            sequential_flow_failures(&linux("linux-6.4"), NatProtocol::Tcp, 300, 100),
+            200
+        );
         assert_eq!(held_flow_failures(150, 100), 50);
         assert_eq!(held_flow_failures(90, 100), 0);
     }
@@ -433,7 +437,11 @@ mod tests {
     #[test]
     fn every_preset_names_its_source_and_signal() {
         for p in NatProfile::presets() {
-            assert!(!p.source.is_empty() && !p.exhaustion_signal.is_empty(), "{}", p.key);
+            assert!(
+                !p.source.is_empty() && !p.exhaustion_signal.is_empty(),
+                "{}",
+                p.key
+            );
             assert!(p.pool_ports > 0);
         }
         assert!(NatProfile::preset("nope").is_none());
@@ -453,7 +461,12 @@ mod tests {
         let sim = simulate_nat(&p, Some(100), &w, 1200.0);
         let cap = nat_capacity(&p, Some(100), &w);
         assert_eq!(sim.first_drop_secs, Some(50.0));
-        assert!((sim.loss_fraction - cap.loss_fraction).abs() < 0.06, "{} vs {}", sim.loss_fraction, cap.loss_fraction);
+        assert!(
+            (sim.loss_fraction - cap.loss_fraction).abs() < 0.06,
+            "{} vs {}",
+            sim.loss_fraction,
+            cap.loss_fraction
+        );
         // The same churn on an evicting kernel loses nothing.
         let ok = simulate_nat(&linux("linux-6.5"), Some(100), &w, 600.0);
         assert_eq!(ok.dropped, 0);

@@ -344,9 +344,7 @@ impl Conntrack {
     pub fn open() -> Result<Conntrack, ConntrackError> {
         let mut socket = Socket::new(NETLINK_NETFILTER).map_err(classify)?;
         socket.bind_auto().map_err(classify)?;
-        socket
-            .connect(&NetlinkAddr::new(0, 0))
-            .map_err(classify)?;
+        socket.connect(&NetlinkAddr::new(0, 0)).map_err(classify)?;
         Ok(Conntrack {
             socket,
             buffer: vec![0u8; RECV_BUFFER_BYTES],
@@ -490,10 +488,7 @@ impl Conntrack {
     }
 
     /// Reads the answer of a dump until NLMSG_DONE.
-    fn receive(
-        &mut self,
-        visit: &mut dyn FnMut(&NetfilterMessage),
-    ) -> Result<(), ConntrackError> {
+    fn receive(&mut self, visit: &mut dyn FnMut(&NetfilterMessage)) -> Result<(), ConntrackError> {
         self.receive_until(visit, false)
     }
 
@@ -752,12 +747,14 @@ pub fn nat_pools(
         let Some((nat_ip, destination, port)) = e.nat_binding() else {
             continue;
         };
-        let acc = pools.entry((e.protocol, nat_ip, destination)).or_insert(Acc {
-            live: 0,
-            closing: 0,
-            range: None,
-            clients: Default::default(),
-        });
+        let acc = pools
+            .entry((e.protocol, nat_ip, destination))
+            .or_insert(Acc {
+                live: 0,
+                closing: 0,
+                range: None,
+                clients: Default::default(),
+            });
         if e.is_closing() {
             acc.closing += 1;
         } else {
@@ -818,7 +815,13 @@ pub fn kernel_release() -> String {
 mod tests {
     use super::*;
 
-    fn entry(proto: L4Protocol, client: &str, dst: &str, nat: &str, state: Option<CtTcpState>) -> CtEntry {
+    fn entry(
+        proto: L4Protocol,
+        client: &str,
+        dst: &str,
+        nat: &str,
+        state: Option<CtTcpState>,
+    ) -> CtEntry {
         let client: SocketAddr = client.parse().unwrap();
         let dst: SocketAddr = dst.parse().unwrap();
         let nat: SocketAddr = nat.parse().unwrap();
@@ -834,14 +837,41 @@ mod tests {
 
     #[test]
     fn pools_are_keyed_by_protocol_nat_ip_and_destination() {
-        let range = NatPortRange { low: 40000, high: 40099 };
+        let range = NatPortRange {
+            low: 40000,
+            high: 40099,
+        };
         let est = Some(CtTcpState::Established);
         let tw = Some(CtTcpState::TimeWait);
         let entries = vec![
-            entry(L4Protocol::Tcp, "127.0.0.1:50000", "127.0.0.2:8080", "127.0.0.1:40000", est),
-            entry(L4Protocol::Tcp, "127.0.0.1:50001", "127.0.0.2:8080", "127.0.0.1:40001", tw),
-            entry(L4Protocol::Tcp, "127.0.0.1:50002", "127.0.0.2:8081", "127.0.0.1:40000", est),
-            entry(L4Protocol::Udp, "127.0.0.1:50003", "127.0.0.2:8080", "127.0.0.1:40000", None),
+            entry(
+                L4Protocol::Tcp,
+                "127.0.0.1:50000",
+                "127.0.0.2:8080",
+                "127.0.0.1:40000",
+                est,
+            ),
+            entry(
+                L4Protocol::Tcp,
+                "127.0.0.1:50001",
+                "127.0.0.2:8080",
+                "127.0.0.1:40001",
+                tw,
+            ),
+            entry(
+                L4Protocol::Tcp,
+                "127.0.0.1:50002",
+                "127.0.0.2:8081",
+                "127.0.0.1:40000",
+                est,
+            ),
+            entry(
+                L4Protocol::Udp,
+                "127.0.0.1:50003",
+                "127.0.0.2:8080",
+                "127.0.0.1:40000",
+                None,
+            ),
         ];
         let pools = nat_pools(&entries, &[range], true);
         assert_eq!(pools.len(), 3);
@@ -849,7 +879,10 @@ mod tests {
             .iter()
             .find(|p| p.protocol == L4Protocol::Tcp && p.destination.port() == 8080)
             .unwrap();
-        assert_eq!((p.live, p.closing, p.blocking, p.pool_ports), (1, 1, 1, 100));
+        assert_eq!(
+            (p.live, p.closing, p.blocking, p.pool_ports),
+            (1, 1, 1, 100)
+        );
         // Before 6.5 the TIME_WAIT entry blocks its port too.
         let old = nat_pools(&entries, &[range], false);
         let p = old
@@ -861,23 +894,48 @@ mod tests {
 
     #[test]
     fn pools_without_a_ranged_rule_get_the_kernel_default() {
-        let e = entry(L4Protocol::Tcp, "10.0.0.2:5000", "1.2.3.4:443", "192.0.2.1:5000", None);
-        let pools = nat_pools(&[e], &[NatPortRange { low: 40000, high: 40099 }], true);
+        let e = entry(
+            L4Protocol::Tcp,
+            "10.0.0.2:5000",
+            "1.2.3.4:443",
+            "192.0.2.1:5000",
+            None,
+        );
+        let pools = nat_pools(
+            &[e],
+            &[NatPortRange {
+                low: 40000,
+                high: 40099,
+            }],
+            true,
+        );
         assert_eq!(pools[0].pool_ports, DEFAULT_NAT_PORTS);
         assert!(pools[0].range.is_none());
     }
 
     #[test]
     fn entries_without_snat_are_not_pooled() {
-        let mut e = entry(L4Protocol::Tcp, "10.0.0.2:5000", "1.2.3.4:443", "10.0.0.2:5000", None);
+        let mut e = entry(
+            L4Protocol::Tcp,
+            "10.0.0.2:5000",
+            "1.2.3.4:443",
+            "10.0.0.2:5000",
+            None,
+        );
         e.status = 0;
         assert!(nat_pools(&[e], &[], true).is_empty());
     }
 
     #[test]
     fn counter_deltas_survive_wraparound() {
-        let then = StatCounters { insert_failed: u64::from(u32::MAX) - 1, ..Default::default() };
-        let now = StatCounters { insert_failed: 3, ..Default::default() };
+        let then = StatCounters {
+            insert_failed: u64::from(u32::MAX) - 1,
+            ..Default::default()
+        };
+        let now = StatCounters {
+            insert_failed: 3,
+            ..Default::default()
+        };
         assert_eq!(now.delta(&then).insert_failed, 5);
     }
 

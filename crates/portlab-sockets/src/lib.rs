@@ -41,8 +41,8 @@ pub use conntrack::{
     NatPortRange, StatCounters,
 };
 pub use counters::{Counters, CountersError};
-pub use natrules::{read_nat_rules, NatRule, NatRulesError};
 pub use diag::{SockDiagError, SocketEntry, StateMask, TableSource};
+pub use natrules::{read_nat_rules, NatRule, NatRulesError};
 pub use sampler::{
     DestinationCounts, Sampler, SamplerConfig, SamplerReport, SecondSample, SockStat, TickSample,
 };

@@ -159,12 +159,24 @@ mod tests {
         assert_eq!(rules.len(), 4);
         assert_eq!(rules[0].kind, "snat");
         assert_eq!(rules[0].addr.as_deref(), Some("127.0.0.1"));
-        assert_eq!(rules[0].ports, Some(NatPortRange { low: 40000, high: 40099 }));
+        assert_eq!(
+            rules[0].ports,
+            Some(NatPortRange {
+                low: 40000,
+                high: 40099
+            })
+        );
         assert_eq!(rules[1].flags, vec!["fully-random"]);
         assert_eq!(rules[2].ports, None);
         assert_eq!(rules[2].addr, None);
         assert_eq!(rules[3].addr.as_deref(), Some("127.0.0.11-127.0.0.13"));
-        assert_eq!(rules[3].ports, Some(NatPortRange { low: 41000, high: 41000 }));
+        assert_eq!(
+            rules[3].ports,
+            Some(NatPortRange {
+                low: 41000,
+                high: 41000
+            })
+        );
         assert_eq!(rules[3].flags, vec!["persistent", "random"]);
         assert_eq!(rules[0].table, "ip plnat");
     }

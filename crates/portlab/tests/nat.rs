@@ -80,7 +80,11 @@ fn held_connections_beyond_the_pool_time_out_and_the_nat_side_names_exhaustion()
     let top = &r.findings[0];
     assert_eq!(top.cause, Cause::NatPortExhaustion, "{:#?}", r.findings);
     assert_eq!(top.severity, Severity::Critical);
-    assert!(top.summary.contains("127.0.0.2:8080/tcp"), "{}", top.summary);
+    assert!(
+        top.summary.contains("127.0.0.2:8080/tcp"),
+        "{}",
+        top.summary
+    );
     assert!(top.summary.contains("100 %"), "{}", top.summary);
     let pool = &r.nat.pools_at_peak[0];
     assert_eq!((pool.live, pool.pool_ports), (100, 100), "{pool:#?}");
@@ -150,11 +154,17 @@ fn the_conntrack_reader_agrees_with_the_conntrack_tool() {
     let mut ct = Conntrack::open_in(&path).expect("ctnetlink in the namespace");
     let stats = ct.stats().expect("stats");
     let entries = ct.entries().expect("dump");
-    assert_eq!(stats.total.insert_failed, conntrack_cli_total(&ns, "insert_failed"));
+    assert_eq!(
+        stats.total.insert_failed,
+        conntrack_cli_total(&ns, "insert_failed")
+    );
     assert_eq!(stats.total.drop, conntrack_cli_total(&ns, "drop"));
     assert_eq!(stats.total.insert_failed, 5, "{stats:#?}");
     let count = ns.exec_checked(&["conntrack", "-C"]).expect("conntrack -C");
-    let cli_count: u64 = String::from_utf8_lossy(&count.stdout).trim().parse().unwrap();
+    let cli_count: u64 = String::from_utf8_lossy(&count.stdout)
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(stats.count, cli_count);
     assert_eq!(entries.len() as u64, cli_count);
     assert_eq!(stats.per_cpu.len(), conntrack_lines(&ns));
@@ -206,9 +216,18 @@ fn a_full_conntrack_table_is_table_full_not_port_exhaustion() {
     .expect("enter netns");
     let after = ct.stats().expect("stats");
     let interval_ms = started.elapsed().as_millis() as u64;
-    let findings = diagnose_nat(&NatEvidence::from_stats(&before, &after, interval_ms, Vec::new()));
+    let findings = diagnose_nat(&NatEvidence::from_stats(
+        &before,
+        &after,
+        interval_ms,
+        Vec::new(),
+    ));
     assert!(after.total.early_drop > 0, "{after:#?}");
-    assert_eq!(findings[0].cause, Cause::ConntrackTableFull, "{findings:#?}");
+    assert_eq!(
+        findings[0].cause,
+        Cause::ConntrackTableFull,
+        "{findings:#?}"
+    );
     assert!(findings.iter().all(|f| f.cause != Cause::NatPortExhaustion));
     drop(ns); // frees the entries with the namespace
 }
@@ -316,7 +335,8 @@ fn nat_host(name: &str) -> (NetNs, std::process::Child) {
     let ns = NetNs::new(name).expect("netns (needs root)");
     ns.sysctl("net.ipv4.ip_local_port_range", "50000 59999")
         .expect("range");
-    ns.sysctl("net.ipv4.tcp_syn_retries", "1").expect("syn retries");
+    ns.sysctl("net.ipv4.tcp_syn_retries", "1")
+        .expect("syn retries");
     ns.exec_checked(&[
         "nft",
         "add table ip t; add chain ip t post { type nat hook postrouting priority srcnat; policy accept; }; \
@@ -352,9 +372,11 @@ fn doctor_on_the_nat_host_and_load_on_the_client_both_point_at_the_nat() {
     let path = PathBuf::from(format!("/var/run/netns/{}", ns.name()));
     let mut ct = Conntrack::open_in(&path).expect("ctnetlink");
     assert!(
-        wait_until(Duration::from_secs(5), || ct
-            .entries()
-            .is_ok_and(|e| e.iter().filter(|e| e.is_src_nat()).count() == 100)),
+        wait_until(Duration::from_secs(5), || ct.entries().is_ok_and(|e| e
+            .iter()
+            .filter(|e| e.is_src_nat())
+            .count()
+            == 100)),
         "the pool never filled"
     );
     let doctor = ns
@@ -365,8 +387,15 @@ fn doctor_on_the_nat_host_and_load_on_the_client_both_point_at_the_nat() {
     assert_eq!(doctor.status.code(), Some(1), "critical finding → exit 1");
     let report: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("doctor JSON");
     let top = &report["findings"][0];
-    assert_eq!(top["cause"], "nat_port_exhaustion", "{:#}", report["findings"]);
-    assert!(top["summary"].as_str().unwrap().contains("127.0.0.2:8080/tcp"));
+    assert_eq!(
+        top["cause"], "nat_port_exhaustion",
+        "{:#}",
+        report["findings"]
+    );
+    assert!(top["summary"]
+        .as_str()
+        .unwrap()
+        .contains("127.0.0.2:8080/tcp"));
     let pool = &report["nat"]["pools"][0];
     assert_eq!(pool["live"], 100);
     assert_eq!(pool["pool_ports"], 100);

@@ -114,7 +114,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         findings.retain(|f| f.cause != portlab_diagnose::Cause::Healthy);
     }
     findings.extend(nat_findings);
-    findings.sort_by(|a, b| b.severity.cmp(&a.severity));
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let critical = findings.iter().any(|f| f.severity == Severity::Critical);
     if args.json {
         let report = DoctorReport {

@@ -182,19 +182,27 @@ fn hold_text(p: &NatProfile, udp: bool) -> String {
     if udp {
         return p
             .udp_hold_secs
-            .map_or("not documented (0 s used)".to_string(), |s| format!("{s:.0} s"));
+            .map_or("not documented (0 s used)".to_string(), |s| {
+                format!("{s:.0} s")
+            });
     }
     if p.tcp_closing_evictable {
         return "0 s (closing entries evicted by a new SYN)".to_string();
     }
     p.tcp_hold_after_close_secs
-        .map_or("not documented (0 s used)".to_string(), |s| format!("{s:.0} s"))
+        .map_or("not documented (0 s used)".to_string(), |s| {
+            format!("{s:.0} s")
+        })
 }
 
 fn render_model(m: &ModelNatJson<'_>, paint: Painter) -> String {
     let mut o = String::new();
     let p = m.profile;
-    let _ = writeln!(o, "{}", paint.heading(&format!("portlab model --nat: {}", p.title)));
+    let _ = writeln!(
+        o,
+        "{}",
+        paint.heading(&format!("portlab model --nat: {}", p.title))
+    );
     let _ = writeln!(
         o,
         "  pool: {} ports per {}; TCP hold after close: {}; UDP hold: {}",
@@ -264,10 +272,14 @@ fn render_model(m: &ModelNatJson<'_>, paint: Painter) -> String {
         );
     }
     if m.workload.is_none() && m.held.is_none() {
-        let _ = writeln!(o, "\n  {}", paint.heading(&format!(
-            "{:<12} {:>8} {:>22} {:>22}",
-            "profile", "pool", "TCP hold after close", "sustainable flows/s"
-        )));
+        let _ = writeln!(
+            o,
+            "\n  {}",
+            paint.heading(&format!(
+                "{:<12} {:>8} {:>22} {:>22}",
+                "profile", "pool", "TCP hold after close", "sustainable flows/s"
+            ))
+        );
         for r in &m.profiles {
             let _ = writeln!(
                 o,

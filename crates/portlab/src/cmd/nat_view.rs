@@ -157,7 +157,11 @@ pub fn push_text(s: &mut String, n: &NatSection, top: usize, p: Painter) {
     if !n.available {
         return;
     }
-    let _ = writeln!(s, "\n{}", p.heading("NAT (conntrack, this network namespace)"));
+    let _ = writeln!(
+        s,
+        "\n{}",
+        p.heading("NAT (conntrack, this network namespace)")
+    );
     let t = &n.stats.total;
     let _ = writeln!(
         s,
@@ -207,7 +211,12 @@ pub fn push_text(s: &mut String, n: &NatSection, top: usize, p: Painter) {
                 .as_ref()
                 .map_or(String::new(), |a| format!(" to {a}")),
             match rule.ports {
-                Some(r) => format!(" ports {}-{} ({} per destination)", r.low, r.high, group(r.len())),
+                Some(r) => format!(
+                    " ports {}-{} ({} per destination)",
+                    r.low,
+                    r.high,
+                    group(r.len())
+                ),
                 None => " ports 1024-65535 (kernel default, port preservation)".to_string(),
             } + &if rule.flags.is_empty() {
                 String::new()
@@ -228,7 +237,15 @@ pub fn push_text(s: &mut String, n: &NatSection, top: usize, p: Painter) {
         "  {}",
         p.heading(&format!(
             "{:<5} {:<16} {:<24} {:>7} {:>8} {:>7} {:>7} {:>9} {:>8}",
-            "proto", "NAT IP", "destination", "live", "closing", "pool", "used", "headroom", "clients"
+            "proto",
+            "NAT IP",
+            "destination",
+            "live",
+            "closing",
+            "pool",
+            "used",
+            "headroom",
+            "clients"
         ))
     );
     for pool in n.pools.iter().take(top) {

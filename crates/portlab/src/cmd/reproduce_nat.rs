@@ -247,11 +247,12 @@ pub fn render_text(r: &NatLabReport, paint: Painter) -> String {
         push_findings(&mut o, &title, &worst.findings, Detail::Compact, paint);
     }
     let verdict = match (r.exhaustion_reproduced, r.all_within_2pp) {
-        (true, true) => paint.good(
-            "NAT port exhaustion reproduced; every step within 2 points of its prediction",
-        ),
+        (true, true) => paint
+            .good("NAT port exhaustion reproduced; every step within 2 points of its prediction"),
         (false, _) => paint.warn("NAT port exhaustion NOT reproduced"),
-        (true, false) => paint.bad("reproduced, but a step missed its prediction by more than 2 points"),
+        (true, false) => {
+            paint.bad("reproduced, but a step missed its prediction by more than 2 points")
+        }
     };
     let _ = writeln!(
         o,
