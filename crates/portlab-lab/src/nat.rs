@@ -393,6 +393,8 @@ pub struct NatLabSettings {
 /// The whole NAT lab.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NatLabReport {
+    /// Version of this document's shape (docs/reproduce-nat-json.md): 1.
+    pub schema_version: u32,
     /// Shared settings.
     pub settings: NatLabSettings,
     /// Steps in order.
@@ -499,6 +501,7 @@ pub fn run_nat_lab(
                 .is_some_and(|f| f.cause == Cause::NatPortExhaustion)
     });
     Ok(NatLabReport {
+        schema_version: 1,
         settings: NatLabSettings {
             closing_evictable: evicts_closing_tcp(&kernel),
             syns_per_connect: syns_per_connect(&kernel),

@@ -320,6 +320,12 @@ fn render_notes(o: &mut String, r: &NatLabReport) {
         } else if s.failed > 0 {
             parts.push(format!("{} flows got no reply", group(s.failed)));
         }
+        if s.scenario.flow == portlab_lab::nat::NatFlow::UdpOneShot {
+            parts.push(
+                "UDP entries keep their NAT port for nf_conntrack_udp_timeout (30 s): no eviction"
+                    .to_string(),
+            );
+        }
         parts.push(format!(
             "drop +{}, found +{} ({:.1}/flow), early_drop +{}",
             group(s.nat.delta.drop),
