@@ -363,6 +363,8 @@ pub struct NatStepReport {
     pub findings: Vec<Finding>,
     /// Wall time of the step, s.
     pub elapsed_secs: f64,
+    /// How the step's sandbox was made (a user namespace too when not root).
+    pub isolation: crate::Isolation,
 }
 
 /// Settings shared by every step.
@@ -388,6 +390,8 @@ pub struct NatLabSettings {
     pub hold_secs: f64,
     /// The model profile used for predictions.
     pub profile: String,
+    /// How the sandboxes were made (the first step's).
+    pub isolation: Option<crate::Isolation>,
 }
 
 /// The whole NAT lab.
@@ -513,6 +517,7 @@ pub fn run_nat_lab(
             syn_retries: SYN_RETRIES,
             hold_secs: HOLD_SECS,
             profile: profile.key.to_string(),
+            isolation: steps.first().map(|s| s.isolation),
         },
         all_within_2pp: steps.iter().all(|s| s.within_2pp),
         exhaustion_reproduced,
@@ -534,6 +539,7 @@ pub fn run_nat_step(
     let kernel = kernel_release();
     let profile = kernel_profile(&kernel);
     let sandbox = Sandbox::create(&config.exe, &sandbox_config())?;
+    let isolation = sandbox.ready().isolation;
     let mut sysctl = sandbox.command("sysctl");
     sysctl.args(["-qw", &format!("net.ipv4.tcp_syn_retries={SYN_RETRIES}")]);
     run_to_end("sysctl", &mut sysctl)?;
@@ -625,6 +631,7 @@ pub fn run_nat_step(
         },
         findings,
         elapsed_secs: started.elapsed().as_secs_f64(),
+        isolation,
     })
 }
 

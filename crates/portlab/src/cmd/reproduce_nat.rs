@@ -210,7 +210,11 @@ pub fn render_text(r: &NatLabReport, paint: Painter) -> String {
     );
     let _ = writeln!(
         o,
-        "  sandbox: fresh network namespace per step; NAT rule (nft, inside only): {}",
+        "  sandbox: fresh {} per step; NAT rule (nft, inside only): {}",
+        match s.isolation {
+            Some(portlab_lab::Isolation::UserAndNetworkNamespace) => "user + network namespace",
+            _ => "network namespace",
+        },
         s.rule
     );
     let _ = writeln!(
