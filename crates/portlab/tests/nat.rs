@@ -415,3 +415,58 @@ fn doctor_on_the_nat_host_and_load_on_the_client_both_point_at_the_nat() {
         .iter()
         .all(|f| f["cause"] != "port_exhaustion" && f["cause"] != "listen_queue_overflow"));
 }
+
+#[test]
+fn load_hold_keeps_every_connection_open_at_once() {
+    let ns = NetNs::new("hold").expect("netns (needs root)");
+    let mut server = ns
+        .command(PORTLAB)
+        .args(["serve", "--json", "--listen", "127.0.0.1:8080"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("serve");
+    let mut first = String::new();
+    BufReader::new(server.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .expect("listening line");
+    let load = ns
+        .command(PORTLAB)
+        .args(["load", "--json", "-n", "40", "-c", "40", "--hold", "3s"])
+        .args(["--connection", "drop", "http://127.0.0.1:8080/"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("load");
+    // All 40 client connections are open at the same time (each held after its response).
+    let established = || {
+        ns.exec_checked(&[
+            "ss",
+            "-Htn",
+            "state",
+            "established",
+            "dst",
+            "127.0.0.1:8080",
+        ])
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count())
+        .unwrap_or(0)
+    };
+    assert!(
+        wait_until(Duration::from_secs(3), || established() == 40),
+        "not 40 held connections: {}",
+        established()
+    );
+    let out = load.wait_with_output().expect("load ends");
+    let _ = server.kill();
+    let _ = server.wait();
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(run["summary"]["succeeded"], 40);
+    assert_eq!(run["connections"]["opened"], 40);
+    assert_eq!(run["connections"]["closed_by_client"], 40);
+    let elapsed = run["summary"]["elapsed_secs"].as_f64().unwrap();
+    assert!(elapsed >= 3.0, "the hold ended early: {elapsed} s");
+    // The hold is not part of the latency.
+    assert!(
+        run["latency"]["max_us"].as_u64().unwrap_or(u64::MAX) < 1_000_000,
+        "{:#}",
+        run["latency"]
+    );
+}
