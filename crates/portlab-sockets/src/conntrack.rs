@@ -510,38 +510,57 @@ impl Conntrack {
                 .socket
                 .recv(&mut &mut self.buffer[..], 0)
                 .map_err(classify)?;
-            let mut offset = 0;
-            let mut multipart = false;
-            while offset < received {
-                let message =
-                    NetlinkMessage::<NetfilterMessage>::deserialize(&self.buffer[offset..received])
-                        .map_err(|e| ConntrackError::Decode(e.to_string()))?;
-                let length = message.header.length as usize;
-                multipart |= message.header.flags & netlink_packet_core::NLM_F_MULTIPART != 0;
-                match message.payload {
-                    NetlinkPayload::InnerMessage(inner) => {
-                        visit(&inner);
-                        if single {
-                            return Ok(());
-                        }
-                    }
-                    NetlinkPayload::Done(_) => return Ok(()),
-                    NetlinkPayload::Error(error) => {
-                        let err = error.to_io();
-                        return Err(classify(err));
-                    }
-                    _ => {}
-                }
-                if length == 0 {
-                    break;
-                }
-                offset += length;
-            }
-            if !multipart {
+            let batch = &self.buffer[..received.min(self.buffer.len())];
+            if decode_batch(batch, single, visit)? == Batch::Finished {
                 return Ok(());
             }
         }
     }
+}
+
+/// Whether an answer goes on after a batch.
+#[derive(Debug, PartialEq, Eq)]
+enum Batch {
+    Finished,
+    More,
+}
+
+/// Decodes one recv()'s worth of netlink messages, passing each ctnetlink message to `visit`.
+/// Finished at NLMSG_DONE, after the first message when `single`, or when the batch was not
+/// multipart; an NLMSG_ERROR becomes the matching [`ConntrackError`].
+fn decode_batch(
+    buf: &[u8],
+    single: bool,
+    visit: &mut dyn FnMut(&NetfilterMessage),
+) -> Result<Batch, ConntrackError> {
+    let mut offset = 0;
+    let mut multipart = false;
+    while offset < buf.len() {
+        let message = NetlinkMessage::<NetfilterMessage>::deserialize(&buf[offset..])
+            .map_err(|e| ConntrackError::Decode(e.to_string()))?;
+        let length = message.header.length as usize;
+        multipart |= message.header.flags & netlink_packet_core::NLM_F_MULTIPART != 0;
+        match message.payload {
+            NetlinkPayload::InnerMessage(inner) => {
+                visit(&inner);
+                if single {
+                    return Ok(Batch::Finished);
+                }
+            }
+            NetlinkPayload::Done(_) => return Ok(Batch::Finished),
+            NetlinkPayload::Error(error) => return Err(classify(error.to_io())),
+            _ => {}
+        }
+        if length == 0 {
+            break;
+        }
+        offset += length;
+    }
+    Ok(if multipart {
+        Batch::More
+    } else {
+        Batch::Finished
+    })
 }
 
 fn classify(err: io::Error) -> ConntrackError {
@@ -937,6 +956,88 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(now.delta(&then).insert_failed, 5);
+    }
+
+    /// One GET_STATS_CPU reply as the kernel sends it (Linux 6.18, captured with strace):
+    /// nlmsghdr {len 100, type 0x0104 = CTNETLINK<<8 | GET_STATS_CPU, flags NLM_F_MULTI, seq 1},
+    /// nfgenmsg {AF_UNSPEC, v0, res_id = CPU 1 (big endian)}, then ten be32 CTA_STATS_* NLAs,
+    /// followed by NLMSG_DONE.
+    fn stats_cpu_reply() -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&100u32.to_ne_bytes()); // nlmsg_len
+        b.extend_from_slice(&0x0104u16.to_ne_bytes()); // type
+        b.extend_from_slice(&2u16.to_ne_bytes()); // NLM_F_MULTI
+        b.extend_from_slice(&1u32.to_ne_bytes()); // seq
+        b.extend_from_slice(&4242u32.to_ne_bytes()); // pid
+        b.extend_from_slice(&[0, 0, 0, 1]); // nfgenmsg: family, version, res_id = 1 (be16)
+                                            // (kind, value): found 10751, invalid 0, insert 0, insert_failed 150, drop 150,
+                                            // early_drop 0, error 0, search_restart 0, clash_resolve 2, chaintoolong 0.
+        for (kind, value) in [
+            (2u16, 10751u32),
+            (4, 0),
+            (8, 0),
+            (9, 150),
+            (10, 150),
+            (11, 0),
+            (12, 0),
+            (13, 0),
+            (14, 2),
+            (15, 0),
+        ] {
+            b.extend_from_slice(&8u16.to_ne_bytes());
+            b.extend_from_slice(&kind.to_ne_bytes());
+            b.extend_from_slice(&value.to_be_bytes());
+        }
+        assert_eq!(b.len(), 100);
+        // NLMSG_DONE: len 20, type 3, NLM_F_MULTI, an int 0.
+        b.extend_from_slice(&20u32.to_ne_bytes());
+        b.extend_from_slice(&3u16.to_ne_bytes());
+        b.extend_from_slice(&2u16.to_ne_bytes());
+        b.extend_from_slice(&1u32.to_ne_bytes());
+        b.extend_from_slice(&4242u32.to_ne_bytes());
+        b.extend_from_slice(&0u32.to_ne_bytes());
+        b
+    }
+
+    #[test]
+    fn decodes_a_per_cpu_stats_reply() {
+        let mut cpus = Vec::new();
+        let batch = decode_batch(&stats_cpu_reply(), false, &mut |m| {
+            if let Some((cpu, attrs)) = other_message(m, MSG_GET_STATS_CPU) {
+                let mut c = StatCounters::default();
+                for (k, v) in attrs {
+                    c.set(k, v);
+                }
+                cpus.push((cpu, c));
+            }
+        })
+        .unwrap();
+        assert_eq!(batch, Batch::Finished);
+        assert_eq!(cpus.len(), 1);
+        let (cpu, c) = cpus[0];
+        assert_eq!(cpu, 1);
+        assert_eq!(
+            (c.found, c.insert_failed, c.drop, c.clash_resolve),
+            (10751, 150, 150, 2)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decoding_any_bytes_never_panics(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..400)) {
+            let _ = decode_batch(&bytes, false, &mut |m| {
+                if let NetfilterMessageInner::Conntrack(ConntrackMessage::New(attrs)) = &m.inner {
+                    let _ = entry_of(attrs);
+                }
+                let _ = other_message(m, MSG_GET_STATS_CPU);
+            });
+        }
+
+        #[test]
+        fn a_truncated_reply_is_an_error_or_partial_never_a_panic(cut in 0usize..120) {
+            let full = stats_cpu_reply();
+            let _ = decode_batch(&full[..cut.min(full.len())], false, &mut |_| {});
+        }
     }
 
     #[test]
