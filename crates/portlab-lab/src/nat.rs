@@ -121,6 +121,8 @@ pub enum NatFix {
 /// One step of the NAT lab.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct NatScenario {
+    /// Its number in the full plan (1-based), kept when steps are selected.
+    pub number: usize,
     /// Short name.
     pub name: String,
     /// Flows it runs.
@@ -211,6 +213,7 @@ pub fn nat_plan(config: &NatLabConfig) -> Vec<NatScenario> {
     let one = vec![addr(PRIMARY)];
     let step =
         |name: &str, flow, fix, flows, concurrency, destinations: Vec<SocketAddr>| NatScenario {
+            number: 0,
             name: name.to_string(),
             flow,
             fix,
@@ -256,7 +259,7 @@ pub fn nat_plan(config: &NatLabConfig) -> Vec<NatScenario> {
         vec![addr(UDP_DESTINATION)],
     ));
     if !config.fixes {
-        return steps;
+        return number(steps);
     }
     let c = p * 3 / 2;
     steps.push(step(
@@ -304,6 +307,13 @@ pub fn nat_plan(config: &NatLabConfig) -> Vec<NatScenario> {
     );
     ips.nat_ips = 3;
     steps.push(ips);
+    number(steps)
+}
+
+fn number(mut steps: Vec<NatScenario>) -> Vec<NatScenario> {
+    for (i, s) in steps.iter_mut().enumerate() {
+        s.number = i + 1;
+    }
     steps
 }
 
@@ -482,7 +492,7 @@ pub fn run_nat_lab(
             total,
             scenario,
         });
-        let report = run_nat_step(config, scenario, i + 1).map_err(|e| {
+        let report = run_nat_step(config, scenario, scenario.number.max(1)).map_err(|e| {
             if crate::procs::interrupted() {
                 LabError::Interrupted
             } else {

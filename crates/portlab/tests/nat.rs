@@ -245,6 +245,7 @@ fn bad_nat_input_is_one_line_and_exit_2() {
     for args in [
         &["reproduce", "--nat", "--nat-ports", "5-3"][..],
         &["reproduce", "--nat", "--nat-ports", "40000-49999"],
+        &["reproduce", "--nat", "--nat-steps", "13"],
         &["reproduce", "--nat-ports", "40000-40099"],
     ] {
         let out = portlab(args);

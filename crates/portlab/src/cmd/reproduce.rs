@@ -95,12 +95,16 @@ pub struct Args {
     #[arg(long)]
     progress: bool,
     /// Reproduce source-NAT port exhaustion instead (containers, cloud NAT): a NAT rule with
-    /// a small pool inside the sandbox; uses --nat-ports, --no-fixes, --json, --progress.
+    /// a small pool inside the sandbox; uses --nat-ports, --nat-steps, --no-fixes, --json,
+    /// --progress.
     #[arg(long)]
     nat: bool,
     /// Port range of the sandbox's NAT rule (with --nat; at most 1,000 ports).
     #[arg(long, value_name = "LOW-HIGH")]
     nat_ports: Option<String>,
+    /// Run only these steps of --nat, numbered as its table numbers them (e.g. 4,5).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    nat_steps: Vec<usize>,
 }
 
 impl Args {
@@ -173,14 +177,15 @@ fn parse_range(text: &str) -> anyhow::Result<(u16, u16)> {
 
 /// Runs `portlab reproduce`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    if args.nat_ports.is_some() && !args.nat {
+    if (args.nat_ports.is_some() || !args.nat_steps.is_empty()) && !args.nat {
         return Err(exit::usage(
-            "--nat-ports sets the pool of the NAT lab: add --nat (portlab reproduce --nat --nat-ports 40000-40099)",
+            "--nat-ports and --nat-steps set up the NAT lab: add --nat (portlab reproduce --nat --nat-ports 40000-40099)",
         ));
     }
     if args.nat {
         return super::reproduce_nat::run(super::reproduce_nat::NatArgs {
             nat_ports: args.nat_ports.clone(),
+            steps: args.nat_steps.clone(),
             no_fixes: args.no_fixes,
             json: args.json,
             progress: args.progress,

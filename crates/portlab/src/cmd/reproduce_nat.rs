@@ -26,6 +26,8 @@ pub const MAX_NAT_POOL: u64 = 1000;
 pub struct NatArgs {
     /// `--nat-ports LOW-HIGH`.
     pub nat_ports: Option<String>,
+    /// `--nat-steps N,N`: only these steps (1-based, as numbered in the full plan).
+    pub steps: Vec<usize>,
     /// `--no-fixes`.
     pub no_fixes: bool,
     /// `--json`.
@@ -75,6 +77,17 @@ pub fn run(args: NatArgs) -> anyhow::Result<ExitCode> {
         config.nat_ports = parse_nat_ports(text)?;
     }
     config.fixes = !args.no_fixes;
+    let mut scenarios = nat_plan(&config);
+    if !args.steps.is_empty() {
+        let total = scenarios.len();
+        if let Some(bad) = args.steps.iter().find(|n| !(1..=total).contains(n)) {
+            return Err(exit::usage(format!(
+                "--nat-steps {bad}: the NAT lab has steps 1 to {total}{}",
+                if config.fixes { "" } else { " with --no-fixes" }
+            )));
+        }
+        scenarios.retain(|s| args.steps.contains(&s.number));
+    }
     super::reproduce::install_interrupt_handler()?;
     let usage_or = |err: LabError| -> anyhow::Error {
         match err {
@@ -90,7 +103,6 @@ pub fn run(args: NatArgs) -> anyhow::Result<ExitCode> {
         Err(LabError::Interrupted) => return Ok(interrupted()),
         Err(err) => return Err(usage_or(err)),
     }
-    let scenarios = nat_plan(&config);
     let show_progress = args.progress || std::io::stderr().is_terminal();
     let mut on_event = |event: &NatLabEvent<'_>| {
         if show_progress {
