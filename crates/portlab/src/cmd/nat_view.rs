@@ -157,6 +157,14 @@ pub fn push_text(s: &mut String, n: &NatSection, top: usize, p: Painter) {
     if !n.available {
         return;
     }
+    if n.stats.count == 0 && n.rules.is_empty() && n.stats.total == StatCounters::default() {
+        let _ = writeln!(
+            s,
+            "\n{} no entries, no NAT rules, no drops in this network namespace",
+            p.heading("NAT (conntrack):")
+        );
+        return;
+    }
     let _ = writeln!(
         s,
         "\n{}",
