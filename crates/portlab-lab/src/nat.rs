@@ -328,7 +328,7 @@ pub struct NatSide {
     pub peak_pool_entries: u64,
     /// The fullest pool's utilisation at its peak (blocking ÷ ports).
     pub peak_utilisation: f64,
-    /// The pools at that moment.
+    /// Every pool at its own fullest moment, fullest first.
     pub pools_at_peak: Vec<NatPool>,
     /// TCP TIME_WAIT/CLOSE entries at the end of the step.
     pub closing_at_end: u64,
@@ -570,24 +570,16 @@ pub fn run_nat_step(
 
     let last = samples.last().unwrap_or(&baseline);
     let delta = last.stats.total.delta(&baseline.stats.total);
-    let peak = samples
-        .iter()
-        .max_by_key(|s| {
-            s.pools
-                .iter()
-                .map(|p| (p.blocking, p.live + p.closing))
-                .max()
-                .unwrap_or((0, 0))
-        })
-        .unwrap_or(last);
+    let pools_at_peak = peak_pools(&samples);
+    let count_at_peak = samples.iter().map(|s| s.stats.count).max().unwrap_or(0);
     let interval_ms = last.monotonic_ms.saturating_sub(baseline.monotonic_ms);
     let mut evidence = NatEvidence::from_stats(
         &baseline.stats,
         &last.stats,
         interval_ms,
-        peak.pools.clone(),
+        pools_at_peak.clone(),
     );
-    evidence.count = peak.stats.count;
+    evidence.count = count_at_peak;
     evidence.rules = rules;
     evidence.closing_evictable = evicts_closing_tcp(&kernel);
     evidence.new_flows = Some(outcome.flows);
@@ -622,14 +614,13 @@ pub fn run_nat_step(
         nat: NatSide {
             delta,
             predicted_insert_failed: predicted * per_failure,
-            peak_pool_entries: peak
-                .pools
+            peak_pool_entries: pools_at_peak
                 .iter()
                 .map(|p| p.live + p.closing)
                 .max()
                 .unwrap_or(0),
-            peak_utilisation: peak.pools.first().map_or(0.0, |p| p.utilisation),
-            pools_at_peak: peak.pools.clone(),
+            peak_utilisation: pools_at_peak.first().map_or(0.0, |p| p.utilisation),
+            pools_at_peak,
             closing_at_end: last.tcp_closing,
             count_at_end: last.stats.count,
             max: last.stats.max,
@@ -643,6 +634,30 @@ pub fn run_nat_step(
         elapsed_secs: started.elapsed().as_secs_f64(),
         isolation,
     })
+}
+
+/// Each pool at its own fullest moment (most blocking entries, then most entries), fullest
+/// first: pools of different destinations fill at different times.
+fn peak_pools(samples: &[NatSample]) -> Vec<NatPool> {
+    let mut best: std::collections::BTreeMap<(String, std::net::IpAddr, SocketAddr), NatPool> =
+        std::collections::BTreeMap::new();
+    for pool in samples.iter().flat_map(|s| s.pools.iter()) {
+        let key = (pool.protocol.name(), pool.nat_ip, pool.destination);
+        let rank = |p: &NatPool| (p.blocking, p.live + p.closing);
+        match best.get(&key) {
+            Some(b) if rank(b) >= rank(pool) => {}
+            _ => {
+                best.insert(key, pool.clone());
+            }
+        }
+    }
+    let mut pools: Vec<NatPool> = best.into_values().collect();
+    pools.sort_by(|a, b| {
+        b.utilisation
+            .total_cmp(&a.utilisation)
+            .then(a.destination.cmp(&b.destination))
+    });
+    pools
 }
 
 /// Runs a command in the sandbox to its end; a non-zero exit is an error with its stderr.
