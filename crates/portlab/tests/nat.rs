@@ -471,3 +471,46 @@ fn load_hold_keeps_every_connection_open_at_once() {
         run["latency"]
     );
 }
+
+#[test]
+fn unprivileged_nat_lab_runs_in_a_user_namespace_where_the_host_allows_it() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    const NOBODY: u32 = 65534;
+    let m = mark("nobody");
+    // A copy nobody can execute: the build directory may sit where nobody cannot enter.
+    let dir = tempfile::Builder::new()
+        .prefix("portlab-nat-exe-")
+        .tempdir()
+        .expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let exe = dir.path().join("portlab");
+    std::fs::copy(PORTLAB, &exe).expect("copy");
+    let probe = Command::new("unshare")
+        .args(["-Urn", "true"])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .status()
+        .expect("unshare");
+    let rules_before = host_ruleset();
+    let out = Command::new(&exe)
+        .args(["reproduce", "--nat", "--nat-steps", "4", "--json"])
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run as nobody");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if probe.success() {
+        assert!(out.status.success(), "exit {:?}: {stderr}", out.status);
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        assert_eq!(r["settings"]["isolation"], "user_and_network_namespace");
+        assert_eq!(r["steps"][0]["failed"], 50);
+        assert_eq!(r["steps"][0]["findings"][0]["cause"], "nat_port_exhaustion");
+    } else {
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    assert_no_leftovers(&m);
+    assert_eq!(host_ruleset(), rules_before);
+}
