@@ -46,8 +46,8 @@ pub use capacity::{
     capacity, Capacity, CapacityQuery, ChurnOutcome, Difference, FolkFormula, PortHold,
 };
 pub use nat::{
-    held_flow_failures, nat_capacity, sequential_flow_failures, simulate_nat, NatCapacity,
-    NatProfile, NatProtocol, NatSecond, NatSimReport, NatWorkload,
+    azure_lb_ports_per_vm, held_flow_failures, nat_capacity, sequential_flow_failures,
+    simulate_nat, NatCapacity, NatProfile, NatProtocol, NatSecond, NatSimReport, NatWorkload,
 };
 pub use profile::{Os, OsProfile, PoolScope, PortRange, TimeWaitCap, TwReuse};
 pub use sim::{simulate, SecondSample, SimReport, Totals, MAX_SIMULATED};

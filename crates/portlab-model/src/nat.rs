@@ -105,7 +105,7 @@ impl NatProfile {
             },
             NatProfile {
                 key: "azure-lb",
-                title: "Azure Load Balancer outbound SNAT (default allocation, backend pool of 1-50 VMs)",
+                title: "Azure Load Balancer outbound SNAT (default port allocation by backend pool size; 1,024 ports for 1-50 VMs)",
                 pool_ports: 1_024,
                 pool_key: NatPoolKey::PerVmAndDestination,
                 tcp_hold_after_close_secs: None,
@@ -193,6 +193,22 @@ pub struct NatCapacity {
     pub sustainable_total_per_sec: f64,
     /// Predicted fraction of new flows dropped at steady state.
     pub loss_fraction: f64,
+}
+
+/// Ports per VM (per frontend IP) of Azure Load Balancer's default outbound allocation for a
+/// backend pool of `vms` VMs: 1–50: 1,024; 51–100: 512; 101–200: 256; 201–400: 128;
+/// 401–800: 64; 801–1,000: 32 (learn.microsoft.com azure/load-balancer/
+/// load-balancer-outbound-connections, "default port allocation"). `None` outside 1–1,000.
+pub fn azure_lb_ports_per_vm(vms: u32) -> Option<u64> {
+    Some(match vms {
+        1..=50 => 1024,
+        51..=100 => 512,
+        101..=200 => 256,
+        201..=400 => 128,
+        401..=800 => 64,
+        801..=1000 => 32,
+        _ => return None,
+    })
 }
 
 /// The usable fraction η of a pool of `ports` (see the module doc).
@@ -432,6 +448,16 @@ mod tests {
         );
         assert_eq!(held_flow_failures(150, 100), 50);
         assert_eq!(held_flow_failures(90, 100), 0);
+    }
+
+    #[test]
+    fn azure_lb_allocation_follows_the_backend_pool_size() {
+        assert_eq!(azure_lb_ports_per_vm(1), Some(1024));
+        assert_eq!(azure_lb_ports_per_vm(51), Some(512));
+        assert_eq!(azure_lb_ports_per_vm(400), Some(128));
+        assert_eq!(azure_lb_ports_per_vm(1000), Some(32));
+        assert_eq!(azure_lb_ports_per_vm(0), None);
+        assert_eq!(azure_lb_ports_per_vm(1001), None);
     }
 
     #[test]

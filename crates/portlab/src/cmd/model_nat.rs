@@ -40,10 +40,29 @@ pub struct NatModelArgs {
     /// UDP flows (the UDP hold applies; no TIME_WAIT eviction on any kernel).
     #[arg(long)]
     pub udp: bool,
+    /// azure-lb: VMs in the backend pool, which sets the default ports per VM (1–50: 1,024 …
+    /// 801–1,000: 32).
+    #[arg(long, value_name = "N")]
+    pub backend_vms: Option<u32>,
 }
 
 impl NatModelArgs {
     fn profile(&self) -> anyhow::Result<NatProfile> {
+        let mut profile = self.preset()?;
+        if let Some(vms) = self.backend_vms {
+            if profile.key != "azure-lb" {
+                return Err(usage("--backend-vms applies to --nat-profile azure-lb"));
+            }
+            profile.pool_ports = portlab_model::azure_lb_ports_per_vm(vms).ok_or_else(|| {
+                usage(format!(
+                    "--backend-vms {vms}: Azure's default allocation covers 1 to 1000 VMs"
+                ))
+            })?;
+        }
+        Ok(profile)
+    }
+
+    fn preset(&self) -> anyhow::Result<NatProfile> {
         NatProfile::preset(&self.nat_profile).ok_or_else(|| {
             usage(format!(
                 "--nat-profile {}: use one of {}",
