@@ -12,7 +12,12 @@
 //! 3. a listener's accept queue overflowing ([`Cause::ListenQueueOverflow`]),
 //! 4. the file-descriptor limit ([`Cause::FileDescriptorLimit`]),
 //! 5. the server refusing, resetting or timing out ([`Cause::ServerSide`]),
-//! 6. healthy, with the headroom ([`Cause::Healthy`]).
+//! 6. healthy, with the headroom ([`Cause::Healthy`]),
+//! 7. connects lost beyond this host — a NAT or the server ([`Cause::LossBeyondHost`]).
+//!
+//! On a NAT host, [`diagnose_nat`] reads a [`NatEvidence`] (conntrack counters and NAT pools)
+//! and tells NAT port exhaustion, the SNAT clash race, a full conntrack table and resolved UDP
+//! clashes apart ([`nat`]).
 //!
 //! Nothing here prints; the `portlab` binary renders findings.
 //!
@@ -34,10 +39,12 @@
 #![warn(missing_docs)]
 
 pub mod evidence;
+pub mod nat;
 pub mod remedies;
 mod rules;
 
 pub use evidence::{Evidence, FailureCounts, Policy, PoolEvidence, RunEvidence};
+pub use nat::{diagnose_nat, NatEvidence};
 pub use remedies::{Correction, Os, Remedy};
 pub use rules::diagnose;
 
@@ -59,6 +66,17 @@ pub enum Cause {
     ServerSide,
     /// Nothing of the above.
     Healthy,
+    /// Connects timed out or needed SYN retransmits with nothing failing locally: the SYNs
+    /// were lost beyond this host (a NAT, the server's backlog).
+    LossBeyondHost,
+    /// A NAT pool (protocol, NAT IP, destination) is full: new flows are dropped.
+    NatPortExhaustion,
+    /// SNAT inserts failed with the pools far from full: the clash race.
+    SnatClashRace,
+    /// The conntrack table is full: drops and early drops for every destination.
+    ConntrackTableFull,
+    /// UDP clashes resolved by the kernel without drops (informational).
+    UdpClashResolved,
 }
 
 impl Cause {
@@ -71,6 +89,11 @@ impl Cause {
             Cause::FileDescriptorLimit => "File-descriptor limit",
             Cause::ServerSide => "Server refusing, resetting or timing out",
             Cause::Healthy => "Healthy",
+            Cause::LossBeyondHost => "Connection attempts lost beyond this host",
+            Cause::NatPortExhaustion => "NAT port exhaustion",
+            Cause::SnatClashRace => "SNAT clash race",
+            Cause::ConntrackTableFull => "Conntrack table full",
+            Cause::UdpClashResolved => "UDP clashes resolved",
         }
     }
 }

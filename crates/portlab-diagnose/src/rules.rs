@@ -15,6 +15,7 @@ pub fn diagnose(evidence: &Evidence) -> Vec<Finding> {
         listen_queue_overflow(evidence),
         fd_limit(evidence),
         server_side(evidence),
+        crate::nat::loss_beyond_host(evidence),
     ]
     .into_iter()
     .flatten()
@@ -34,7 +35,7 @@ fn pct(part: u64, whole: u64) -> f64 {
     }
 }
 
-fn int(n: u64) -> String {
+pub(crate) fn int(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
@@ -354,7 +355,9 @@ fn listen_queue_overflow(e: &Evidence) -> Option<Finding> {
             r.failures.addr_not_available,
         )
     });
-    if overflows == 0 && drops == 0 && slow == 0 && timeouts == 0 {
+    if overflows == 0 && drops == 0 {
+        // Slow or timed-out connects without a counted overflow: the SYNs may have been lost
+        // anywhere beyond this host (a NAT, the server): `nat::loss_beyond_host` says so.
         return None;
     }
     if e.run.is_some() && ana > 0 && timeouts == 0 && slow == 0 {

@@ -16,6 +16,10 @@
 //!   pool, new connections/s, predicted failure %; then the worst step's diagnosis and a plain
 //!   story. Plain data: the binary renders it as text, JSON or SVG.
 //!
+//! [`nat`] is the source-NAT variant (`portlab reproduce --nat`): a NAT rule with a small pool
+//! inside the sandbox, held connections, short connections and UDP flows through it, the
+//! conntrack counters and NAT pools beside each prediction.
+//!
 //! Each step runs in its own sandbox, because TIME_WAIT entries of one step would block the
 //! next one's ports for 60 s.
 //!
@@ -30,6 +34,8 @@
 #![warn(missing_docs)]
 
 pub mod anchor;
+pub mod nat;
+pub mod nat_tools;
 mod predict;
 pub mod procs;
 mod report;
@@ -91,4 +97,7 @@ pub enum LabError {
     /// The run was interrupted (SIGINT/SIGTERM); every child has been stopped.
     #[error("interrupted; every process of the sandbox was stopped")]
     Interrupted,
+    /// The sandbox cannot do NAT (no `nft`, no kernel NAT or conntrack); one sentence.
+    #[error("{0}")]
+    NatUnavailable(String),
 }

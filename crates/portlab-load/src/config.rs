@@ -97,6 +97,10 @@ pub struct LoadConfig {
     pub backoff: Duration,
     /// Skip TLS certificate verification (`--insecure`).
     pub insecure: bool,
+    /// Keep each connection open this long after its response before the policy applies
+    /// (`--hold`): concurrent long-lived flows, as NAT and conntrack see them. The hold is not
+    /// part of the request's latency; it ends early at the run deadline.
+    pub hold: Option<Duration>,
 }
 
 impl Default for LoadConfig {
@@ -120,6 +124,7 @@ impl Default for LoadConfig {
             retries: 0,
             backoff: Duration::from_millis(100),
             insecure: false,
+            hold: None,
         }
     }
 }

@@ -539,6 +539,11 @@ impl Worker {
 
     /// Applies the connection policy once a response is complete.
     async fn after_response(&self, conn: &mut Option<Conn>, io: &mut ReadBuf, resp: Response) {
+        if let Some(hold) = self.plan.config.hold {
+            // `--hold`: the connection stays open (idle) before the policy closes or reuses it.
+            let (until, _) = self.limit(hold);
+            tokio::time::sleep_until(until).await;
+        }
         let leftover = io.end > io.start;
         let policy = self.plan.config.policy;
         let server_closes = !resp.reusable;

@@ -11,6 +11,8 @@
 //!   (closed loop with `-c` workers or open loop at a rate; keep-alive, server closes or client
 //!   closes; destinations, source IPs, retries) giving a [`SimReport`] with a per-second
 //!   timeline.
+//! - [`nat`]: a source-NAT port pool (Linux ≤ 6.4 / ≥ 6.5, AWS, Azure NAT Gateway, Azure LB
+//!   SNAT, GCP Cloud NAT profiles): sustainable new flows per destination and predicted loss.
 //!
 //! The kernel facts behind the model, with their sources, are in the project's research notes
 //! (`research/port-allocation.md`); each one is cited where the code relies on it.
@@ -35,12 +37,17 @@
 #![warn(missing_docs)]
 
 mod capacity;
+pub mod nat;
 mod profile;
 mod sim;
 mod workload;
 
 pub use capacity::{
     capacity, Capacity, CapacityQuery, ChurnOutcome, Difference, FolkFormula, PortHold,
+};
+pub use nat::{
+    azure_lb_ports_per_vm, held_flow_failures, nat_capacity, sequential_flow_failures,
+    simulate_nat, NatCapacity, NatProfile, NatProtocol, NatSecond, NatSimReport, NatWorkload,
 };
 pub use profile::{Os, OsProfile, PoolScope, PortRange, TimeWaitCap, TwReuse};
 pub use sim::{simulate, SecondSample, SimReport, Totals, MAX_SIMULATED};

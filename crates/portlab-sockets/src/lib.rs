@@ -11,6 +11,9 @@
 //! - [`Snapshot`] — every TCP socket read through NETLINK_SOCK_DIAG (inet_diag, as `ss` reads
 //!   them; /proc/net/tcp as a fallback), counted by [`TcpState`] and grouped into pools per
 //!   (local IP, destination) with utilisation and [`Headroom`].
+//! - [`Conntrack`] — the conntrack table of a network namespace through ctnetlink: per-CPU
+//!   statistics, count and limit, the entries, and [`nat_pools`] grouping source-NAT entries
+//!   per (protocol, NAT IP, destination); [`read_nat_rules`] sizes the pools from nftables.
 //!
 //! Nothing here prints; the `portlab` binary renders these values.
 //!
@@ -24,15 +27,22 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod conntrack;
 pub mod counters;
 pub mod diag;
+pub mod natrules;
 pub mod sampler;
 pub mod settings;
 pub mod snapshot;
 pub mod state;
 
+pub use conntrack::{
+    nat_pools, Conntrack, ConntrackError, ConntrackStats, CtEntry, CtTcpState, L4Protocol, NatPool,
+    NatPortRange, StatCounters,
+};
 pub use counters::{Counters, CountersError};
 pub use diag::{SockDiagError, SocketEntry, StateMask, TableSource};
+pub use natrules::{read_nat_rules, NatRule, NatRulesError};
 pub use sampler::{
     DestinationCounts, Sampler, SamplerConfig, SamplerReport, SecondSample, SockStat, TickSample,
 };

@@ -58,6 +58,9 @@ enum Command {
     /// Internal: the process that holds a `reproduce` sandbox's namespaces.
     #[command(name = "__sandbox-anchor", hide = true)]
     SandboxAnchor(cmd::reproduce::AnchorArgs),
+    /// Internal: the conntrack watcher and UDP tools `reproduce --nat` runs in its sandbox.
+    #[command(name = "__nat-tool", hide = true)]
+    NatTool(cmd::nat_tool::Args),
 }
 
 fn main() -> ExitCode {
@@ -76,6 +79,7 @@ fn main() -> ExitCode {
         Command::Model(args) => cmd::model::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Exporter(args) => cmd::exporter::run(args),
+        Command::NatTool(args) => cmd::nat_tool::run(args),
     };
     match result {
         Ok(code) => code,

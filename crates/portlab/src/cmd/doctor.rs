@@ -7,8 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use portlab_diagnose::{diagnose, Finding, Severity};
+use portlab_diagnose::{diagnose, diagnose_nat, Finding, Severity};
 use portlab_pipeline::host_evidence;
+
+use crate::cmd::nat_view::NatSection;
 use serde::Serialize;
 
 use crate::cmd::ports::{self, CounterRates, View};
@@ -65,6 +67,8 @@ struct DoctorReport<'a> {
     counters: &'a portlab_sockets::Counters,
     counter_rates_per_sec: Option<CounterRates>,
     findings: &'a [Finding],
+    /// Conntrack and NAT pools of this namespace.
+    nat: &'a crate::cmd::nat_view::NatSection,
 }
 
 /// Runs `portlab doctor`.
@@ -75,11 +79,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         proc: false,
     };
     let before = ports::read(view)?;
+    let nat_before = NatSection::read();
     let mut reading = None;
+    let mut nat = None;
     if args.interval > 0.0 {
         std::thread::sleep(Duration::from_secs_f64(args.interval));
         reading = Some(ports::read(view)?);
+        nat = Some(NatSection::read().with_rates_since(&nat_before));
     }
+    let nat_findings = match &nat {
+        Some(after) if after.available => diagnose_nat(&after.evidence_since(&nat_before)),
+        _ => Vec::new(),
+    };
+    let nat = nat.unwrap_or(nat_before);
     let (reading, earlier) = match reading {
         Some(after) => (after, Some(before)),
         None => (before, None),
@@ -88,7 +100,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|e| CounterRates::between(&e.counters, &reading.counters, reading.at - e.at));
     let evidence = host_evidence(&reading, earlier.as_ref());
-    let findings = diagnose(&evidence);
+    let mut findings = diagnose(&evidence);
+    if nat_findings.iter().any(|f| f.severity > Severity::Info) {
+        findings.retain(|f| f.cause != portlab_diagnose::Cause::Healthy);
+    }
+    findings.extend(nat_findings);
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let critical = findings.iter().any(|f| f.severity == Severity::Critical);
     if args.json {
         let report = DoctorReport {
@@ -98,6 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             counters: &reading.counters,
             counter_rates_per_sec: rates,
             findings: &findings,
+            nat: &nat,
         };
         crate::exit::emit(&format!(
             "{}\n",
@@ -106,6 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         let p = Painter::for_stdout();
         let mut s = ports::render_text(&reading, rates, view, p);
+        crate::cmd::nat_view::push_text(&mut s, &nat, view.top, p);
         push_findings(&mut s, "Diagnosis", &findings, Detail::Full, p);
         crate::exit::emit(&s)?;
     }

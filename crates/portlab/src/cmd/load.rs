@@ -112,6 +112,11 @@ pub struct Args {
     /// Skip TLS certificate verification.
     #[arg(long = "insecure")]
     pub insecure: bool,
+    /// Hold each connection open (idle) this long after its response, before --connection
+    /// applies (e.g. 10s): long-lived concurrent flows, as a NAT sees them. -n N -c N --hold D
+    /// keeps N connections open at once for D.
+    #[arg(long = "hold", value_parser = parse_duration, value_name = "DURATION")]
+    pub hold: Option<Duration>,
     /// Engine threads (each with its own connections); default: available CPUs, at most -c.
     #[arg(long = "threads")]
     pub threads: Option<usize>,
@@ -231,6 +236,7 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
         retries: args.retry,
         backoff: Duration::from_millis(args.backoff_ms),
         insecure: args.insecure,
+        hold: args.hold,
     })
 }
 

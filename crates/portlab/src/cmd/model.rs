@@ -96,6 +96,8 @@ pub struct Args {
     /// Print JSON instead of the text report.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub nat: crate::cmd::model_nat::NatModelArgs,
 }
 
 const MODEL_JSON_HELP: &str = "\
@@ -111,6 +113,9 @@ steady_state_failure_fraction, steady_state_successes_per_sec} | null}}";
 
 /// Runs `portlab model`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.nat.nat {
+        return crate::cmd::model_nat::run_model(&args.nat, &args.workload, args.json);
+    }
     let profile = build_profile(&args.profile)?;
     let query = build_query(&args.workload)?;
     let cap = capacity(&profile, &query);

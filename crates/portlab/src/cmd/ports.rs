@@ -77,6 +77,8 @@ struct PortsReport<'a> {
     /// Counter increase per second since the previous refresh (--watch only).
     counter_rates_per_sec: Option<CounterRates>,
     verdict: Verdict,
+    /// Conntrack and NAT pools of this namespace.
+    nat: &'a crate::cmd::nat_view::NatSection,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,6 +152,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let painter = Painter::for_stdout();
     let mut previous: Option<Reading> = None;
+    let mut previous_nat: Option<crate::cmd::nat_view::NatSection> = None;
     let clear_screen = args.watch.is_some() && !args.json && std::io::stdout().is_terminal();
     let view = View {
         dest: args.dest,
@@ -158,6 +161,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     loop {
         let reading = read(view)?;
+        let mut nat = crate::cmd::nat_view::NatSection::read();
+        if let Some(earlier) = &previous_nat {
+            nat = nat.with_rates_since(earlier);
+        }
         let rates = previous
             .as_ref()
             .map(|p| CounterRates::between(&p.counters, &reading.counters, reading.at - p.at));
@@ -172,12 +179,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 counters: &reading.counters,
                 counter_rates_per_sec: rates,
                 verdict: verdict(&reading.settings, &reading.snapshot),
+                nat: &nat,
             };
             let mut text = serde_json::to_string(&report).context("encoding JSON")?;
             text.push('\n');
             text
         } else {
-            render_text(&reading, rates, view, painter)
+            let mut text = render_text(&reading, rates, view, painter);
+            crate::cmd::nat_view::push_text(&mut text, &nat, view.top, painter);
+            text
         };
         if clear_screen {
             // Cursor home + clear screen: refresh in place like top/watch.
@@ -197,6 +207,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         };
         drop(out);
         previous = Some(reading);
+        previous_nat = Some(nat);
         std::thread::sleep(Duration::from_secs_f64(secs));
     }
 }

@@ -37,6 +37,7 @@ Examples:
   portlab reproduce --range 40000-44999 --tw-reuse 1
   portlab reproduce --plot lab-plots/
   portlab reproduce --client-ips 6     # many clients: only the forwarder's upstream runs out
+  portlab reproduce --nat --nat-ports 40000-40099   # NAT source-port exhaustion instead
   portlab reproduce --target http://127.0.0.1:8080/ --target-cmd 'nginx -g \"daemon off;\"'")]
 pub struct Args {
     /// Concurrency of each incident step (comma-separated).
@@ -93,6 +94,17 @@ pub struct Args {
     /// Print a progress line per step on stderr (default: only when stderr is a terminal).
     #[arg(long)]
     progress: bool,
+    /// Reproduce source-NAT port exhaustion instead (containers, cloud NAT): a NAT rule with
+    /// a small pool inside the sandbox; uses --nat-ports, --nat-steps, --no-fixes, --json,
+    /// --progress.
+    #[arg(long)]
+    nat: bool,
+    /// Port range of the sandbox's NAT rule (with --nat; at most 1,000 ports).
+    #[arg(long, value_name = "LOW-HIGH")]
+    nat_ports: Option<String>,
+    /// Run only these steps of --nat, numbered as its table numbers them (e.g. 4,5).
+    #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
+    nat_steps: Vec<usize>,
 }
 
 impl Args {
@@ -165,6 +177,20 @@ fn parse_range(text: &str) -> anyhow::Result<(u16, u16)> {
 
 /// Runs `portlab reproduce`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if (args.nat_ports.is_some() || !args.nat_steps.is_empty()) && !args.nat {
+        return Err(exit::usage(
+            "--nat-ports and --nat-steps set up the NAT lab: add --nat (portlab reproduce --nat --nat-ports 40000-40099)",
+        ));
+    }
+    if args.nat {
+        return super::reproduce_nat::run(super::reproduce_nat::NatArgs {
+            nat_ports: args.nat_ports.clone(),
+            steps: args.nat_steps.clone(),
+            no_fixes: args.no_fixes,
+            json: args.json,
+            progress: args.progress,
+        });
+    }
     let config = args.config()?;
     let scenarios = portlab_lab::plan(&config);
     install_interrupt_handler()?;
@@ -209,7 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 /// SIGINT and SIGTERM go to one thread that stops every child of the lab; the ladder then
 /// returns `Interrupted` and its guards reap what is left. Blocking the signals here, before
 /// any other thread exists, makes every later thread inherit the block.
-fn install_interrupt_handler() -> anyhow::Result<()> {
+pub(crate) fn install_interrupt_handler() -> anyhow::Result<()> {
     use nix::sys::signal::{SigSet, Signal};
     let mut set = SigSet::empty();
     set.add(Signal::SIGINT);

@@ -47,6 +47,9 @@ pub struct Args {
     /// Print JSON instead of the text report.
     #[arg(long)]
     pub json: bool,
+    /// NAT pool flags (with --scope nat).
+    #[command(flatten)]
+    pub nat: crate::cmd::model_nat::NatModelArgs,
 }
 
 const SIMULATE_JSON_HELP: &str = "\
@@ -69,6 +72,14 @@ struct SimulateJson<'a> {
 
 /// Runs `portlab simulate`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.profile.scope.as_deref() == Some("nat") {
+        return crate::cmd::model_nat::run_simulate(
+            &args.nat,
+            &args.workload,
+            args.duration.as_deref(),
+            args.json,
+        );
+    }
     let profile = build_profile(&args.profile)?;
     let Some(mut workload) = build_workload(&args.workload)? else {
         return Err(usage(
