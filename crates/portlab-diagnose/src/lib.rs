@@ -33,10 +33,12 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod agents;
 pub mod evidence;
 pub mod remedies;
 mod rules;
 
+pub use agents::{combine as combine_agents, AgentFindings};
 pub use evidence::{Evidence, FailureCounts, Policy, PoolEvidence, RunEvidence};
 pub use remedies::{Correction, Os, Remedy};
 pub use rules::diagnose;

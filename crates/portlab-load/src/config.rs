@@ -5,12 +5,12 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::http::build_request;
 
 /// Who closes the TCP connection, which decides on which side TIME_WAIT lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConnectionPolicy {
     /// Keep-alive (`keep-alive`): up to `concurrency` connections, each reused for many requests.
@@ -38,7 +38,7 @@ impl ConnectionPolicy {
 }
 
 /// How fast requests are started.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RateLimit {
     /// Closed model: each connection sends its next request as soon as the previous one ends.
