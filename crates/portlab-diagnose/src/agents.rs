@@ -19,8 +19,9 @@ pub struct AgentFindings {
 pub const LISTED_AGENTS: usize = 8;
 
 /// Combines per-agent findings: one finding per cause (healthy aside), as severe as its worst
-/// agent, whose summary names the agents it was found on, with each listed agent's evidence
-/// lines prefixed by its label and the worst agent's remedies. When every combined finding is
+/// agent, whose summary names the agents it was found on; the evidence is the worst agent's
+/// lines and the first line of up to [`LISTED_AGENTS`]` - 1` others, each prefixed by its
+/// label; the remedies are the worst agent's. When every combined finding is
 /// informational, a healthy finding over all agents is added. Most severe first.
 pub fn combine(agents: &[AgentFindings]) -> Vec<Finding> {
     let total = agents.len();
@@ -62,6 +63,12 @@ fn combine_cause(agents: &[AgentFindings], cause: Cause, total: usize) -> Option
         .or(hits.first())?;
     let summary = match hits.len() {
         1 if total == 1 => worst.summary.clone(),
+        n if cause == Cause::Healthy && n == total => {
+            format!(
+                "All {total} agents healthy; {worst_agent}: {}",
+                worst.summary
+            )
+        }
         1 => format!("On {worst_agent} (1 of {total} agents): {}", worst.summary),
         n if n == total => format!(
             "On all {total} agents; worst {worst_agent}: {}",
@@ -74,8 +81,19 @@ fn combine_cause(agents: &[AgentFindings], cause: Cause, total: usize) -> Option
         ),
     };
     let mut evidence = Vec::new();
-    for (agent, f) in hits.iter().take(LISTED_AGENTS) {
-        evidence.extend(f.evidence.iter().map(|line| format!("{agent}: {line}")));
+    // The worst agent's lines in full, the first line of each other listed agent.
+    evidence.extend(
+        worst
+            .evidence
+            .iter()
+            .map(|line| format!("{worst_agent}: {line}")),
+    );
+    for (agent, f) in hits
+        .iter()
+        .filter(|(a, _)| *a != worst_agent)
+        .take(LISTED_AGENTS.saturating_sub(1))
+    {
+        evidence.extend(f.evidence.first().map(|line| format!("{agent}: {line}")));
     }
     if hits.len() > LISTED_AGENTS {
         evidence.push(format!(

@@ -236,7 +236,7 @@ pub struct TimelineSecond {
     /// 99th-percentile latency of this second's successes, µs (2 significant digits).
     pub p99_us: u64,
     /// Failures of this second by class (absent when none).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, u64>,
 }
 

@@ -52,6 +52,9 @@ enum Command {
     /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
     /// with an upstream connection pool.
     Proxy(cmd::proxy::Args),
+    /// Merge the `load --json` reports of many agents (e.g. `load --segment I/N` on a
+    /// Kubernetes Indexed Job) into one report: exact sums, merged histograms, the diagnosis.
+    Merge(cmd::merge::Args),
     /// Internal: the process that holds a `reproduce` sandbox's namespaces.
     #[command(name = "__sandbox-anchor", hide = true)]
     SandboxAnchor(cmd::reproduce::AnchorArgs),
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Model(args) => cmd::model::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Merge(args) => cmd::merge::run(args),
     };
     match result {
         Ok(code) => code,

@@ -287,7 +287,8 @@ fn first_failure_ms(report: &LoadReport, class: Option<ErrorClass>) -> Option<u6
         .map(|ms| ms as u64)
 }
 
-fn evidence(
+/// The diagnosis' evidence of one run (also each agent's, in `portlab merge`).
+pub(crate) fn evidence(
     settings: &PortPoolSettings,
     destinations: &[SocketAddr],
     report: &LoadReport,

@@ -2,7 +2,9 @@
 
 pub mod doctor;
 pub mod load;
+pub mod load_agent;
 pub mod load_telemetry;
+pub mod merge;
 pub mod model;
 pub mod ports;
 pub mod proxy;
