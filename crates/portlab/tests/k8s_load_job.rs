@@ -52,13 +52,13 @@ fn load_job_arguments_are_a_load_command_this_build_accepts() {
     let completions = field(&text, "completions:");
     assert_eq!(field(&text, "parallelism:"), completions);
     // The args line is a flow sequence of double-quoted strings: JSON.
-    let args: Vec<String> =
-        serde_json::from_str::<Value>(&field(&text, "args:")).expect("args as JSON")
-            .as_array()
-            .expect("array")
-            .iter()
-            .map(|v| v.as_str().expect("string").to_string())
-            .collect();
+    let args: Vec<String> = serde_json::from_str::<Value>(&field(&text, "args:"))
+        .expect("args as JSON")
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_str().expect("string").to_string())
+        .collect();
     let segments = args
         .iter()
         .position(|a| a == "--segments")

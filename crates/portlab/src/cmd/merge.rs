@@ -79,6 +79,8 @@ pub struct AgentLine {
     pub segment: Option<Segment>,
     /// When it started, UNIX seconds.
     pub started_at_unix_secs: f64,
+    /// How long after `--start-at` it started, ms (None without `--start-at`).
+    pub start_late_ms: Option<f64>,
     /// Requests it ran.
     pub requests: u64,
     /// Of which succeeded.
@@ -442,6 +444,7 @@ fn agent_line(input: &Input, label: &str, findings: &[portlab_diagnose::Finding]
             .map_or_else(Vec::new, |a| a.source_ips.clone()),
         segment: input.agent.as_ref().and_then(|a| a.segment),
         started_at_unix_secs: r.started_at_unix_secs,
+        start_late_ms: input.agent.as_ref().and_then(|a| a.start_late_ms),
         requests: r.summary.requests,
         succeeded: r.summary.succeeded,
         failed: r.summary.failed,
@@ -512,6 +515,10 @@ fn join(report: &LoadReport, pools: &BTreeMap<i64, PoolSecond>) -> Vec<JoinedSec
         })
         .collect()
 }
+
+/// A start this much after `--start-at` is pointed out (its seconds line up with the others'
+/// later ones, so the merged timeline's first seconds lack its load).
+const LATE_START_MS: f64 = 1000.0;
 
 /// Agents listed one per line in the text report; past it, only those with failures are.
 const TEXT_AGENTS: usize = 32;
@@ -587,6 +594,12 @@ fn agent_text(a: &AgentLine, p: Painter) -> String {
             .map(|(c, n)| format!("{c} {}", fmt_int(*n)))
             .collect();
         line.push_str(&format!("; {}", errors.join(", ")));
+    }
+    if let Some(late) = a.start_late_ms.filter(|ms| *ms >= LATE_START_MS) {
+        line.push_str(&format!(
+            "; {}",
+            p.warn(&format!("started {:.1} s after --start-at", late / 1000.0))
+        ));
     }
     if a.pool_ran_out {
         line.push_str(&format!(" — {}", p.bad("its pool ran out")));
