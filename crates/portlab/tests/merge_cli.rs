@@ -176,10 +176,12 @@ fn segments_take_exact_shares_and_merge_follows_the_schema() {
         &portlab(&["merge", a, moved]),
         "moved.json: target GET http://127.0.0.1:9/elsewhere differs",
     );
-    assert_eq!(
-        portlab(&["merge", "--force", a, moved]).status.code(),
-        Some(0)
-    );
+    let forced = portlab(&["merge", "--json", "--force", a, moved]);
+    assert_eq!(forced.status.code(), Some(0));
+    let forced = json_of(&forced);
+    assert_eq!(forced["merge"]["forced"], true);
+    assert_eq!(forced["merge"]["missing_segments"], serde_json::json!([]));
+    assert_eq!(forced["summary"]["requests"], 1001);
     let mut old = second.clone();
     old["schema_version"] = Value::from(1);
     let old = write(dir.path(), "old.json", &old.to_string());

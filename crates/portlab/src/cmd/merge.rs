@@ -192,7 +192,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 .map(|s| s.count),
         });
         if !args.force {
-            check_against(&input, reference, &mut seen_segments)?;
+            check_against(&input, reference, &seen_segments)?;
+        }
+        if let Some(s) = input.agent.as_ref().and_then(|a| a.segment) {
+            seen_segments
+                .entry(s.index)
+                .or_insert_with(|| input.file.clone());
         }
         merger
             .push(&input.report)
@@ -335,7 +340,7 @@ fn json_problem(e: &serde_json::Error) -> String {
 fn check_against(
     input: &Input,
     reference: &Reference,
-    seen_segments: &mut BTreeMap<u32, String>,
+    seen_segments: &BTreeMap<u32, String>,
 ) -> anyhow::Result<()> {
     let fail = |what: String| exit::usage(format!("{}: {what} (or pass --force)", input.file));
     let r = &input.report;
@@ -363,7 +368,7 @@ fn check_against(
             "segment {s} is not one of {}'s {n} segments",
             reference.file
         ))),
-        (Some(s), Some(_)) => match seen_segments.insert(s.index, input.file.clone()) {
+        (Some(s), Some(_)) => match seen_segments.get(&s.index) {
             Some(other) => Err(fail(format!(
                 "segment {s} is also {other}'s; give each agent's report once"
             ))),
