@@ -104,10 +104,11 @@ impl Lab {
     }
 
     /// Runs `load --segment I/4 ARGS --json` in every agent at once, starting together at a
-    /// common wall-clock time; returns the reports' paths and contents.
+    /// common wall-clock time (1.5 s ahead: room for four processes to start on a busy
+    /// machine); returns the reports' paths and contents.
     fn run_agents(&self, name: &str, args: &[&str]) -> Vec<(PathBuf, Value)> {
         let start_at =
-            (jiff::Timestamp::now() + jiff::SignedDuration::from_millis(800)).to_string();
+            (jiff::Timestamp::now() + jiff::SignedDuration::from_millis(1500)).to_string();
         let children: Vec<Child> = self
             .agents
             .iter()
