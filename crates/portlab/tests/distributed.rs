@@ -15,6 +15,9 @@ use hdrhistogram::Histogram;
 use portlab_testkit::NetNs;
 use serde_json::Value;
 
+#[path = "common/schema.rs"]
+mod schema;
+
 const AGENTS: usize = 4;
 const SERVER_IP: &str = "10.77.200.1";
 
@@ -338,6 +341,8 @@ fn the_merged_diagnosis_names_the_agent_whose_pool_ran_out() {
     let reports = lab.run_agents("drop", &["-n", "2000", "-c", "4", "--connection", "drop"]);
     let (out, merged) = merge(&reports);
     assert_eq!(out.status.code(), Some(1), "failures make exit 1");
+    let schema = schema::load_report_schema();
+    schema::check(&schema, &schema, &merged, "$");
     let port = lab
         .url
         .trim_end_matches('/')
