@@ -457,6 +457,64 @@ mod tests {
         assert_eq!(wall_second(100.4, 2), 102);
     }
 
+    /// A report as JSON: `start` UNIX seconds, one success per second for `secs` seconds, one
+    /// AddrNotAvailable at `fail_ms`.
+    fn report(start: f64, secs: u64, fail_ms: f64) -> LoadReport {
+        let timeline: Vec<serde_json::Value> = (0..secs)
+            .map(|k| serde_json::json!({"second": k, "succeeded": 1, "failed": 0, "new_connections": 1, "p99_us": 100 * (k + 1)}))
+            .collect();
+        let json = serde_json::json!({
+            "schema_version": SCHEMA_VERSION,
+            "started_at_unix_secs": start,
+            "target": {"url": "http://10.0.0.1/", "method": "GET", "resolved": ["10.0.0.1:80"], "connected_to": "10.0.0.1:80"},
+            "settings": {"requests": secs + 1, "duration_secs": null, "concurrency": 2, "threads": 1,
+                "connection": "drop", "rate": {"kind": "global", "per_sec": 1.5},
+                "request_timeout_ms": 1000, "connect_timeout_ms": 1000, "source_ips": [],
+                "retries": 0, "backoff_ms": 100},
+            "summary": {"requests": secs + 1, "succeeded": secs, "failed": 1, "cancelled_at_deadline": 0,
+                "non_success_status": 0, "elapsed_secs": secs as f64, "requests_per_sec": 1.0, "body_bytes": 5 * secs},
+            "latency": {"count": 0, "min_us": 0, "mean_us": 0.0, "p50_us": 0, "p90_us": 0, "p99_us": 0,
+                "p99_9_us": 0, "max_us": 0, "buckets": [], "corrected_for_coordinated_omission": true,
+                "hdr_histogram": ""},
+            "status_codes": {"200": secs},
+            "connections": {"opened": secs, "connect_failures": 1, "slow_connects": 0, "new_per_sec": 1.0,
+                "requests_on_new": secs, "requests_on_reused": 0, "reuse_ratio": 0.0, "closed_by_server": 0,
+                "closed_by_client": secs, "connect_latency": {"count": 0, "p50_us": 0, "p90_us": 0, "p99_us": 0, "max_us": 0},
+                "connect_hdr_histogram": ""},
+            "errors": [{"class": "AddrNotAvailable", "errno": 99, "errno_name": "EADDRNOTAVAIL", "meaning": "x",
+                "side": "local", "count": 1, "first_at_ms": fail_ms, "by_phase": {"connect": 1}}],
+            "retries": {"attempts": 0, "succeeded": 0, "retried_errors": []},
+            "timeline": timeline,
+        });
+        serde_json::from_value(json).expect("a report")
+    }
+
+    #[test]
+    fn timelines_align_by_wall_clock_and_first_failures_by_the_earliest_start() {
+        let mut m = ReportMerger::new();
+        m.push(&report(1000.0, 3, 2500.0)).expect("push");
+        // Starts 1.2 s later: its second 0 is wall second 1001, its failure at 1001.7.
+        m.push(&report(1001.2, 2, 500.0)).expect("push");
+        let r = m.finish().expect("merged");
+        let got: Vec<(u64, u64, u64)> = r
+            .timeline
+            .iter()
+            .map(|t| (t.second, t.succeeded, t.p99_us))
+            .collect();
+        assert_eq!(got, [(0, 1, 100), (1, 2, 200), (2, 2, 300)]);
+        assert_eq!(r.started_at_unix_secs, 1000.0);
+        assert!((r.summary.elapsed_secs - 3.2).abs() < 1e-9);
+        assert_eq!((r.summary.requests, r.summary.failed), (7, 2));
+        assert_eq!(r.errors.len(), 1);
+        assert_eq!(r.errors[0].count, 2);
+        assert_eq!(r.errors[0].first_at_ms, Some(1700.0));
+        assert_eq!(r.errors[0].meaning, ErrorClass::AddrNotAvailable.meaning());
+        assert_eq!(r.status_codes[&200], 5);
+        assert_eq!(r.settings.concurrency, 4);
+        assert_eq!(r.settings.rate, RateLimit::Global { per_sec: 3.0 });
+        assert_eq!(r.connections.connect_failures, 2);
+    }
+
     #[test]
     fn class_names_read_back() {
         for c in NAMED_CLASSES {
