@@ -521,7 +521,8 @@ fn join(report: &LoadReport, pools: &BTreeMap<i64, PoolSecond>) -> Vec<JoinedSec
 /// later ones, so the merged timeline's first seconds lack its load).
 const LATE_START_MS: f64 = 1000.0;
 
-/// Agents listed one per line in the text report; past it, only those with failures are.
+/// Agents listed one per line in the text report; past it, only (that many of) those with
+/// failures are.
 const TEXT_AGENTS: usize = 32;
 
 /// The "Agents" section: one line per agent, its pool, and whether it ran out.
@@ -547,20 +548,25 @@ fn push_agents(s: &mut String, info: &MergeInfo, p: Painter) {
             ))
         ));
     }
+    // Past TEXT_AGENTS agents, those with failures come first, up to TEXT_AGENTS lines.
     let many = info.agents.len() > TEXT_AGENTS;
-    let mut hidden = 0;
-    for a in &info.agents {
-        if many && a.failed == 0 {
-            hidden += 1;
-            continue;
-        }
+    let shown: Vec<&AgentLine> = info
+        .agents
+        .iter()
+        .filter(|a| !many || a.failed > 0)
+        .take(TEXT_AGENTS)
+        .collect();
+    for a in &shown {
         s.push_str(&format!("  {}\n", agent_text(a, p)));
     }
-    if hidden > 0 {
+    let failing = info.agents.iter().filter(|a| a.failed > 0).count();
+    let hidden_failing = failing - shown.iter().filter(|a| a.failed > 0).count();
+    let hidden_healthy = if many { info.agents.len() - failing } else { 0 };
+    if hidden_failing + hidden_healthy > 0 {
         s.push_str(&format!(
             "  {}\n",
             p.dim(&format!(
-                "{hidden} more agents without failures (see --json: merge.agents)"
+                "{hidden_failing} more agents with failures and {hidden_healthy} without (see --json: merge.agents)"
             ))
         ));
     }
