@@ -38,11 +38,13 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod agents;
 pub mod evidence;
 pub mod nat;
 pub mod remedies;
 mod rules;
 
+pub use agents::{combine as combine_agents, AgentFindings};
 pub use evidence::{Evidence, FailureCounts, Policy, PoolEvidence, RunEvidence};
 pub use nat::{diagnose_nat, NatEvidence};
 pub use remedies::{Correction, Os, Remedy};

@@ -5,12 +5,13 @@
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::http::build_request;
 
-/// Who closes the TCP connection, which decides on which side TIME_WAIT lands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+/// Who closes the TCP connection, which decides on which side TIME_WAIT lands. In JSON by
+/// its command-line name ([`ConnectionPolicy::name`]), as docs/load-report.schema.json says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ConnectionPolicy {
     /// Keep-alive (`keep-alive`): up to `concurrency` connections, each reused for many requests.
@@ -19,10 +20,12 @@ pub enum ConnectionPolicy {
     /// `close`: every request carries `Connection: close`; the client waits for the server's FIN
     /// before closing, so the server is the active closer and holds TIME_WAIT (hey's
     /// `--disable-keepalive`).
+    #[serde(rename = "close")]
     ServerCloses,
     /// `drop`: the client closes the connection itself right after each response (a plain
     /// close(), no RST), so TIME_WAIT lands on the client: the pattern that exhausts ephemeral
     /// ports (RFC 9293 §3.6: the side that closes first enters TIME-WAIT).
+    #[serde(rename = "drop")]
     ClientCloses,
 }
 
@@ -38,7 +41,7 @@ impl ConnectionPolicy {
 }
 
 /// How fast requests are started.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum RateLimit {
     /// Closed model: each connection sends its next request as soon as the previous one ends.
@@ -349,6 +352,22 @@ fn check_token(s: &str) -> Result<(), ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_are_named_in_json_as_on_the_command_line() {
+        for p in [
+            ConnectionPolicy::KeepAlive,
+            ConnectionPolicy::ServerCloses,
+            ConnectionPolicy::ClientCloses,
+        ] {
+            let json = serde_json::to_string(&p).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", p.name()));
+            assert_eq!(
+                serde_json::from_str::<ConnectionPolicy>(&json).ok(),
+                Some(p)
+            );
+        }
+    }
 
     fn cfg(url: &str) -> LoadConfig {
         LoadConfig {

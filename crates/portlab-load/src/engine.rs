@@ -80,6 +80,7 @@ pub fn run(plan: &Plan, on_progress: &mut dyn FnMut(&Progress)) -> Result<LoadRe
         Arc::new((0..threads).map(|_| ThreadCounters::default()).collect());
     let (tx, rx) = mpsc::channel::<Msg>();
     let start = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let shares = split_shares(&plan, threads);
     let mut handles = Vec::with_capacity(threads);
     for (index, share) in shares.into_iter().enumerate() {
@@ -107,7 +108,7 @@ pub fn run(plan: &Plan, on_progress: &mut dyn FnMut(&Progress)) -> Result<LoadRe
             .map_err(LoadError::Spawn)?;
     }
     let stats = stats.ok_or(LoadError::WorkerPanicked)?;
-    Ok(report::build(&plan, &stats, elapsed, timeline))
+    Ok(report::build(&plan, &stats, started_at, elapsed, timeline))
 }
 
 /// Messages from engine threads to the calling thread.

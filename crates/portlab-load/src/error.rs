@@ -45,7 +45,7 @@ pub enum ErrorClass {
 
 /// Which side of the connection a failure points at (pingora's `ErrorSource` idea): the local
 /// host (ports, descriptors, memory) or the remote server and the path to it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Side {
     /// A local resource ran out or a local setting refused the operation.
@@ -57,7 +57,9 @@ pub enum Side {
 }
 
 /// Where in a request attempt the failure happened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
     /// socket(), bind() (with `--source-ip`), connect() or the TLS handshake.

@@ -10,7 +10,9 @@
 //! - [`LoadConfig`] → [`LoadConfig::validate`] → [`Plan`]: settings checked once at the edge.
 //! - [`ConnectionPolicy`]: keep-alive, server closes (`Connection: close`), client closes.
 //! - [`run`]: the engine (one current-thread tokio runtime per OS thread, no shared locks).
-//! - [`LoadReport`]: plain data (Serialize), HDR histograms included.
+//! - [`LoadReport`]: plain data (Serialize, Deserialize), HDR histograms included.
+//! - [`Segment`]: agent `I/N`'s exact share of a load run over many agents;
+//!   [`ReportMerger`]: their reports merged into one without loss.
 //!
 //! ```no_run
 //! use portlab_load::{LoadConfig, ConnectionPolicy};
@@ -32,14 +34,18 @@ mod config;
 mod engine;
 mod error;
 mod http;
+pub mod merge;
 mod report;
+pub mod segment;
 mod stats;
 mod tls;
 
 pub use config::{ConfigError, ConnectionPolicy, LoadConfig, Plan, RateLimit, Target};
 pub use engine::{run, LoadError, Progress};
 pub use error::{ErrorClass, Phase, Side};
+pub use merge::{MergeError, ReportMerger};
 pub use report::{
     ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport, LoadReport, Percentiles,
     RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond, SCHEMA_VERSION,
 };
+pub use segment::{Segment, SegmentError};

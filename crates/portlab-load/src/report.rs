@@ -3,25 +3,31 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use base64::Engine as _;
 use hdrhistogram::serialization::{Serializer as _, V2DeflateSerializer};
 use hdrhistogram::Histogram;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::config::{ConnectionPolicy, Plan, RateLimit};
 use crate::error::{ErrorClass, Phase, Side};
 use crate::stats::{ErrorCounts, SecondBucket, Stats};
 
-/// Version of the JSON layout; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Version of the JSON layout; bumped on any incompatible change. 2 added
+/// `started_at_unix_secs` (and, in the binary, `agent` and `merge`) so reports of many agents
+/// merge without loss.
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The result of a load run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LoadReport {
     /// Layout version ([`SCHEMA_VERSION`]).
     pub schema_version: u32,
+    /// Wall-clock time the run started, seconds since the UNIX epoch (µs precision): what
+    /// aligns the timelines of agents when their reports are merged. 0 in version-1 reports.
+    #[serde(default)]
+    pub started_at_unix_secs: f64,
     /// Where the requests went.
     pub target: TargetReport,
     /// The settings the run used.
@@ -43,7 +49,7 @@ pub struct LoadReport {
 }
 
 /// The target as resolved once before the run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TargetReport {
     /// URL as given.
     pub url: String,
@@ -56,7 +62,7 @@ pub struct TargetReport {
 }
 
 /// Settings of the run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct SettingsReport {
     /// `-n` (absent in duration mode).
     pub requests: Option<u64>,
@@ -83,7 +89,7 @@ pub struct SettingsReport {
 }
 
 /// Counts and rates. Accounting: `requests = succeeded + failed + cancelled_at_deadline`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// Requests started (each counted once, whatever its number of attempts).
     pub requests: u64,
@@ -105,7 +111,7 @@ pub struct Summary {
 }
 
 /// Latency percentiles and histogram (µs).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LatencyReport {
     /// Requests measured (successful ones).
     pub count: u64,
@@ -133,7 +139,7 @@ pub struct LatencyReport {
 }
 
 /// One bucket of the latency histogram.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct HistogramBucket {
     /// Upper bound of the bucket, µs (inclusive).
     pub upper_us: u64,
@@ -142,7 +148,7 @@ pub struct HistogramBucket {
 }
 
 /// Connection statistics.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionReport {
     /// Successful connects.
     pub opened: u64,
@@ -169,7 +175,7 @@ pub struct ConnectionReport {
 }
 
 /// A compact percentile set, µs.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
@@ -183,7 +189,8 @@ pub struct Percentiles {
     pub max_us: u64,
 }
 
-/// Failures of one class.
+/// Failures of one class. Deserialized by class name (`merge::ErrorEntryWire`), with
+/// `meaning` and `side` re-derived from the class.
 #[derive(Debug, Clone, Serialize)]
 pub struct ErrorEntry {
     /// Class name (`AddrNotAvailable`, ..., `Other`).
@@ -205,7 +212,7 @@ pub struct ErrorEntry {
 }
 
 /// Retries (`--retry`), apart from first attempts.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RetryReport {
     /// Attempts after the first, over all requests.
     pub attempts: u64,
@@ -216,7 +223,7 @@ pub struct RetryReport {
 }
 
 /// One second of the run.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TimelineSecond {
     /// Seconds since start.
     pub second: u64,
@@ -229,7 +236,7 @@ pub struct TimelineSecond {
     /// 99th-percentile latency of this second's successes, µs (2 significant digits).
     pub p99_us: u64,
     /// Failures of this second by class (absent when none).
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub errors: BTreeMap<String, u64>,
 }
 
@@ -255,6 +262,7 @@ impl TimelineSecond {
 pub(crate) fn build(
     plan: &Plan,
     stats: &Stats,
+    started_at: SystemTime,
     elapsed: Duration,
     timeline: Vec<TimelineSecond>,
 ) -> LoadReport {
@@ -281,6 +289,9 @@ pub(crate) fn build(
     let sent = stats.requests_on_new_connection + stats.requests_on_reused_connection;
     LoadReport {
         schema_version: SCHEMA_VERSION,
+        started_at_unix_secs: started_at
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
         target: TargetReport {
             url: plan.target.url.clone(),
             method: c.method.clone(),
@@ -339,7 +350,7 @@ pub(crate) fn build(
     }
 }
 
-fn latency_report(h: &Histogram<u64>, corrected: bool) -> LatencyReport {
+pub(crate) fn latency_report(h: &Histogram<u64>, corrected: bool) -> LatencyReport {
     let empty = h.is_empty();
     let q = |quantile: f64| {
         if empty {
@@ -363,7 +374,7 @@ fn latency_report(h: &Histogram<u64>, corrected: bool) -> LatencyReport {
     }
 }
 
-fn percentiles(h: &Histogram<u64>) -> Percentiles {
+pub(crate) fn percentiles(h: &Histogram<u64>) -> Percentiles {
     let empty = h.is_empty();
     let q = |quantile: f64| {
         if empty {
@@ -413,7 +424,7 @@ fn linear_buckets(h: &Histogram<u64>) -> Vec<HistogramBucket> {
     out
 }
 
-fn encode_histogram(h: &Histogram<u64>) -> String {
+pub(crate) fn encode_histogram(h: &Histogram<u64>) -> String {
     let mut bytes = Vec::new();
     match V2DeflateSerializer::new().serialize(h, &mut bytes) {
         Ok(_) => base64::engine::general_purpose::STANDARD.encode(&bytes),

@@ -267,7 +267,8 @@ pub fn first_failure_ms(report: &LoadReport, class: Option<ErrorClass>) -> Optio
         .map(|ms| ms as u64)
 }
 
-fn evidence(
+/// The diagnosis' evidence of one run (also each agent's, in `portlab merge`).
+pub fn evidence(
     settings: &PortPoolSettings,
     destinations: &[SocketAddr],
     report: &LoadReport,

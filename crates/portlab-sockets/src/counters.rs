@@ -35,7 +35,7 @@ pub enum CountersError {
 /// produced by [`Counters::delta_since`]).
 ///
 /// Field names are stable: they are part of `portlab ports --json`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Counters {
     /// TcpExt TWRecycled: TIME_WAIT 4-tuples taken over by a new connect() (`tcp_tw_reuse`).
     pub tw_recycled: u64,

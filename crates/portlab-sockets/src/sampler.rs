@@ -25,7 +25,7 @@ use crate::diag::{destination_filter, DiagSocket, SockDiagError, SocketEntry, St
 use crate::state::TcpState;
 
 /// What one reading of the table saw towards the destinations.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct DestinationCounts {
     /// ESTABLISHED sockets to the destinations.
     pub established: u64,
@@ -88,7 +88,7 @@ pub const DUMP_BUDGET_FRACTION: f64 = 0.02;
 pub const DUMP_BURST: Duration = Duration::from_millis(50);
 
 /// The namespace-wide TCP socket counts of `/proc/net/sockstat`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SockStat {
     /// TCP sockets in use (not TIME_WAIT): `TCP: inuse`.
     pub tcp_in_use: u64,
@@ -125,7 +125,7 @@ impl SockStat {
 }
 
 /// The maxima of one second of samples (second 0 is the first second after `start`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SecondSample {
     /// Second since the sampler started.
     pub second: u64,
@@ -140,7 +140,7 @@ pub struct SecondSample {
 }
 
 /// One detailed sample, kept for plots at sub-second resolution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct TickSample {
     /// Time since the sampler started, ms.
     pub at_ms: u64,
@@ -157,7 +157,7 @@ pub struct TickSample {
 pub const MAX_TICKS: usize = 1024;
 
 /// What the sampler saw over its life.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
 pub struct SamplerReport {
     /// The destinations watched.
     pub destinations: Vec<SocketAddr>,

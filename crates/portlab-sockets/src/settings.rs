@@ -30,7 +30,7 @@ pub enum SettingsError {
 }
 
 /// An inclusive range of ports, as `ip_local_port_range` and `ip_local_reserved_ports` write it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PortRange {
     /// First port of the range.
     pub low: u16,
@@ -61,7 +61,7 @@ impl PortRange {
 
 /// What `net.ipv4.tcp_tw_reuse` allows connect() to do with a TIME_WAIT 4-tuple
 /// (Documentation/networking/ip-sysctl.rst; net/ipv4/tcp_ipv4.c `tcp_twsk_unique()`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TwReuse {
     /// 0: never take over a TIME_WAIT 4-tuple; the port stays blocked for the full 60 s.
@@ -107,7 +107,7 @@ impl TwReuse {
 /// The port-pool settings of one network namespace.
 ///
 /// Field names are stable: they are part of `portlab ports --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PortPoolSettings {
     /// `net.ipv4.ip_local_port_range`: the ephemeral ports connect() and bind(0) choose from
     /// (IPv6 uses the same range).

@@ -55,6 +55,9 @@ enum Command {
     /// Serve per-destination port-pool metrics for Prometheus (/metrics): utilisation per
     /// (source IP, destination) pool, settings and kernel counters.
     Exporter(cmd::exporter::Args),
+    /// Merge the `load --json` reports of many agents (e.g. `load --segment I/N` on a
+    /// Kubernetes Indexed Job) into one report: exact sums, merged histograms, the diagnosis.
+    Merge(cmd::merge::Args),
     /// Internal: the process that holds a `reproduce` sandbox's namespaces.
     #[command(name = "__sandbox-anchor", hide = true)]
     SandboxAnchor(cmd::reproduce::AnchorArgs),
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => cmd::simulate::run(args),
         Command::Exporter(args) => cmd::exporter::run(args),
         Command::NatTool(args) => cmd::nat_tool::run(args),
+        Command::Merge(args) => cmd::merge::run(args),
     };
     match result {
         Ok(code) => code,

@@ -129,6 +129,9 @@ pub struct Args {
     /// Port-pool telemetry, diagnosis and plot.
     #[command(flatten)]
     pub telemetry: crate::cmd::load_telemetry::TelemetryArgs,
+    /// Distributed runs: --segment, --segments, --start-at.
+    #[command(flatten)]
+    pub agent: crate::cmd::load_agent::AgentArgs,
 }
 
 /// The JSON document: the engine's report, plus `telemetry` (sampler, joined timeline,
@@ -137,6 +140,7 @@ pub struct Args {
 struct RunOutput<'a> {
     #[serde(flatten)]
     report: &'a LoadReport,
+    agent: &'a crate::cmd::load_agent::AgentIdentity,
     telemetry: &'a load_telemetry::TelemetryReport,
 }
 
@@ -144,8 +148,12 @@ struct RunOutput<'a> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let json = args.json || args.output == OutputArg::Json;
     let telemetry_args = args.telemetry.clone();
-    let config = build_config(args)?;
+    let agent_args = args.agent.clone();
+    let mut config = build_config(args)?;
+    let segment = agent_args.apply(&mut config)?;
+    agent_args.check_start()?;
     let plan = config.validate().map_err(|e| exit::usage(e.to_string()))?;
+    let late_ms = agent_args.wait_for_start(std::io::stderr().is_terminal());
     let (mut telemetry, note) = load_telemetry::start(&telemetry_args, &plan)?;
     let mut bar = ProgressBar::new(&plan.config);
     let report = portlab_load::run(&plan, &mut |p| {
@@ -158,9 +166,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(path) = &telemetry_args.plot {
         load_telemetry::write_plot(path, &report, &telemetry)?;
     }
+    let agent = agent_args.identity(&plan, segment, late_ms);
     if json {
         let combined = RunOutput {
             report: &report,
+            agent: &agent,
             telemetry: &telemetry,
         };
         let text = serde_json::to_string_pretty(&combined).context("serializing the report")?;
@@ -168,6 +178,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         let painter = Painter::for_stdout();
         let mut text = render_text(&report, painter);
+        crate::cmd::load_agent::push_text(&mut text, &agent);
         load_telemetry::push_text(&mut text, &telemetry, painter);
         crate::exit::emit(&text)?;
     }

@@ -3,7 +3,9 @@
 pub mod doctor;
 pub mod exporter;
 pub mod load;
+pub mod load_agent;
 pub mod load_telemetry;
+pub mod merge;
 pub mod model;
 pub mod model_nat;
 pub mod nat_tool;
