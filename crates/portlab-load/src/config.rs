@@ -19,10 +19,12 @@ pub enum ConnectionPolicy {
     /// `close`: every request carries `Connection: close`; the client waits for the server's FIN
     /// before closing, so the server is the active closer and holds TIME_WAIT (hey's
     /// `--disable-keepalive`).
+    #[serde(rename = "close")]
     ServerCloses,
     /// `drop`: the client closes the connection itself right after each response (a plain
     /// close(), no RST), so TIME_WAIT lands on the client: the pattern that exhausts ephemeral
     /// ports (RFC 9293 §3.6: the side that closes first enters TIME-WAIT).
+    #[serde(rename = "drop")]
     ClientCloses,
 }
 
@@ -97,6 +99,10 @@ pub struct LoadConfig {
     pub backoff: Duration,
     /// Skip TLS certificate verification (`--insecure`).
     pub insecure: bool,
+    /// HTTP proxy (`-x`), `http://HOST:PORT` or `HOST:PORT`: `http://` targets are requested in
+    /// absolute form through it (RFC 9112 §3.2.2), `https://` targets through a `CONNECT`
+    /// tunnel (RFC 9110 §9.3.6).
+    pub proxy: Option<String>,
 }
 
 impl Default for LoadConfig {
@@ -120,6 +126,7 @@ impl Default for LoadConfig {
             retries: 0,
             backoff: Duration::from_millis(100),
             insecure: false,
+            proxy: None,
         }
     }
 }
@@ -158,6 +165,9 @@ pub enum ConfigError {
     /// A numeric setting out of range.
     #[error("{0}")]
     OutOfRange(String),
+    /// The `-x` proxy is not `http://HOST:PORT` or `HOST:PORT`.
+    #[error("bad proxy {0:?}: use -x http://HOST:PORT or -x HOST:PORT")]
+    BadProxy(String),
     /// A `--source-ip` address of another family than the target.
     #[error("source address {source_ip} is not of the same family as the target {target}")]
     SourceFamily {
@@ -183,6 +193,40 @@ pub struct Target {
     pub resolved: Vec<SocketAddr>,
     /// The address connections go to: the first resolved one.
     pub addr: SocketAddr,
+    /// The `-x` proxy, when requests go through one.
+    pub proxy: Option<ProxyTarget>,
+}
+
+/// An HTTP proxy that connections go to instead of the target (`-x`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyTarget {
+    /// The proxy as given.
+    pub url: String,
+    /// Host name or address of the proxy.
+    pub host: String,
+    /// Proxy port (80 when the URL names none).
+    pub port: u16,
+    /// The proxy's first resolved address: TCP connections go there.
+    pub addr: SocketAddr,
+    /// `true` when the target is https: each connection first opens a `CONNECT host:port`
+    /// tunnel; `false`: requests carry the absolute URL.
+    pub tunnel: bool,
+}
+
+impl Target {
+    /// Where TCP connections go: the proxy when there is one, else the target.
+    pub fn dial_addr(&self) -> SocketAddr {
+        self.proxy.as_ref().map_or(self.addr, |p| p.addr)
+    }
+
+    /// `host:port` as a request authority (brackets around IPv6 literals).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// A validated run, ready for [`crate::run`].
@@ -215,16 +259,24 @@ impl LoadConfig {
                 return Err(ConfigError::BadHeader(format!("{name}: {value}")));
             }
         }
-        let target = parse_target(&self.url)?;
+        let mut target = parse_target(&self.url)?;
+        if let Some(proxy) = &self.proxy {
+            target.proxy = Some(parse_proxy(proxy, target.tls)?);
+        }
+        let dial = target.dial_addr();
         for ip in &self.source_ips {
-            if ip.is_ipv4() != target.addr.is_ipv4() {
+            if ip.is_ipv4() != dial.is_ipv4() {
                 return Err(ConfigError::SourceFamily {
                     source_ip: *ip,
-                    target: target.addr,
+                    target: dial,
                 });
             }
         }
-        let path = request_path(&self.url)?;
+        let mut path = request_path(&self.url)?;
+        if target.proxy.as_ref().is_some_and(|p| !p.tunnel) {
+            // Absolute form towards a proxy (RFC 9112 §3.2.2).
+            path = format!("http://{}{path}", target.authority());
+        }
         let head_request = self.method.eq_ignore_ascii_case("HEAD");
         let request = build_request(&self, &target, &path);
         let threads = self.threads.min(self.concurrency).max(1);
@@ -310,6 +362,46 @@ fn parse_target(raw: &str) -> Result<Target, ConfigError> {
         port,
         resolved,
         addr,
+        proxy: None,
+    })
+}
+
+/// Parses `-x`: `http://HOST[:PORT]` (port 80 by default) or `HOST:PORT`, resolved once.
+fn parse_proxy(raw: &str, tunnel: bool) -> Result<ProxyTarget, ConfigError> {
+    let bad = || ConfigError::BadProxy(raw.to_string());
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    };
+    let url = url::Url::parse(&with_scheme).map_err(|_| bad())?;
+    if url.scheme() != "http" || !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(bad());
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        None => return Err(bad()),
+    };
+    let port = url.port().unwrap_or(80);
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::Resolve {
+            host: host.clone(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| ConfigError::Resolve {
+            host: host.clone(),
+            reason: "no addresses".to_string(),
+        })?;
+    Ok(ProxyTarget {
+        url: raw.to_string(),
+        host,
+        port,
+        addr,
+        tunnel,
     })
 }
 

@@ -1,4 +1,4 @@
-//! portlab-load: an HTTP/1.1 (+TLS) load generator that counts and classifies every failure.
+//! portlab-load: an HTTP/1.1 (+TLS, + HTTP proxy) load generator that counts and classifies every failure.
 //!
 //! A user who saw failures under load runs the same load through this engine and gets, besides
 //! throughput and latency, an exact account of every request: with `-n N`,
@@ -36,10 +36,11 @@ mod report;
 mod stats;
 mod tls;
 
-pub use config::{ConfigError, ConnectionPolicy, LoadConfig, Plan, RateLimit, Target};
-pub use engine::{run, LoadError, Progress};
+pub use config::{ConfigError, ConnectionPolicy, LoadConfig, Plan, ProxyTarget, RateLimit, Target};
+pub use engine::{run, run_with_records, LoadError, Progress, RequestRecord};
 pub use error::{ErrorClass, Phase, Side};
 pub use report::{
     ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport, LoadReport, Percentiles,
-    RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond, SCHEMA_VERSION,
+    ProxyReport, RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond,
+    SCHEMA_VERSION,
 };

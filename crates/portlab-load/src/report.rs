@@ -40,6 +40,24 @@ pub struct LoadReport {
     pub retries: RetryReport,
     /// One entry per second of the run, from second 0.
     pub timeline: Vec<TimelineSecond>,
+    /// `-x`: the HTTP proxy every connection went to (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyReport>,
+}
+
+/// The HTTP proxy of a run (`-x`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyReport {
+    /// The proxy as given.
+    pub url: String,
+    /// The proxy's address (every TCP connection went there).
+    pub address: SocketAddr,
+    /// `true`: each connection opened a `CONNECT` tunnel (https target); `false`: requests
+    /// carried the absolute URL (http target).
+    pub tunnel: bool,
+    /// CONNECT answers that refused a tunnel, by status code (0: not an HTTP answer); each is
+    /// a `ProxyRefused` failure in `errors`.
+    pub refused_by_status: BTreeMap<u16, u64>,
 }
 
 /// The target as resolved once before the run.
@@ -51,7 +69,7 @@ pub struct TargetReport {
     pub method: String,
     /// Every address the host resolved to.
     pub resolved: Vec<SocketAddr>,
-    /// The address connections went to.
+    /// The address connections went to: the first resolved one, or the proxy's with `-x`.
     pub connected_to: SocketAddr,
 }
 
@@ -194,7 +212,7 @@ pub struct ErrorEntry {
     pub errno_name: String,
     /// Plain-language meaning.
     pub meaning: &'static str,
-    /// Local or remote side.
+    /// Local, remote, proxy (`-x`) or unknown side.
     pub side: Side,
     /// Failures of this class.
     pub count: u64,
@@ -279,13 +297,14 @@ pub(crate) fn build(
         .map(|(_, by_phase)| by_phase[Phase::Connect.index()])
         .sum();
     let sent = stats.requests_on_new_connection + stats.requests_on_reused_connection;
+    let proxied = plan.target.proxy.is_some();
     LoadReport {
         schema_version: SCHEMA_VERSION,
         target: TargetReport {
             url: plan.target.url.clone(),
             method: c.method.clone(),
             resolved: plan.target.resolved.clone(),
-            connected_to: plan.target.addr,
+            connected_to: plan.target.dial_addr(),
         },
         settings: SettingsReport {
             requests: c.duration.is_none().then_some(c.requests),
@@ -329,13 +348,19 @@ pub(crate) fn build(
             connect_latency: percentiles(&stats.connect),
             connect_hdr_histogram: encode_histogram(&stats.connect),
         },
-        errors: error_entries(&stats.errors),
+        errors: error_entries(&stats.errors, proxied),
         retries: RetryReport {
             attempts: stats.retry_attempts,
             succeeded: stats.retry_succeeded,
-            retried_errors: error_entries(&stats.retried_errors),
+            retried_errors: error_entries(&stats.retried_errors, proxied),
         },
         timeline,
+        proxy: plan.target.proxy.as_ref().map(|p| ProxyReport {
+            url: p.url.clone(),
+            address: p.addr,
+            tunnel: p.tunnel,
+            refused_by_status: stats.proxy_refused_status.clone(),
+        }),
     }
 }
 
@@ -421,7 +446,14 @@ fn encode_histogram(h: &Histogram<u64>) -> String {
     }
 }
 
-fn error_entries(errors: &ErrorCounts) -> Vec<ErrorEntry> {
+/// Entries by class. With a proxy (`proxied`) the peer of every connection is the proxy, so
+/// failures that point away from this host point at the proxy — except TLS, which runs end to
+/// end through the tunnel.
+fn error_entries(errors: &ErrorCounts, proxied: bool) -> Vec<ErrorEntry> {
+    let side = |class: ErrorClass| match class.side() {
+        Side::Remote | Side::Unknown if proxied && class != ErrorClass::Tls => Side::Proxy,
+        other => other,
+    };
     let mut out: Vec<ErrorEntry> = errors
         .iter()
         .map(|(class, by_phase)| ErrorEntry {
@@ -429,7 +461,7 @@ fn error_entries(errors: &ErrorCounts) -> Vec<ErrorEntry> {
             errno: class.errno(),
             errno_name: class.errno_name(),
             meaning: class.meaning(),
-            side: class.side(),
+            side: side(class),
             count: by_phase.iter().sum(),
             first_at_ms: errors.first_us(class).map(|us| us as f64 / 1000.0),
             by_phase: Phase::ALL

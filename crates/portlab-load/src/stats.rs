@@ -90,6 +90,9 @@ pub(crate) struct Stats {
     pub closed_by_server: u64,
     pub closed_by_client: u64,
     pub body_bytes: u64,
+    /// `-x` with an https target: CONNECT answers that refused the tunnel, by status (0: the
+    /// proxy did not answer with HTTP).
+    pub proxy_refused_status: BTreeMap<u16, u64>,
 }
 
 impl Stats {
@@ -112,6 +115,7 @@ impl Stats {
             closed_by_server: 0,
             closed_by_client: 0,
             body_bytes: 0,
+            proxy_refused_status: BTreeMap::new(),
         }
     }
 
@@ -142,6 +146,9 @@ impl Stats {
         self.closed_by_server += o.closed_by_server;
         self.closed_by_client += o.closed_by_client;
         self.body_bytes += o.body_bytes;
+        for (code, n) in &o.proxy_refused_status {
+            *self.proxy_refused_status.entry(*code).or_default() += n;
+        }
     }
 }
 

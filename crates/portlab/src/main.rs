@@ -8,6 +8,7 @@
 //! 2 a usage error (bad flag, bad value) — see [`exit::UsageError`].
 
 mod cmd;
+mod duration;
 mod exit;
 mod plot;
 mod render;
@@ -58,7 +59,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // hey's single-dash long flags (`-disable-keepalive`, `-h2`) before clap sees them.
+    let argv = match cmd::hey::normalise(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(msg) => return exit::report_error(&exit::usage(msg)),
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(err) => return exit::clap_error(err),
     };

@@ -269,7 +269,9 @@ fn failure_counts(report: &LoadReport) -> FailureCounts {
             ErrorClass::Unreachable => &mut f.unreachable,
             ErrorClass::Protocol => &mut f.protocol,
             ErrorClass::Tls => &mut f.tls,
-            ErrorClass::Other(_) => &mut f.other,
+            ErrorClass::PermissionDenied | ErrorClass::ProxyRefused | ErrorClass::Other(_) => {
+                &mut f.other
+            }
         };
         *slot += entry.count;
     }

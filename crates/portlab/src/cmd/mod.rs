@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap `Args` and its `run` function.
 
 pub mod doctor;
+pub mod hey;
 pub mod load;
 pub mod load_telemetry;
 pub mod model;
