@@ -17,7 +17,7 @@ mod style;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Find, explain, predict and reproduce TCP ephemeral-port exhaustion.
 #[derive(Debug, Parser)]
@@ -53,6 +53,10 @@ enum Command {
     /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
     /// with an upstream connection pool.
     Proxy(cmd::proxy::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::docs::CompletionsArgs),
+    /// Print the man page portlab(1) in roff (`portlab man | man -l -`).
+    Man(cmd::docs::ManArgs),
     /// Internal: the process that holds a `reproduce` sandbox's namespaces.
     #[command(name = "__sandbox-anchor", hide = true)]
     SandboxAnchor(cmd::reproduce::AnchorArgs),
@@ -78,6 +82,8 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Model(args) => cmd::model::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Completions(args) => cmd::docs::completions(&args, Cli::command()),
+        Command::Man(args) => cmd::docs::man(&args, Cli::command()),
     };
     match result {
         Ok(code) => code,
