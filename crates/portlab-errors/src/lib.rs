@@ -60,6 +60,15 @@ pub enum ErrorClass {
     PermissionDenied,
     /// The HTTP proxy (`-x`) answered `CONNECT` with a status other than 2xx, or not with HTTP.
     ProxyRefused,
+    /// HTTP/2: the server sent GOAWAY (RFC 9113 §6.8) and the request's stream was above its
+    /// last processed stream id, or the connection ended with an error before the response.
+    GoAway,
+    /// HTTP/2: the server reset the request's stream with RST_STREAM (RFC 9113 §6.4), e.g.
+    /// REFUSED_STREAM above its SETTINGS_MAX_CONCURRENT_STREAMS.
+    StreamReset,
+    /// HTTP/2 flow control: the peer granted no window for the request body within the
+    /// request timeout, or it reported FLOW_CONTROL_ERROR (RFC 9113 §5.2, §6.9).
+    FlowControl,
     /// Any other errno, kept by number (0: an error without errno).
     Other(i32),
 }
@@ -82,7 +91,7 @@ pub enum Side {
 impl ErrorClass {
     /// Every class once, in declaration order (`Other` as `Other(0)`); `ALL[c.index()]` is
     /// `c` for every class but `Other(n)`, which shares the last slot.
-    pub const ALL: [ErrorClass; 14] = [
+    pub const ALL: [ErrorClass; 17] = [
         ErrorClass::AddrNotAvailable,
         ErrorClass::AddrInUse,
         ErrorClass::ConnectionRefused,
@@ -96,6 +105,9 @@ impl ErrorClass {
         ErrorClass::Tls,
         ErrorClass::PermissionDenied,
         ErrorClass::ProxyRefused,
+        ErrorClass::GoAway,
+        ErrorClass::StreamReset,
+        ErrorClass::FlowControl,
         ErrorClass::Other(0),
     ];
 
@@ -115,7 +127,10 @@ impl ErrorClass {
             ErrorClass::Tls => 10,
             ErrorClass::PermissionDenied => 11,
             ErrorClass::ProxyRefused => 12,
-            ErrorClass::Other(_) => 13,
+            ErrorClass::GoAway => 13,
+            ErrorClass::StreamReset => 14,
+            ErrorClass::FlowControl => 15,
+            ErrorClass::Other(_) => 16,
         }
     }
 
@@ -173,6 +188,9 @@ impl ErrorClass {
             ErrorClass::Tls => "Tls",
             ErrorClass::PermissionDenied => "PermissionDenied",
             ErrorClass::ProxyRefused => "ProxyRefused",
+            ErrorClass::GoAway => "GoAway",
+            ErrorClass::StreamReset => "StreamReset",
+            ErrorClass::FlowControl => "FlowControl",
             ErrorClass::Other(_) => "Other",
         }
     }
@@ -194,6 +212,9 @@ impl ErrorClass {
             ErrorClass::Tls => "tls",
             ErrorClass::PermissionDenied => "permission_denied",
             ErrorClass::ProxyRefused => "proxy_refused",
+            ErrorClass::GoAway => "go_away",
+            ErrorClass::StreamReset => "stream_reset",
+            ErrorClass::FlowControl => "flow_control",
             ErrorClass::Other(_) => "other",
         }
     }
@@ -216,6 +237,9 @@ impl ErrorClass {
             | ErrorClass::ResponseTimeout
             | ErrorClass::Protocol
             | ErrorClass::ProxyRefused
+            | ErrorClass::GoAway
+            | ErrorClass::StreamReset
+            | ErrorClass::FlowControl
             | ErrorClass::Tls => None,
         }
     }
@@ -237,6 +261,9 @@ impl ErrorClass {
             ErrorClass::Tls => "tls",
             ErrorClass::PermissionDenied => "EACCES/EPERM",
             ErrorClass::ProxyRefused => "proxy CONNECT status",
+            ErrorClass::GoAway => "h2 GOAWAY",
+            ErrorClass::StreamReset => "h2 RST_STREAM",
+            ErrorClass::FlowControl => "h2 flow control",
             ErrorClass::Other(0) => "no errno",
             ErrorClass::Other(n) => return errno_symbol(n),
         };
@@ -277,6 +304,13 @@ impl ErrorClass {
             ErrorClass::ProxyRefused => {
                 "the HTTP proxy refused to open a CONNECT tunnel to the target (non-2xx answer)"
             }
+            ErrorClass::GoAway => {
+                "HTTP/2: the server sent GOAWAY (or the connection failed) before answering"
+            }
+            ErrorClass::StreamReset => "HTTP/2: the server reset the stream (RST_STREAM)",
+            ErrorClass::FlowControl => {
+                "HTTP/2: flow control stalled (no window granted in time, or FLOW_CONTROL_ERROR)"
+            }
             ErrorClass::Other(_) => "another operating-system error",
         }
     }
@@ -299,7 +333,10 @@ impl ErrorClass {
             ErrorClass::ResponseTimeout
             | ErrorClass::Protocol
             | ErrorClass::Tls
-            | ErrorClass::ProxyRefused => self.meaning(),
+            | ErrorClass::ProxyRefused
+            | ErrorClass::GoAway
+            | ErrorClass::StreamReset
+            | ErrorClass::FlowControl => self.meaning(),
             ErrorClass::Other(_) => "other error",
         }
     }
@@ -317,6 +354,9 @@ impl ErrorClass {
             | ErrorClass::ConnectionReset
             | ErrorClass::ResponseTimeout
             | ErrorClass::Protocol
+            | ErrorClass::GoAway
+            | ErrorClass::StreamReset
+            | ErrorClass::FlowControl
             | ErrorClass::Tls => Side::Remote,
             ErrorClass::ConnectTimeout | ErrorClass::Unreachable | ErrorClass::Other(_) => {
                 Side::Unknown
@@ -453,7 +493,7 @@ mod tests {
         names.dedup();
         snakes.sort_unstable();
         snakes.dedup();
-        assert_eq!((names.len(), snakes.len()), (14, 14));
+        assert_eq!((names.len(), snakes.len()), (17, 17));
     }
 
     #[test]

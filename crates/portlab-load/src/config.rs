@@ -103,6 +103,11 @@ pub struct LoadConfig {
     /// absolute form through it (RFC 9112 §3.2.2), `https://` targets through a `CONNECT`
     /// tunnel (RFC 9110 §9.3.6).
     pub proxy: Option<String>,
+    /// HTTP/2 (`-h2`): ALPN `h2` over TLS, prior knowledge (h2c, RFC 9113 §3.3) over `http://`.
+    pub http2: bool,
+    /// HTTP/2 streams in flight per connection (`-p`, as oha's): `concurrency × streams`
+    /// requests run at once over `concurrency` connections. 1 without `-h2`.
+    pub streams: usize,
 }
 
 impl Default for LoadConfig {
@@ -127,6 +132,8 @@ impl Default for LoadConfig {
             backoff: Duration::from_millis(100),
             insecure: false,
             proxy: None,
+            http2: false,
+            streams: 1,
         }
     }
 }
@@ -229,6 +236,20 @@ impl Target {
     }
 }
 
+/// The parts of an HTTP/2 request, checked once (RFC 9113 §8.3: pseudo-headers from the URI;
+/// `Host` becomes `:authority`; connection-specific headers are not sent, §8.2.2).
+#[derive(Debug, Clone)]
+pub struct H2Request {
+    /// `:method`.
+    pub method: http::Method,
+    /// `:scheme`, `:authority` and `:path`.
+    pub uri: http::Uri,
+    /// Regular headers.
+    pub headers: http::HeaderMap,
+    /// Request body (empty: the HEADERS frame ends the stream).
+    pub body: bytes::Bytes,
+}
+
 /// A validated run, ready for [`crate::run`].
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -240,6 +261,8 @@ pub struct Plan {
     pub request: Vec<u8>,
     /// `true` for HEAD requests (responses carry no body).
     pub head_request: bool,
+    /// The HTTP/2 request template (`-h2`), built once.
+    pub h2: Option<H2Request>,
     /// Threads actually used (at most `concurrency`).
     pub threads: usize,
 }
@@ -280,11 +303,17 @@ impl LoadConfig {
         let head_request = self.method.eq_ignore_ascii_case("HEAD");
         let request = build_request(&self, &target, &path);
         let threads = self.threads.min(self.concurrency).max(1);
+        let h2 = if self.http2 {
+            Some(h2_request(&self, &target, &request_path(&self.url)?)?)
+        } else {
+            None
+        };
         Ok(Plan {
             config: self,
             target,
             request,
             head_request,
+            h2,
             threads,
         })
     }
@@ -317,6 +346,19 @@ impl LoadConfig {
         }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("timeouts must be longer than 0");
+        }
+        if self.streams == 0 {
+            return bad("-p must be at least 1");
+        }
+        if self.streams > 1 && !self.http2 {
+            return bad("-p (streams per connection) needs -h2: HTTP/1.1 carries one request at a time");
+        }
+        if self.http2 && self.policy != ConnectionPolicy::KeepAlive {
+            return bad("-disable-keepalive / --connection close|drop cannot be combined with -h2: \
+                        HTTP/2 keeps its connections (choose their number with -c)");
+        }
+        if self.http2 && self.retries > 0 {
+            return bad("--retry is not supported with -h2 yet");
         }
         Ok(())
     }
@@ -402,6 +444,78 @@ fn parse_proxy(raw: &str, tunnel: bool) -> Result<ProxyTarget, ConfigError> {
         port,
         addr,
         tunnel,
+    })
+}
+
+/// The HTTP/2 request of a run.
+fn h2_request(
+    config: &LoadConfig,
+    target: &Target,
+    path: &str,
+) -> Result<H2Request, ConfigError> {
+    if target.proxy.as_ref().is_some_and(|p| !p.tunnel) {
+        return Err(ConfigError::OutOfRange(
+            "-h2 through -x needs an https:// target (a CONNECT tunnel); cleartext h2c cannot \
+             go through an HTTP/1.1 proxy"
+                .to_string(),
+        ));
+    }
+    let bad = |what: String| ConfigError::BadHeader(what);
+    let method = http::Method::from_bytes(config.method.as_bytes())
+        .map_err(|_| ConfigError::BadMethod(config.method.clone()))?;
+    let mut authority = target.authority();
+    let default_port = if target.tls { 443 } else { 80 };
+    if target.port == default_port {
+        authority = if target.host.contains(':') {
+            format!("[{}]", target.host)
+        } else {
+            target.host.clone()
+        };
+    }
+    let mut headers = http::HeaderMap::new();
+    let mut has_user_agent = false;
+    for (name, value) in &config.headers {
+        let lower = name.to_ascii_lowercase();
+        match lower.as_str() {
+            "host" => {
+                authority = value.clone();
+                continue;
+            }
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" => {
+                continue
+            }
+            "user-agent" => has_user_agent = true,
+            _ => {}
+        }
+        let n = http::HeaderName::from_bytes(lower.as_bytes())
+            .map_err(|_| bad(format!("{name}: {value}")))?;
+        let v = http::HeaderValue::from_str(value).map_err(|_| bad(format!("{name}: {value}")))?;
+        headers.append(n, v);
+    }
+    if !has_user_agent {
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("portlab/", env!("CARGO_PKG_VERSION"))),
+        );
+    }
+    if let Some(ct) = &config.content_type {
+        if !headers.contains_key(http::header::CONTENT_TYPE) {
+            let v = http::HeaderValue::from_str(ct).map_err(|_| bad(format!("Content-Type: {ct}")))?;
+            headers.insert(http::header::CONTENT_TYPE, v);
+        }
+    }
+    let scheme = if target.tls { "https" } else { "http" };
+    let uri: http::Uri = format!("{scheme}://{authority}{path}")
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| ConfigError::MalformedUrl {
+            url: config.url.clone(),
+            reason: e.to_string(),
+        })?;
+    Ok(H2Request {
+        method,
+        uri,
+        headers,
+        body: bytes::Bytes::from(config.body.clone()),
     })
 }
 

@@ -25,6 +25,8 @@ use crate::http::{Response, ResponseParser, Step};
 use crate::report::{self, LoadReport, TimelineSecond};
 use crate::stats::{SecondBucket, Stats, MAX_LATENCY_US};
 
+mod http2;
+
 /// Read buffer per connection slot; a response head must fit in it.
 const READ_BUF: usize = 16 * 1024;
 /// Completions between two updates of the shared progress counters (a power of two).
@@ -130,7 +132,7 @@ fn run_inner(
     let plan = Arc::new(plan.clone());
     let tls = if plan.target.tls {
         Some(
-            crate::tls::connector(&plan.target.host, plan.config.insecure)
+            crate::tls::connector(&plan.target.host, plan.config.insecure, plan.config.http2)
                 .map_err(LoadError::Tls)?,
         )
     } else {
@@ -418,7 +420,11 @@ fn thread_main(setup: ThreadSetup) -> std::io::Result<()> {
         let ticker = tokio::task::spawn_local(ticker(worker.clone()));
         let mut tasks = Vec::with_capacity(connections);
         for _ in 0..connections {
-            tasks.push(tokio::task::spawn_local(connection_slot(worker.clone())));
+            tasks.push(if worker.plan.config.http2 {
+                tokio::task::spawn_local(http2::h2_slot(worker.clone()))
+            } else {
+                tokio::task::spawn_local(connection_slot(worker.clone()))
+            });
         }
         for t in tasks {
             // A panicking task is a bug; its slot's requests would be lost, so surface it.

@@ -98,6 +98,10 @@ pub struct SettingsReport {
     pub retries: u32,
     /// `--backoff` in milliseconds.
     pub backoff_ms: u64,
+    /// HTTP version spoken: `"1.1"`, or `"2"` with `-h2`.
+    pub http_version: &'static str,
+    /// Requests in flight per connection: `-p` with `-h2` (HTTP/2 streams), 1 for HTTP/1.1.
+    pub streams_per_connection: usize,
 }
 
 /// Counts and rates. Accounting: `requests = succeeded + failed + cancelled_at_deadline`.
@@ -318,6 +322,8 @@ pub(crate) fn build(
             source_ips: c.source_ips.clone(),
             retries: c.retries,
             backoff_ms: c.backoff.as_millis() as u64,
+            http_version: if c.http2 { "2" } else { "1.1" },
+            streams_per_connection: if c.http2 { c.streams } else { 1 },
         },
         summary: Summary {
             requests: stats.succeeded + stats.failed + stats.cancelled_at_deadline,

@@ -117,9 +117,14 @@ pub struct Args {
     /// through a CONNECT tunnel; failures on the proxy leg are reported on the proxy's side.
     #[arg(short = 'x', long = "proxy", value_name = "URL")]
     pub proxy: Option<String>,
-    /// HTTP/2 (hey's -h2): ALPN h2 over TLS, prior knowledge (h2c) over http://.
+    /// HTTP/2 (hey's -h2): ALPN h2 over TLS, prior knowledge (h2c) over http://. -c is then
+    /// the number of connections, each carrying -p streams at once (oha's model; hey's Go
+    /// client multiplexes all -c workers over one connection: use -c 1 -p N for that).
     #[arg(long = "h2")]
     pub h2: bool,
+    /// HTTP/2 streams in flight per connection (with -h2): -c × -p requests at once.
+    #[arg(short = 'p', long = "streams", default_value_t = 1, value_name = "N")]
+    pub streams: usize,
     /// Who closes connections: keep-alive, close (server closes, TIME_WAIT on the server),
     /// drop (client closes after each response, TIME_WAIT on the client).
     #[arg(long = "connection", value_enum)]
@@ -165,11 +170,6 @@ struct RunOutput<'a> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let json = args.json || args.output == OutputArg::Json;
     let csv = !args.json && args.output == OutputArg::Csv;
-    if args.h2 {
-        return Err(exit::usage(
-            "-h2: HTTP/2 is not supported by this build of portlab load; drop -h2 to run HTTP/1.1",
-        ));
-    }
     let telemetry_args = args.telemetry.clone();
     let config = build_config(args)?;
     let plan = config.validate().map_err(|e| exit::usage(e.to_string()))?;
@@ -281,6 +281,8 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
         backoff: Duration::from_millis(args.backoff_ms),
         insecure: args.insecure,
         proxy: args.proxy,
+        http2: args.h2,
+        streams: args.streams,
     })
 }
 
@@ -552,9 +554,12 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
     let st = &r.settings;
     let _ = writeln!(
         o,
-        "  connection {}, -c {}, {} thread{}",
+        "  HTTP/{}, connection {}, -c {}, {} stream{} per connection, {} thread{}",
+        st.http_version,
         st.connection.name(),
         st.concurrency,
+        st.streams_per_connection,
+        if st.streams_per_connection == 1 { "" } else { "s" },
         st.threads,
         if st.threads == 1 { "" } else { "s" }
     );

@@ -269,7 +269,12 @@ fn failure_counts(report: &LoadReport) -> FailureCounts {
             ErrorClass::Unreachable => &mut f.unreachable,
             ErrorClass::Protocol => &mut f.protocol,
             ErrorClass::Tls => &mut f.tls,
-            ErrorClass::PermissionDenied | ErrorClass::ProxyRefused | ErrorClass::Other(_) => {
+            ErrorClass::PermissionDenied
+            | ErrorClass::ProxyRefused
+            | ErrorClass::GoAway
+            | ErrorClass::StreamReset
+            | ErrorClass::FlowControl
+            | ErrorClass::Other(_) => {
                 &mut f.other
             }
         };
