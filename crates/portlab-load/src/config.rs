@@ -351,11 +351,15 @@ impl LoadConfig {
             return bad("-p must be at least 1");
         }
         if self.streams > 1 && !self.http2 {
-            return bad("-p (streams per connection) needs -h2: HTTP/1.1 carries one request at a time");
+            return bad(
+                "-p (streams per connection) needs -h2: HTTP/1.1 carries one request at a time",
+            );
         }
         if self.http2 && self.policy != ConnectionPolicy::KeepAlive {
-            return bad("-disable-keepalive / --connection close|drop cannot be combined with -h2: \
-                        HTTP/2 keeps its connections (choose their number with -c)");
+            return bad(
+                "-disable-keepalive / --connection close|drop cannot be combined with -h2: \
+                        HTTP/2 keeps its connections (choose their number with -c)",
+            );
         }
         if self.http2 && self.retries > 0 {
             return bad("--retry is not supported with -h2 yet");
@@ -448,11 +452,7 @@ fn parse_proxy(raw: &str, tunnel: bool) -> Result<ProxyTarget, ConfigError> {
 }
 
 /// The HTTP/2 request of a run.
-fn h2_request(
-    config: &LoadConfig,
-    target: &Target,
-    path: &str,
-) -> Result<H2Request, ConfigError> {
+fn h2_request(config: &LoadConfig, target: &Target, path: &str) -> Result<H2Request, ConfigError> {
     if target.proxy.as_ref().is_some_and(|p| !p.tunnel) {
         return Err(ConfigError::OutOfRange(
             "-h2 through -x needs an https:// target (a CONNECT tunnel); cleartext h2c cannot \
@@ -500,17 +500,19 @@ fn h2_request(
     }
     if let Some(ct) = &config.content_type {
         if !headers.contains_key(http::header::CONTENT_TYPE) {
-            let v = http::HeaderValue::from_str(ct).map_err(|_| bad(format!("Content-Type: {ct}")))?;
+            let v =
+                http::HeaderValue::from_str(ct).map_err(|_| bad(format!("Content-Type: {ct}")))?;
             headers.insert(http::header::CONTENT_TYPE, v);
         }
     }
     let scheme = if target.tls { "https" } else { "http" };
-    let uri: http::Uri = format!("{scheme}://{authority}{path}")
-        .parse()
-        .map_err(|e: http::uri::InvalidUri| ConfigError::MalformedUrl {
-            url: config.url.clone(),
-            reason: e.to_string(),
-        })?;
+    let uri: http::Uri =
+        format!("{scheme}://{authority}{path}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ConfigError::MalformedUrl {
+                url: config.url.clone(),
+                reason: e.to_string(),
+            })?;
     Ok(H2Request {
         method,
         uri,

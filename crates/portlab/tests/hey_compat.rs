@@ -44,6 +44,10 @@ struct Serve {
 
 impl Serve {
     fn start() -> Serve {
+        Serve::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Serve {
         let mut child = Command::new(PORTLAB)
             .args([
                 "serve",
@@ -53,6 +57,7 @@ impl Serve {
                 "--threads",
                 "1",
             ])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -359,7 +364,15 @@ fn what_portlab_cannot_honour_fails_with_exit_2_naming_the_flag() {
             &["load", "-h2=maybe", "http://127.0.0.1:9/"][..],
             "-h2=maybe",
         ),
-        (&["load", "-h2", "http://127.0.0.1:9/"][..], "-h2"),
+        (
+            &["load", "-h2", "--retry", "1", "http://127.0.0.1:9/"][..],
+            "-h2",
+        ),
+        (
+            &["load", "-h2", "-disable-keepalive", "http://127.0.0.1:9/"][..],
+            "-h2",
+        ),
+        (&["load", "-p", "10", "http://127.0.0.1:9/"][..], "-h2"),
         (
             &[
                 "load",
@@ -452,4 +465,58 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
         .split(':')
         .map(|d| std::path::Path::new(d).join(name))
         .find(|p| p.is_file())
+}
+
+#[test]
+fn h2_multiplexes_streams_over_few_connections() {
+    // hey -h2 runs its workers over one connection: -c 1 -p 50 is that, -n 2000 requests.
+    let serve = Serve::start();
+    let r = load_json(&["-h2", "-n", "2000", "-c", "1", "-p", "50"], &serve.url);
+    assert_eq!(r["settings"]["http_version"], "2");
+    assert_eq!(r["settings"]["streams_per_connection"], 50);
+    assert_eq!(r["summary"]["succeeded"], 2000);
+    assert_eq!(r["connections"]["opened"], 1);
+    assert_eq!(r["connections"]["requests_on_reused"], 1999);
+    let stats = serve.stats();
+    assert_eq!(stats["connections_accepted"], 1, "one TCP connection");
+    assert_eq!(stats["requests"], 2000);
+    assert_eq!(stats["responses"], 2000);
+
+    // POST bodies go in DATA frames.
+    let serve = Serve::start();
+    let r = load_json(
+        &[
+            "-h2", "-n", "40", "-c", "2", "-p", "4", "-m", "POST", "-d", "hello",
+        ],
+        &serve.url,
+    );
+    assert_eq!(r["summary"]["succeeded"], 40);
+    assert_eq!(serve.stats()["request_body_bytes"], 200);
+}
+
+#[test]
+fn h2_goaway_failures_are_classified_and_every_request_counted_once() {
+    // The server sends GOAWAY after 100 streams per connection; streams the client had
+    // already sent past it fail as GoAway and the slot reconnects.
+    let serve = Serve::start_with(&["--close-after", "100"]);
+    let out = portlab(&[
+        "load", "-h2", "-n", "1000", "-c", "2", "-p", "20", "--json", &serve.url,
+    ]);
+    let r: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let s = &r["summary"];
+    let ok = s["succeeded"].as_u64().expect("ok");
+    let failed = s["failed"].as_u64().expect("failed");
+    assert_eq!(ok + failed, 1000);
+    assert_eq!(out.status.code(), Some(if failed > 0 { 1 } else { 0 }));
+    for e in r["errors"].as_array().expect("errors") {
+        assert_eq!(e["class"], "GoAway", "{e}");
+    }
+    let opened = r["connections"]["opened"].as_u64().expect("opened");
+    assert!(opened >= 10, "at most 100 streams per connection: {opened}");
+    let stats = serve.stats();
+    assert_eq!(
+        stats["responses"], ok,
+        "the server answered exactly the successes"
+    );
+    assert_eq!(stats["connections_accepted"], opened);
 }

@@ -118,7 +118,12 @@ impl H2Stream {
         let stalled = Cell::new(false);
         let result = timeout_at(
             limit,
-            exchange(self.send.clone(), w, &stalled, record.then_some(&mut timing)),
+            exchange(
+                self.send.clone(),
+                w,
+                &stalled,
+                record.then_some(&mut timing),
+            ),
         )
         .await;
         match result {

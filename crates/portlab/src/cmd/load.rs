@@ -559,7 +559,11 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
         st.connection.name(),
         st.concurrency,
         st.streams_per_connection,
-        if st.streams_per_connection == 1 { "" } else { "s" },
+        if st.streams_per_connection == 1 {
+            ""
+        } else {
+            "s"
+        },
         st.threads,
         if st.threads == 1 { "" } else { "s" }
     );

@@ -274,9 +274,7 @@ fn failure_counts(report: &LoadReport) -> FailureCounts {
             | ErrorClass::GoAway
             | ErrorClass::StreamReset
             | ErrorClass::FlowControl
-            | ErrorClass::Other(_) => {
-                &mut f.other
-            }
+            | ErrorClass::Other(_) => &mut f.other,
         };
         *slot += entry.count;
     }
