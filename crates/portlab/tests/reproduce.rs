@@ -94,7 +94,7 @@ fn assert_reproduced_and_fixed(report: &Value) {
     let steps = report["steps"].as_array().expect("steps");
     let incidents: Vec<&Value> = steps.iter().filter(|s| s["fix"].is_null()).collect();
     let fixes: Vec<&Value> = steps.iter().filter(|s| !s["fix"].is_null()).collect();
-    assert!(!incidents.is_empty() && fixes.len() == 3, "{steps:#?}");
+    assert!(!incidents.is_empty() && fixes.len() == 4, "{steps:#?}");
     for s in &incidents {
         assert!(
             s["failed"].as_u64().expect("failed") > 0,
