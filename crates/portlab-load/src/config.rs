@@ -198,7 +198,11 @@ pub struct Target {
     pub port: u16,
     /// Every address the host resolved to, in resolver order.
     pub resolved: Vec<SocketAddr>,
-    /// The address connections go to: the first resolved one.
+    /// The order connects try them in: families interleaved, starting with the resolver's
+    /// first (RFC 8305 §4), only the families of `--source-ip` when given. A connect that
+    /// fails moves on to the next; the last address that worked is tried first next time.
+    pub dial_order: Vec<SocketAddr>,
+    /// The first address of `dial_order`.
     pub addr: SocketAddr,
     /// The `-x` proxy, when requests go through one.
     pub proxy: Option<ProxyTarget>,
@@ -221,9 +225,18 @@ pub struct ProxyTarget {
 }
 
 impl Target {
-    /// Where TCP connections go: the proxy when there is one, else the target.
+    /// Where TCP connections go first: the proxy when there is one, else the target's first
+    /// address in dial order.
     pub fn dial_addr(&self) -> SocketAddr {
         self.proxy.as_ref().map_or(self.addr, |p| p.addr)
+    }
+
+    /// Every address a connect may try, in order: the proxy's, or the target's `dial_order`.
+    pub fn candidates(&self) -> &[SocketAddr] {
+        match &self.proxy {
+            Some(p) => std::slice::from_ref(&p.addr),
+            None => &self.dial_order,
+        }
     }
 
     /// `host:port` as a request authority (brackets around IPv6 literals).
@@ -286,13 +299,36 @@ impl LoadConfig {
         if let Some(proxy) = &self.proxy {
             target.proxy = Some(parse_proxy(proxy, target.tls)?);
         }
-        let dial = target.dial_addr();
-        for ip in &self.source_ips {
-            if ip.is_ipv4() != dial.is_ipv4() {
-                return Err(ConfigError::SourceFamily {
-                    source_ip: *ip,
-                    target: dial,
-                });
+        if let Some(first) = self.source_ips.first() {
+            // Only destinations of the source addresses' family can be reached from them.
+            let family = first.is_ipv4();
+            let dial = target.dial_addr();
+            for ip in &self.source_ips {
+                if ip.is_ipv4() != family {
+                    return Err(ConfigError::SourceFamily {
+                        source_ip: *ip,
+                        target: dial,
+                    });
+                }
+            }
+            if target.proxy.is_some() {
+                if dial.is_ipv4() != family {
+                    return Err(ConfigError::SourceFamily {
+                        source_ip: *first,
+                        target: dial,
+                    });
+                }
+            } else {
+                target.dial_order.retain(|a| a.is_ipv4() == family);
+                match target.dial_order.first() {
+                    Some(&a) => target.addr = a,
+                    None => {
+                        return Err(ConfigError::SourceFamily {
+                            source_ip: *first,
+                            target: dial,
+                        })
+                    }
+                }
             }
         }
         let mut path = request_path(&self.url)?;
@@ -401,15 +437,45 @@ fn parse_target(raw: &str) -> Result<Target, ConfigError> {
             reason: "no addresses".to_string(),
         });
     };
+    let dial_order = rfc8305_order(&resolved);
+    let addr = dial_order.first().copied().unwrap_or(addr);
     Ok(Target {
         url: raw.to_string(),
         tls,
         host,
         port,
         resolved,
+        dial_order,
         addr,
         proxy: None,
     })
+}
+
+/// Interleaves address families, starting with the family of the first address, keeping the
+/// resolver's order within each family (RFC 8305 §4: "the first address should be of the
+/// preferred family, the second of the other, and so on"); duplicates dropped.
+pub(crate) fn rfc8305_order(resolved: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut unique: Vec<SocketAddr> = Vec::with_capacity(resolved.len());
+    for a in resolved {
+        if !unique.contains(a) {
+            unique.push(*a);
+        }
+    }
+    let Some(first) = unique.first() else {
+        return unique;
+    };
+    let first_v4 = first.is_ipv4();
+    let (mut preferred, mut other): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        unique.iter().partition(|a| a.is_ipv4() == first_v4);
+    preferred.reverse();
+    other.reverse();
+    let mut out = Vec::with_capacity(unique.len());
+    loop {
+        match (preferred.pop(), other.pop()) {
+            (None, None) => return out,
+            (p, o) => out.extend(p.into_iter().chain(o)),
+        }
+    }
 }
 
 /// Parses `-x`: `http://HOST[:PORT]` (port 80 by default) or `HOST:PORT`, resolved once.
@@ -574,6 +640,28 @@ mod tests {
             "{req}"
         );
         assert!(req.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn dial_order_interleaves_families_from_the_resolvers_first() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let got = rfc8305_order(&[
+            a("[::1]:80"),
+            a("[::2]:80"),
+            a("[::3]:80"),
+            a("10.0.0.1:80"),
+            a("[::1]:80"),
+            a("10.0.0.2:80"),
+        ]);
+        let want = [
+            "[::1]:80",
+            "10.0.0.1:80",
+            "[::2]:80",
+            "10.0.0.2:80",
+            "[::3]:80",
+        ];
+        assert_eq!(got, want.map(a));
+        assert_eq!(rfc8305_order(&[a("10.0.0.1:80")]), [a("10.0.0.1:80")]);
     }
 
     #[test]

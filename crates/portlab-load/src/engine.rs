@@ -452,6 +452,8 @@ struct Worker {
     schedule_interval_secs: Option<f64>,
     per_worker_interval_secs: Option<f64>,
     source_next: Cell<usize>,
+    /// Index in the target's candidates of the address that last connected (tried first).
+    preferred_addr: Cell<usize>,
     rng: Cell<u64>,
     stats: RefCell<Stats>,
     bucket: RefCell<SecondBucket>,
@@ -523,6 +525,7 @@ impl Worker {
             remaining: Cell::new(s.share.requests),
             schedule_next: Cell::new(0),
             source_next: Cell::new(s.index),
+            preferred_addr: Cell::new(0),
             rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (s.index as u64 + 1)),
             stats: RefCell::new(Stats::new()),
             bucket: RefCell::new(SecondBucket::new(0)),
@@ -705,12 +708,49 @@ impl Worker {
     }
 
     /// Opens a connection (with `--source-ip` binding and TLS when asked), bounded by the
-    /// connect timeout and the run deadline.
+    /// connect timeout (per address) and the run deadline. A TCP connect that fails moves on
+    /// to the target's next address in dial order (RFC 8305 §4), each outcome counted for its
+    /// address; the request fails only when every address failed (with the last class), or at
+    /// once when the failure is local and would hit every address alike (descriptors, memory).
     async fn connect(&self) -> Result<Conn, Attempt> {
         let began = Instant::now();
         let fail = |e: &std::io::Error| Attempt::Failed(Fail::io(e, Phase::Connect));
-        let socket = self.new_socket().map_err(|e| fail(&e))?;
-        let (limit, is_deadline) = self.limit(self.plan.config.connect_timeout);
+        let candidates = self.plan.target.candidates();
+        let first = self.preferred_addr.get() % candidates.len().max(1);
+        let mut last = ErrorClass::Other(0);
+        let mut connected = None;
+        let (mut limit, mut is_deadline) = self.limit(self.plan.config.connect_timeout);
+        for k in 0..candidates.len() {
+            let index = (first + k) % candidates.len();
+            let addr = candidates[index];
+            let socket = self.new_socket(addr).map_err(|e| fail(&e))?;
+            (limit, is_deadline) = self.limit(self.plan.config.connect_timeout);
+            let class = match timeout_at(limit, socket.connect(addr)).await {
+                Err(_) if is_deadline => return Err(Attempt::Cancelled),
+                Err(_) => ErrorClass::ConnectTimeout,
+                Ok(Err(e)) => ErrorClass::from_io(&e),
+                Ok(Ok(s)) => {
+                    self.preferred_addr.set(index);
+                    self.stats.borrow_mut().address(index).connects += 1;
+                    connected = Some(s);
+                    break;
+                }
+            };
+            *self
+                .stats
+                .borrow_mut()
+                .address(index)
+                .failures
+                .entry(class)
+                .or_default() += 1;
+            last = class;
+            if matches!(
+                class,
+                ErrorClass::TooManyOpenFiles | ErrorClass::NoBufferSpace
+            ) {
+                break;
+            }
+        }
         let timed_out = || {
             if is_deadline {
                 Attempt::Cancelled
@@ -721,11 +761,11 @@ impl Worker {
                 })
             }
         };
-        let mut stream = match timeout_at(limit, socket.connect(self.plan.target.dial_addr())).await
-        {
-            Err(_) => return Err(timed_out()),
-            Ok(Err(e)) => return Err(fail(&e)),
-            Ok(Ok(s)) => s,
+        let Some(mut stream) = connected else {
+            return Err(Attempt::Failed(Fail {
+                class: last,
+                phase: Phase::Connect,
+            }));
         };
         if self.plan.target.proxy.as_ref().is_some_and(|p| p.tunnel) {
             match timeout_at(limit, open_tunnel(&mut stream, &self.plan.target)).await {
@@ -779,9 +819,8 @@ impl Worker {
     /// A non-blocking TCP socket; with `--source-ip`, bound to the next address round-robin
     /// with IP_BIND_ADDRESS_NO_PORT so the port is still chosen at connect() per 4-tuple
     /// (net/ipv4/inet_hashtables.c: a port bound early is exclusive to the local address).
-    fn new_socket(&self) -> std::io::Result<TcpSocket> {
+    fn new_socket(&self, target: SocketAddr) -> std::io::Result<TcpSocket> {
         let ips = &self.plan.config.source_ips;
-        let target = self.plan.target.addr;
         if ips.is_empty() {
             return if target.is_ipv4() {
                 TcpSocket::new_v4()

@@ -40,7 +40,7 @@ pub use config::{ConfigError, ConnectionPolicy, LoadConfig, Plan, ProxyTarget, R
 pub use engine::{run, run_with_records, LoadError, Progress, RequestRecord};
 pub use error::{ErrorClass, Phase, Side};
 pub use report::{
-    ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport, LoadReport, Percentiles,
-    ProxyReport, RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond,
+    AddressReport, ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport, LoadReport,
+    Percentiles, ProxyReport, RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond,
     SCHEMA_VERSION,
 };

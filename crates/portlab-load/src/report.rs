@@ -69,8 +69,24 @@ pub struct TargetReport {
     pub method: String,
     /// Every address the host resolved to.
     pub resolved: Vec<SocketAddr>,
-    /// The address connections went to: the first resolved one, or the proxy's with `-x`.
+    /// The address most connections went to: the first in dial order unless connects to it
+    /// failed over to another, or the proxy's with `-x`.
     pub connected_to: SocketAddr,
+    /// Every address connects tried, in dial order (RFC 8305 §4 with `--source-ip` families
+    /// only; the proxy alone with `-x`), with what happened there.
+    pub addresses: Vec<AddressReport>,
+}
+
+/// TCP connect outcomes towards one address.
+#[derive(Debug, Clone, Serialize)]
+pub struct AddressReport {
+    /// IP:port.
+    pub address: SocketAddr,
+    /// Successful TCP connects.
+    pub connects: u64,
+    /// Failed TCP connects by class (a failure followed by a successful fallback to the next
+    /// address counts here, not as a failed request).
+    pub failures: BTreeMap<ErrorClass, u64>,
 }
 
 /// Settings of the run.
@@ -308,7 +324,21 @@ pub(crate) fn build(
             url: plan.target.url.clone(),
             method: c.method.clone(),
             resolved: plan.target.resolved.clone(),
-            connected_to: plan.target.dial_addr(),
+            connected_to: busiest(plan, stats),
+            addresses: plan
+                .target
+                .candidates()
+                .iter()
+                .enumerate()
+                .map(|(i, &address)| {
+                    let counts = stats.per_address.get(i);
+                    AddressReport {
+                        address,
+                        connects: counts.map_or(0, |c| c.connects),
+                        failures: counts.map(|c| c.failures.clone()).unwrap_or_default(),
+                    }
+                })
+                .collect(),
         },
         settings: SettingsReport {
             requests: c.duration.is_none().then_some(c.requests),
@@ -368,6 +398,21 @@ pub(crate) fn build(
             refused_by_status: stats.proxy_refused_status.clone(),
         }),
     }
+}
+
+/// The candidate most connects went to (the first on a tie or with none).
+fn busiest(plan: &Plan, stats: &Stats) -> SocketAddr {
+    let candidates = plan.target.candidates();
+    let mut best = 0;
+    for (i, c) in stats.per_address.iter().enumerate() {
+        if i < candidates.len() && c.connects > stats.per_address[best].connects {
+            best = i;
+        }
+    }
+    candidates
+        .get(best)
+        .copied()
+        .unwrap_or(plan.target.dial_addr())
 }
 
 fn latency_report(h: &Histogram<u64>, corrected: bool) -> LatencyReport {

@@ -540,6 +540,21 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
         t.connected_to,
         resolved.join(", ")
     );
+    if t.addresses.len() > 1 || t.addresses.iter().any(|a| !a.failures.is_empty()) {
+        for a in &t.addresses {
+            let failures: Vec<String> = a
+                .failures
+                .iter()
+                .map(|(class, n)| format!("{n} {class}"))
+                .collect();
+            let failed = if failures.is_empty() {
+                String::new()
+            } else {
+                format!(", connects failed: {}", failures.join(", "))
+            };
+            let _ = writeln!(o, "  {}: {} connects{failed}", a.address, a.connects);
+        }
+    }
     if let Some(p) = &r.proxy {
         let how = if p.tunnel {
             "CONNECT tunnel per connection"
