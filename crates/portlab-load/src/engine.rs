@@ -124,10 +124,13 @@ pub fn run_with_records(
     run_inner(plan, on_progress, Some(on_requests))
 }
 
+/// Where [`run_with_records`] hands record batches.
+type RecordSink<'a> = &'a mut dyn FnMut(&[RequestRecord]);
+
 fn run_inner(
     plan: &Plan,
     on_progress: &mut dyn FnMut(&Progress),
-    mut on_requests: Option<&mut dyn FnMut(&[RequestRecord])>,
+    mut on_requests: Option<RecordSink<'_>>,
 ) -> Result<LoadReport, LoadError> {
     let plan = Arc::new(plan.clone());
     let tls = if plan.target.tls {

@@ -200,7 +200,7 @@ async fn exchange(
         t.wrote_at = Some(Instant::now());
     }
     let response = response.await.map_err(|e| (e, Phase::Read))?;
-    if let Some(t) = timing.as_deref_mut() {
+    if let Some(t) = timing {
         t.first_byte_at = Some(Instant::now());
     }
     let status = response.status().as_u16();

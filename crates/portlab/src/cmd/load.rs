@@ -256,7 +256,7 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
     };
     let rate = match (args.qps, args.rate) {
         // hey: -q 0 (its default) means no rate limit.
-        (Some(q), _) if q == 0.0 => RateLimit::Unlimited,
+        (Some(0.0), _) => RateLimit::Unlimited,
         (Some(q), _) => RateLimit::PerWorker { per_sec: q },
         (None, Some(r)) => RateLimit::Global { per_sec: r },
         (None, None) => RateLimit::Unlimited,
