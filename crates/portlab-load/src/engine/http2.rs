@@ -246,7 +246,11 @@ impl Worker {
             })
         };
         let send = match conn {
-            Conn::Plain(s) => handshake(s, ended.clone()).await,
+            Conn::Plain(s) => {
+                // Frames of many streams share the connection: send each write at once.
+                let _ = s.set_nodelay(true);
+                handshake(s, ended.clone()).await
+            }
             Conn::Tls(s) => {
                 // ALPN must have chosen h2 (RFC 9113 §3.2); anything else cannot carry it.
                 if s.get_ref().1.alpn_protocol() != Some(b"h2") {
