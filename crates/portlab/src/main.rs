@@ -47,8 +47,8 @@ enum Command {
     /// Simulate a workload against an OS's port allocator (deterministic, seeded): per-second
     /// timeline, totals, first failure; text, JSON or an SVG plot.
     Simulate(cmd::simulate::Args),
-    /// Run the HTTP/1.1 target: any path answers with a small fixed body; keep-alive knobs,
-    /// delays and seeded fault injection.
+    /// Run the HTTP/1.1 (and h2c) target: any path answers with a small fixed body; keep-alive
+    /// knobs, delays and seeded fault injection.
     Serve(cmd::serve::Args),
     /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
     /// with an upstream connection pool.

@@ -50,7 +50,8 @@ portlab load -z 10s --rate 5000 --json http://127.0.0.1:8080/ > run.json\n  \
 portlab load -n 1000 -c 10 -disable-keepalive -host example.com http://127.0.0.1:8080/"
 )]
 pub struct Args {
-    /// Target URL (http:// or https://). The host is resolved once.
+    /// Target URL (http:// or https://). The host is resolved once; connects try its addresses
+    /// in RFC 8305 order, falling back to the next on failure.
     pub url: String,
     /// Number of requests to run (ignored with -z).
     #[arg(short = 'n', long = "requests", default_value_t = 200)]

@@ -1,5 +1,6 @@
 //! `portlab serve`: the HTTP/1.1 target — any path answers with a small fixed body, with
-//! keep-alive knobs, delays and seeded fault injection for reliability tests.
+//! keep-alive knobs, delays and seeded fault injection for reliability tests. A connection
+//! that opens with the HTTP/2 preface is served as h2c (prior knowledge) on the same port.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
