@@ -545,6 +545,11 @@ fn run_load(
         .arg("--connection")
         .arg(scenario.policy.cli_name())
         .arg("--json");
+    if scenario.fix == Some(crate::scenario::Fix::Http2) {
+        cmd.arg("-h2")
+            .arg("-p")
+            .arg(crate::scenario::HTTP2_STREAMS.to_string());
+    }
     if !scenario.source_ips.is_empty() {
         let ips: Vec<String> = scenario
             .source_ips

@@ -66,7 +66,13 @@ pub enum Fix {
     PoolingProxy,
     /// The load tester spreads its connections over more source IPs (more port pools).
     SourceIps,
+    /// HTTP/2 multiplexing: one kept-alive connection carries 100 streams at once
+    /// ([`HTTP2_STREAMS`]), so the whole load takes one ephemeral port per leg.
+    Http2,
 }
+
+/// Streams in flight on the HTTP/2 fix step's one connection.
+pub const HTTP2_STREAMS: usize = 100;
 
 impl Fix {
     /// Human name of the fix.
@@ -75,6 +81,7 @@ impl Fix {
             Fix::KeepAlive => "keep-alive",
             Fix::PoolingProxy => "pooling proxy",
             Fix::SourceIps => "source IPs",
+            Fix::Http2 => "HTTP/2",
         }
     }
 }
@@ -244,6 +251,17 @@ pub fn plan(config: &LabConfig) -> Vec<Scenario> {
         top,
         source_ips(ips),
     ));
+    // portlab serve speaks h2c; a server of the user's (--target-cmd) may not.
+    if config.target.is_none() {
+        steps.push(step(
+            format!("fix: HTTP/2, 1 connection, {HTTP2_STREAMS} streams"),
+            Some(Fix::Http2),
+            incident_path,
+            Policy::KeepAlive,
+            1,
+            clients.clone(),
+        ));
+    }
     steps
 }
 
@@ -287,7 +305,9 @@ mod tests {
         let config = LabConfig::new(PathBuf::from("portlab"));
         let steps = plan(&config);
         let concurrency: Vec<usize> = steps.iter().map(|s| s.concurrency).collect();
-        assert_eq!(concurrency, [5, 10, 50, 100, 100, 100, 100]);
+        assert_eq!(concurrency, [5, 10, 50, 100, 100, 100, 100, 1]);
+        assert_eq!(steps[7].fix, Some(Fix::Http2));
+        assert_eq!(steps[7].path, Path::Forwarder);
         assert!(steps[..4]
             .iter()
             .all(|s| s.policy == Policy::Drop && s.path == Path::Forwarder && s.fix.is_none()));
@@ -331,7 +351,7 @@ mod tests {
         config.direct = true;
         config.ladder = vec![50];
         let steps = plan(&config);
-        assert_eq!(steps.len(), 3);
+        assert_eq!(steps.len(), 4);
         assert!(steps.iter().all(|s| s.path == Path::Direct));
     }
 }

@@ -341,6 +341,16 @@ fn remedy_line(fix: Fix, s: &StepReport) -> String {
             s.source_ips.len(),
             group_thousands(s.pool_ports * s.source_ips.len() as u64)
         ),
+        Fix::Http2 => format!(
+            "Multiplex over HTTP/2: {} connection{} carried {} streams at once",
+            group_thousands(s.client_connections_opened),
+            if s.client_connections_opened == 1 {
+                ""
+            } else {
+                "s"
+            },
+            crate::scenario::HTTP2_STREAMS
+        ),
     };
     format!("{how}; {outcome} (step {}).", s.step)
 }
@@ -551,6 +561,18 @@ fn fix_sentence(fix: Fix, s: &StepReport) -> String {
             s.source_ips.len(),
             group_thousands(s.pool_ports * s.source_ips.len() as u64),
             group_thousands(s.peak_time_wait())
+        ),
+        Fix::Http2 => format!(
+            "Over HTTP/2, {} connection{} with {} streams in flight carried all {} requests \
+             and {outcome}.",
+            group_thousands(s.client_connections_opened),
+            if s.client_connections_opened == 1 {
+                ""
+            } else {
+                "s"
+            },
+            crate::scenario::HTTP2_STREAMS,
+            group_thousands(s.requests)
         ),
     }
 }

@@ -104,6 +104,15 @@ pub struct LoadConfig {
     /// (`--hold`): concurrent long-lived flows, as NAT and conntrack see them. The hold is not
     /// part of the request's latency; it ends early at the run deadline.
     pub hold: Option<Duration>,
+    /// HTTP proxy (`-x`), `http://HOST:PORT` or `HOST:PORT`: `http://` targets are requested in
+    /// absolute form through it (RFC 9112 §3.2.2), `https://` targets through a `CONNECT`
+    /// tunnel (RFC 9110 §9.3.6).
+    pub proxy: Option<String>,
+    /// HTTP/2 (`-h2`): ALPN `h2` over TLS, prior knowledge (h2c, RFC 9113 §3.3) over `http://`.
+    pub http2: bool,
+    /// HTTP/2 streams in flight per connection (`-p`, as oha's): `concurrency × streams`
+    /// requests run at once over `concurrency` connections. 1 without `-h2`.
+    pub streams: usize,
 }
 
 impl Default for LoadConfig {
@@ -128,6 +137,9 @@ impl Default for LoadConfig {
             backoff: Duration::from_millis(100),
             insecure: false,
             hold: None,
+            proxy: None,
+            http2: false,
+            streams: 1,
         }
     }
 }
@@ -166,6 +178,9 @@ pub enum ConfigError {
     /// A numeric setting out of range.
     #[error("{0}")]
     OutOfRange(String),
+    /// The `-x` proxy is not `http://HOST:PORT` or `HOST:PORT`.
+    #[error("bad proxy {0:?}: use -x http://HOST:PORT or -x HOST:PORT")]
+    BadProxy(String),
     /// A `--source-ip` address of another family than the target.
     #[error("source address {source_ip} is not of the same family as the target {target}")]
     SourceFamily {
@@ -189,8 +204,69 @@ pub struct Target {
     pub port: u16,
     /// Every address the host resolved to, in resolver order.
     pub resolved: Vec<SocketAddr>,
-    /// The address connections go to: the first resolved one.
+    /// The order connects try them in: families interleaved, starting with the resolver's
+    /// first (RFC 8305 §4), only the families of `--source-ip` when given. A connect that
+    /// fails moves on to the next; the last address that worked is tried first next time.
+    pub dial_order: Vec<SocketAddr>,
+    /// The first address of `dial_order`.
     pub addr: SocketAddr,
+    /// The `-x` proxy, when requests go through one.
+    pub proxy: Option<ProxyTarget>,
+}
+
+/// An HTTP proxy that connections go to instead of the target (`-x`).
+#[derive(Debug, Clone, Serialize)]
+pub struct ProxyTarget {
+    /// The proxy as given.
+    pub url: String,
+    /// Host name or address of the proxy.
+    pub host: String,
+    /// Proxy port (80 when the URL names none).
+    pub port: u16,
+    /// The proxy's first resolved address: TCP connections go there.
+    pub addr: SocketAddr,
+    /// `true` when the target is https: each connection first opens a `CONNECT host:port`
+    /// tunnel; `false`: requests carry the absolute URL.
+    pub tunnel: bool,
+}
+
+impl Target {
+    /// Where TCP connections go first: the proxy when there is one, else the target's first
+    /// address in dial order.
+    pub fn dial_addr(&self) -> SocketAddr {
+        self.proxy.as_ref().map_or(self.addr, |p| p.addr)
+    }
+
+    /// Every address a connect may try, in order: the proxy's, or the target's `dial_order`.
+    pub fn candidates(&self) -> &[SocketAddr] {
+        match &self.proxy {
+            Some(p) => std::slice::from_ref(&p.addr),
+            None => &self.dial_order,
+        }
+    }
+
+    /// `host:port` as a request authority (brackets around IPv6 literals).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The parts of an HTTP/2 request, checked once (RFC 9113 §8.3: pseudo-headers from the URI;
+/// `Host` becomes `:authority`; connection-specific headers are not sent, §8.2.2).
+#[derive(Debug, Clone)]
+pub struct H2Request {
+    /// `:method`.
+    pub method: http::Method,
+    /// `:scheme`, `:authority` and `:path`.
+    pub uri: http::Uri,
+    /// Regular headers.
+    pub headers: http::HeaderMap,
+    /// Request body (empty: the HEADERS frame ends the stream).
+    pub body: bytes::Bytes,
 }
 
 /// A validated run, ready for [`crate::run`].
@@ -204,6 +280,8 @@ pub struct Plan {
     pub request: Vec<u8>,
     /// `true` for HEAD requests (responses carry no body).
     pub head_request: bool,
+    /// The HTTP/2 request template (`-h2`), built once.
+    pub h2: Option<H2Request>,
     /// Threads actually used (at most `concurrency`).
     pub threads: usize,
 }
@@ -223,24 +301,61 @@ impl LoadConfig {
                 return Err(ConfigError::BadHeader(format!("{name}: {value}")));
             }
         }
-        let target = parse_target(&self.url)?;
-        for ip in &self.source_ips {
-            if ip.is_ipv4() != target.addr.is_ipv4() {
-                return Err(ConfigError::SourceFamily {
-                    source_ip: *ip,
-                    target: target.addr,
-                });
+        let mut target = parse_target(&self.url)?;
+        if let Some(proxy) = &self.proxy {
+            target.proxy = Some(parse_proxy(proxy, target.tls)?);
+        }
+        if let Some(first) = self.source_ips.first() {
+            // Only destinations of the source addresses' family can be reached from them.
+            let family = first.is_ipv4();
+            let dial = target.dial_addr();
+            for ip in &self.source_ips {
+                if ip.is_ipv4() != family {
+                    return Err(ConfigError::SourceFamily {
+                        source_ip: *ip,
+                        target: dial,
+                    });
+                }
+            }
+            if target.proxy.is_some() {
+                if dial.is_ipv4() != family {
+                    return Err(ConfigError::SourceFamily {
+                        source_ip: *first,
+                        target: dial,
+                    });
+                }
+            } else {
+                target.dial_order.retain(|a| a.is_ipv4() == family);
+                match target.dial_order.first() {
+                    Some(&a) => target.addr = a,
+                    None => {
+                        return Err(ConfigError::SourceFamily {
+                            source_ip: *first,
+                            target: dial,
+                        })
+                    }
+                }
             }
         }
-        let path = request_path(&self.url)?;
+        let mut path = request_path(&self.url)?;
+        if target.proxy.as_ref().is_some_and(|p| !p.tunnel) {
+            // Absolute form towards a proxy (RFC 9112 §3.2.2).
+            path = format!("http://{}{path}", target.authority());
+        }
         let head_request = self.method.eq_ignore_ascii_case("HEAD");
         let request = build_request(&self, &target, &path);
         let threads = self.threads.min(self.concurrency).max(1);
+        let h2 = if self.http2 {
+            Some(h2_request(&self, &target, &request_path(&self.url)?)?)
+        } else {
+            None
+        };
         Ok(Plan {
             config: self,
             target,
             request,
             head_request,
+            h2,
             threads,
         })
     }
@@ -273,6 +388,23 @@ impl LoadConfig {
         }
         if self.request_timeout.is_zero() || self.connect_timeout.is_zero() {
             return bad("timeouts must be longer than 0");
+        }
+        if self.streams == 0 {
+            return bad("-p must be at least 1");
+        }
+        if self.streams > 1 && !self.http2 {
+            return bad(
+                "-p (streams per connection) needs -h2: HTTP/1.1 carries one request at a time",
+            );
+        }
+        if self.http2 && self.policy != ConnectionPolicy::KeepAlive {
+            return bad(
+                "-disable-keepalive / --connection close|drop cannot be combined with -h2: \
+                        HTTP/2 keeps its connections (choose their number with -c)",
+            );
+        }
+        if self.http2 && self.retries > 0 {
+            return bad("--retry is not supported with -h2 yet");
         }
         Ok(())
     }
@@ -311,13 +443,153 @@ fn parse_target(raw: &str) -> Result<Target, ConfigError> {
             reason: "no addresses".to_string(),
         });
     };
+    let dial_order = rfc8305_order(&resolved);
+    let addr = dial_order.first().copied().unwrap_or(addr);
     Ok(Target {
         url: raw.to_string(),
         tls,
         host,
         port,
         resolved,
+        dial_order,
         addr,
+        proxy: None,
+    })
+}
+
+/// Interleaves address families, starting with the family of the first address, keeping the
+/// resolver's order within each family (RFC 8305 §4: "the first address should be of the
+/// preferred family, the second of the other, and so on"); duplicates dropped.
+pub(crate) fn rfc8305_order(resolved: &[SocketAddr]) -> Vec<SocketAddr> {
+    let mut unique: Vec<SocketAddr> = Vec::with_capacity(resolved.len());
+    for a in resolved {
+        if !unique.contains(a) {
+            unique.push(*a);
+        }
+    }
+    let Some(first) = unique.first() else {
+        return unique;
+    };
+    let first_v4 = first.is_ipv4();
+    let (mut preferred, mut other): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        unique.iter().partition(|a| a.is_ipv4() == first_v4);
+    preferred.reverse();
+    other.reverse();
+    let mut out = Vec::with_capacity(unique.len());
+    loop {
+        match (preferred.pop(), other.pop()) {
+            (None, None) => return out,
+            (p, o) => out.extend(p.into_iter().chain(o)),
+        }
+    }
+}
+
+/// Parses `-x`: `http://HOST[:PORT]` (port 80 by default) or `HOST:PORT`, resolved once.
+fn parse_proxy(raw: &str, tunnel: bool) -> Result<ProxyTarget, ConfigError> {
+    let bad = || ConfigError::BadProxy(raw.to_string());
+    let with_scheme = if raw.contains("://") {
+        raw.to_string()
+    } else {
+        format!("http://{raw}")
+    };
+    let url = url::Url::parse(&with_scheme).map_err(|_| bad())?;
+    if url.scheme() != "http" || !matches!(url.path(), "" | "/") || url.query().is_some() {
+        return Err(bad());
+    }
+    let host = match url.host() {
+        Some(url::Host::Domain(d)) => d.to_string(),
+        Some(url::Host::Ipv4(a)) => a.to_string(),
+        Some(url::Host::Ipv6(a)) => a.to_string(),
+        None => return Err(bad()),
+    };
+    let port = url.port().unwrap_or(80);
+    let addr = (host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| ConfigError::Resolve {
+            host: host.clone(),
+            reason: e.to_string(),
+        })?
+        .next()
+        .ok_or_else(|| ConfigError::Resolve {
+            host: host.clone(),
+            reason: "no addresses".to_string(),
+        })?;
+    Ok(ProxyTarget {
+        url: raw.to_string(),
+        host,
+        port,
+        addr,
+        tunnel,
+    })
+}
+
+/// The HTTP/2 request of a run.
+fn h2_request(config: &LoadConfig, target: &Target, path: &str) -> Result<H2Request, ConfigError> {
+    if target.proxy.as_ref().is_some_and(|p| !p.tunnel) {
+        return Err(ConfigError::OutOfRange(
+            "-h2 through -x needs an https:// target (a CONNECT tunnel); cleartext h2c cannot \
+             go through an HTTP/1.1 proxy"
+                .to_string(),
+        ));
+    }
+    let bad = |what: String| ConfigError::BadHeader(what);
+    let method = http::Method::from_bytes(config.method.as_bytes())
+        .map_err(|_| ConfigError::BadMethod(config.method.clone()))?;
+    let mut authority = target.authority();
+    let default_port = if target.tls { 443 } else { 80 };
+    if target.port == default_port {
+        authority = if target.host.contains(':') {
+            format!("[{}]", target.host)
+        } else {
+            target.host.clone()
+        };
+    }
+    let mut headers = http::HeaderMap::new();
+    let mut has_user_agent = false;
+    for (name, value) in &config.headers {
+        let lower = name.to_ascii_lowercase();
+        match lower.as_str() {
+            "host" => {
+                authority = value.clone();
+                continue;
+            }
+            "connection" | "keep-alive" | "proxy-connection" | "transfer-encoding" | "upgrade" => {
+                continue
+            }
+            "user-agent" => has_user_agent = true,
+            _ => {}
+        }
+        let n = http::HeaderName::from_bytes(lower.as_bytes())
+            .map_err(|_| bad(format!("{name}: {value}")))?;
+        let v = http::HeaderValue::from_str(value).map_err(|_| bad(format!("{name}: {value}")))?;
+        headers.append(n, v);
+    }
+    if !has_user_agent {
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static(concat!("portlab/", env!("CARGO_PKG_VERSION"))),
+        );
+    }
+    if let Some(ct) = &config.content_type {
+        if !headers.contains_key(http::header::CONTENT_TYPE) {
+            let v =
+                http::HeaderValue::from_str(ct).map_err(|_| bad(format!("Content-Type: {ct}")))?;
+            headers.insert(http::header::CONTENT_TYPE, v);
+        }
+    }
+    let scheme = if target.tls { "https" } else { "http" };
+    let uri: http::Uri =
+        format!("{scheme}://{authority}{path}")
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| ConfigError::MalformedUrl {
+                url: config.url.clone(),
+                reason: e.to_string(),
+            })?;
+    Ok(H2Request {
+        method,
+        uri,
+        headers,
+        body: bytes::Bytes::from(config.body.clone()),
     })
 }
 
@@ -390,6 +662,28 @@ mod tests {
             "{req}"
         );
         assert!(req.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn dial_order_interleaves_families_from_the_resolvers_first() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let got = rfc8305_order(&[
+            a("[::1]:80"),
+            a("[::2]:80"),
+            a("[::3]:80"),
+            a("10.0.0.1:80"),
+            a("[::1]:80"),
+            a("10.0.0.2:80"),
+        ]);
+        let want = [
+            "[::1]:80",
+            "10.0.0.1:80",
+            "[::2]:80",
+            "10.0.0.2:80",
+            "[::3]:80",
+        ];
+        assert_eq!(got, want.map(a));
+        assert_eq!(rfc8305_order(&[a("10.0.0.1:80")]), [a("10.0.0.1:80")]);
     }
 
     #[test]

@@ -25,6 +25,8 @@ use crate::http::{Response, ResponseParser, Step};
 use crate::report::{self, LoadReport, TimelineSecond};
 use crate::stats::{SecondBucket, Stats, MAX_LATENCY_US};
 
+mod http2;
+
 /// Read buffer per connection slot; a response head must fit in it.
 const READ_BUF: usize = 16 * 1024;
 /// Completions between two updates of the shared progress counters (a power of two).
@@ -34,6 +36,45 @@ const PROGRESS_BATCH: u64 = 64;
 const SLOW_CONNECT_US: u64 = 1_000_000;
 /// How often the calling thread wakes to merge the timeline and report progress.
 const TICK: Duration = Duration::from_millis(100);
+/// How often the calling thread drains per-request records (`-o csv`).
+const RECORD_POLL: Duration = Duration::from_millis(5);
+
+/// Records sent per batch to the caller of [`run_with_records`].
+const RECORD_BATCH: usize = 256;
+/// Batches in flight between engine threads and the caller before the engine threads wait
+/// (streamed output: memory stays bounded whatever the run's length).
+const RECORD_QUEUE: usize = 64;
+
+/// Timings of one successful request, as hey's `-o csv` prints them (µs). A request that
+/// reused a kept-alive connection has `connect_us = 0`. DNS is resolved once before the run,
+/// so there is no per-request DNS time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestRecord {
+    /// When the request started, µs since the start of the run (hey's `offset`).
+    pub offset_us: u64,
+    /// Whole request, from its (intended) start to the last body byte (hey's `response-time`).
+    pub total_us: u64,
+    /// TCP connect (+ proxy tunnel + TLS handshake) when the request opened its connection
+    /// (hey's `DNS+dialup`).
+    pub connect_us: u64,
+    /// Writing the request (hey's `Request-write`).
+    pub write_us: u64,
+    /// From the request written to the first response byte (hey's `Response-delay`).
+    pub delay_us: u64,
+    /// From the first response byte to the last (hey's `Response-read`).
+    pub read_us: u64,
+    /// HTTP status code.
+    pub status: u16,
+}
+
+/// Instants of one attempt, filled only when records are asked for.
+#[derive(Debug, Clone, Copy, Default)]
+struct Timing {
+    connect_us: u64,
+    sent_at: Option<Instant>,
+    wrote_at: Option<Instant>,
+    first_byte_at: Option<Instant>,
+}
 
 /// Live counters for a progress display, summed over threads.
 #[derive(Debug, Clone, Copy, Default)]
@@ -66,10 +107,35 @@ pub enum LoadError {
 /// # Errors
 /// [`LoadError`] when the engine cannot start; request failures are counted in the report.
 pub fn run(plan: &Plan, on_progress: &mut dyn FnMut(&Progress)) -> Result<LoadReport, LoadError> {
+    run_inner(plan, on_progress, None)
+}
+
+/// [`run`], also calling `on_requests` from the calling thread with the timings of every
+/// successful request, in batches as they finish (hey's `-o csv`). Engine threads wait when
+/// the caller falls behind by more than a few thousand records, so memory stays bounded.
+///
+/// # Errors
+/// As [`run`].
+pub fn run_with_records(
+    plan: &Plan,
+    on_progress: &mut dyn FnMut(&Progress),
+    on_requests: &mut dyn FnMut(&[RequestRecord]),
+) -> Result<LoadReport, LoadError> {
+    run_inner(plan, on_progress, Some(on_requests))
+}
+
+/// Where [`run_with_records`] hands record batches.
+type RecordSink<'a> = &'a mut dyn FnMut(&[RequestRecord]);
+
+fn run_inner(
+    plan: &Plan,
+    on_progress: &mut dyn FnMut(&Progress),
+    mut on_requests: Option<RecordSink<'_>>,
+) -> Result<LoadReport, LoadError> {
     let plan = Arc::new(plan.clone());
     let tls = if plan.target.tls {
         Some(
-            crate::tls::connector(&plan.target.host, plan.config.insecure)
+            crate::tls::connector(&plan.target.host, plan.config.insecure, plan.config.http2)
                 .map_err(LoadError::Tls)?,
         )
     } else {
@@ -79,6 +145,13 @@ pub fn run(plan: &Plan, on_progress: &mut dyn FnMut(&Progress)) -> Result<LoadRe
     let counters: Arc<Vec<ThreadCounters>> =
         Arc::new((0..threads).map(|_| ThreadCounters::default()).collect());
     let (tx, rx) = mpsc::channel::<Msg>();
+    let (records_tx, records_rx) = match on_requests {
+        Some(_) => {
+            let (t, r) = mpsc::sync_channel::<Vec<RequestRecord>>(RECORD_QUEUE);
+            (Some(t), Some(r))
+        }
+        None => (None, None),
+    };
     let start = Instant::now();
     let started_at = std::time::SystemTime::now();
     let shares = split_shares(&plan, threads);
@@ -92,6 +165,7 @@ pub fn run(plan: &Plan, on_progress: &mut dyn FnMut(&Progress)) -> Result<LoadRe
             start,
             counters: counters.clone(),
             tx: tx.clone(),
+            records_tx: records_tx.clone(),
         };
         let handle = std::thread::Builder::new()
             .name(format!("portlab-load-{index}"))
@@ -100,7 +174,38 @@ pub fn run(plan: &Plan, on_progress: &mut dyn FnMut(&Progress)) -> Result<LoadRe
         handles.push(handle);
     }
     drop(tx);
-    let (stats, timeline) = collect(&rx, threads, start, &counters, on_progress);
+    drop(records_tx);
+    // With records, wake often enough that engine threads never wait on a full queue.
+    let poll = if records_rx.is_some() {
+        RECORD_POLL
+    } else {
+        TICK
+    };
+    let mut records = records_rx.as_ref().zip(on_requests.as_mut());
+    let mut drain = |block: bool| {
+        if let Some((rx, sink)) = records.as_mut() {
+            if block {
+                // Every sender is dropped when its thread ends: this ends with the threads.
+                for batch in rx.iter() {
+                    sink(&batch);
+                }
+            } else {
+                for batch in rx.try_iter() {
+                    sink(&batch);
+                }
+            }
+        }
+    };
+    let (stats, timeline) = collect(
+        &rx,
+        threads,
+        start,
+        &counters,
+        on_progress,
+        &mut drain,
+        poll,
+    );
+    drain(true);
     let elapsed = start.elapsed();
     for h in handles {
         h.join()
@@ -175,13 +280,18 @@ fn collect(
     start: Instant,
     counters: &[ThreadCounters],
     on_progress: &mut dyn FnMut(&Progress),
+    drain_records: &mut dyn FnMut(bool),
+    poll: Duration,
 ) -> (Option<Stats>, Vec<TimelineSecond>) {
     let mut merger = TimelineMerger::new(threads);
     let mut total: Option<Stats> = None;
     let mut remaining = threads;
     let mut next_tick = std::time::Instant::now() + TICK;
     while remaining > 0 {
+        drain_records(false);
         let wait = next_tick.saturating_duration_since(std::time::Instant::now());
+        // With records, wake often enough that engine threads never wait on a full queue.
+        let wait = wait.min(poll);
         match rx.recv_timeout(wait) {
             Ok(Msg::Second(t, bucket)) => merger.push(t, *bucket),
             Ok(Msg::Done(t, stats)) => {
@@ -300,6 +410,7 @@ struct ThreadSetup {
     start: Instant,
     counters: Arc<Vec<ThreadCounters>>,
     tx: mpsc::Sender<Msg>,
+    records_tx: Option<mpsc::SyncSender<Vec<RequestRecord>>>,
 }
 
 fn thread_main(setup: ThreadSetup) -> std::io::Result<()> {
@@ -313,7 +424,11 @@ fn thread_main(setup: ThreadSetup) -> std::io::Result<()> {
         let ticker = tokio::task::spawn_local(ticker(worker.clone()));
         let mut tasks = Vec::with_capacity(connections);
         for _ in 0..connections {
-            tasks.push(tokio::task::spawn_local(connection_slot(worker.clone())));
+            tasks.push(if worker.plan.config.http2 {
+                tokio::task::spawn_local(http2::h2_slot(worker.clone()))
+            } else {
+                tokio::task::spawn_local(connection_slot(worker.clone()))
+            });
         }
         for t in tasks {
             // A panicking task is a bug; its slot's requests would be lost, so surface it.
@@ -341,6 +456,8 @@ struct Worker {
     schedule_interval_secs: Option<f64>,
     per_worker_interval_secs: Option<f64>,
     source_next: Cell<usize>,
+    /// Index in the target's candidates of the address that last connected (tried first).
+    preferred_addr: Cell<usize>,
     rng: Cell<u64>,
     stats: RefCell<Stats>,
     bucket: RefCell<SecondBucket>,
@@ -348,11 +465,14 @@ struct Worker {
     counters: Arc<Vec<ThreadCounters>>,
     tx: mpsc::Sender<Msg>,
     panicked: Cell<bool>,
+    /// `-o csv`: where record batches go, and the batch being filled.
+    records_tx: Option<mpsc::SyncSender<Vec<RequestRecord>>>,
+    records: RefCell<Vec<RequestRecord>>,
 }
 
 /// How one request attempt ended.
 enum Attempt {
-    Ok(Response, Instant),
+    Ok(Response, Instant, Timing),
     Failed(Fail),
     /// The run's deadline came first (duration mode).
     Cancelled,
@@ -409,6 +529,7 @@ impl Worker {
             remaining: Cell::new(s.share.requests),
             schedule_next: Cell::new(0),
             source_next: Cell::new(s.index),
+            preferred_addr: Cell::new(0),
             rng: Cell::new(0x9E37_79B9_7F4A_7C15 ^ (s.index as u64 + 1)),
             stats: RefCell::new(Stats::new()),
             bucket: RefCell::new(SecondBucket::new(0)),
@@ -419,6 +540,12 @@ impl Worker {
             counters: s.counters,
             tx: s.tx,
             panicked: Cell::new(false),
+            records: RefCell::new(if s.records_tx.is_some() {
+                Vec::with_capacity(RECORD_BATCH)
+            } else {
+                Vec::new()
+            }),
+            records_tx: s.records_tx,
         }
     }
 
@@ -480,12 +607,22 @@ impl Worker {
     /// One attempt: connect if needed, send, read the response, apply the connection policy.
     async fn attempt(&self, conn: &mut Option<Conn>, io: &mut ReadBuf) -> Attempt {
         let reused = conn.is_some();
+        let mut timing = Timing::default();
+        let record = self.records_tx.is_some();
         if !reused {
+            let began = record.then(Instant::now);
             match self.connect().await {
                 Ok(c) => *conn = Some(c),
                 Err(a) => return a,
             }
+            if let Some(b) = began {
+                timing.connect_us = b.elapsed().as_micros() as u64;
+            }
         }
+        if record {
+            timing.sent_at = Some(Instant::now());
+        }
+        let timing_ref = record.then_some(&mut timing);
         let Some(c) = conn.as_mut() else {
             return Attempt::Failed(Fail::protocol(Phase::Connect));
         };
@@ -502,14 +639,21 @@ impl Worker {
             Conn::Plain(s) => {
                 timeout_at(
                     limit,
-                    exchange(s, &self.plan.request, io, self.plan.head_request),
+                    exchange(
+                        s,
+                        &self.plan.request,
+                        io,
+                        self.plan.head_request,
+                        timing_ref,
+                    ),
                 )
                 .await
             }
             Conn::Tls(s) => {
+                let req = &self.plan.request;
                 timeout_at(
                     limit,
-                    exchange(&mut **s, &self.plan.request, io, self.plan.head_request),
+                    exchange(&mut **s, req, io, self.plan.head_request, timing_ref),
                 )
                 .await
             }
@@ -533,7 +677,7 @@ impl Worker {
             Ok(Ok(resp)) => {
                 let done_at = Instant::now();
                 self.after_response(conn, io, resp).await;
-                Attempt::Ok(resp, done_at)
+                Attempt::Ok(resp, done_at, timing)
             }
         }
     }
@@ -573,12 +717,49 @@ impl Worker {
     }
 
     /// Opens a connection (with `--source-ip` binding and TLS when asked), bounded by the
-    /// connect timeout and the run deadline.
+    /// connect timeout (per address) and the run deadline. A TCP connect that fails moves on
+    /// to the target's next address in dial order (RFC 8305 §4), each outcome counted for its
+    /// address; the request fails only when every address failed (with the last class), or at
+    /// once when the failure is local and would hit every address alike (descriptors, memory).
     async fn connect(&self) -> Result<Conn, Attempt> {
         let began = Instant::now();
         let fail = |e: &std::io::Error| Attempt::Failed(Fail::io(e, Phase::Connect));
-        let socket = self.new_socket().map_err(|e| fail(&e))?;
-        let (limit, is_deadline) = self.limit(self.plan.config.connect_timeout);
+        let candidates = self.plan.target.candidates();
+        let first = self.preferred_addr.get() % candidates.len().max(1);
+        let mut last = ErrorClass::Other(0);
+        let mut connected = None;
+        let (mut limit, mut is_deadline) = self.limit(self.plan.config.connect_timeout);
+        for k in 0..candidates.len() {
+            let index = (first + k) % candidates.len();
+            let addr = candidates[index];
+            let socket = self.new_socket(addr).map_err(|e| fail(&e))?;
+            (limit, is_deadline) = self.limit(self.plan.config.connect_timeout);
+            let class = match timeout_at(limit, socket.connect(addr)).await {
+                Err(_) if is_deadline => return Err(Attempt::Cancelled),
+                Err(_) => ErrorClass::ConnectTimeout,
+                Ok(Err(e)) => ErrorClass::from_io(&e),
+                Ok(Ok(s)) => {
+                    self.preferred_addr.set(index);
+                    self.stats.borrow_mut().address(index).connects += 1;
+                    connected = Some(s);
+                    break;
+                }
+            };
+            *self
+                .stats
+                .borrow_mut()
+                .address(index)
+                .failures
+                .entry(class)
+                .or_default() += 1;
+            last = class;
+            if matches!(
+                class,
+                ErrorClass::TooManyOpenFiles | ErrorClass::NoBufferSpace
+            ) {
+                break;
+            }
+        }
         let timed_out = || {
             if is_deadline {
                 Attempt::Cancelled
@@ -589,11 +770,31 @@ impl Worker {
                 })
             }
         };
-        let stream = match timeout_at(limit, socket.connect(self.plan.target.addr)).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Err(e)) => return Err(fail(&e)),
-            Ok(Ok(s)) => s,
+        let Some(mut stream) = connected else {
+            return Err(Attempt::Failed(Fail {
+                class: last,
+                phase: Phase::Connect,
+            }));
         };
+        if self.plan.target.proxy.as_ref().is_some_and(|p| p.tunnel) {
+            match timeout_at(limit, open_tunnel(&mut stream, &self.plan.target)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Err(TunnelError::Io(e))) => return Err(fail(&e)),
+                Ok(Err(TunnelError::Refused(status))) => {
+                    *self
+                        .stats
+                        .borrow_mut()
+                        .proxy_refused_status
+                        .entry(status)
+                        .or_default() += 1;
+                    return Err(Attempt::Failed(Fail {
+                        class: ErrorClass::ProxyRefused,
+                        phase: Phase::Connect,
+                    }));
+                }
+                Ok(Ok(())) => {}
+            }
+        }
         let conn = match &self.tls {
             None => Conn::Plain(stream),
             Some((connector, name)) => {
@@ -627,9 +828,8 @@ impl Worker {
     /// A non-blocking TCP socket; with `--source-ip`, bound to the next address round-robin
     /// with IP_BIND_ADDRESS_NO_PORT so the port is still chosen at connect() per 4-tuple
     /// (net/ipv4/inet_hashtables.c: a port bound early is exclusive to the local address).
-    fn new_socket(&self) -> std::io::Result<TcpSocket> {
+    fn new_socket(&self, target: SocketAddr) -> std::io::Result<TcpSocket> {
         let ips = &self.plan.config.source_ips;
-        let target = self.plan.target.addr;
         if ips.is_empty() {
             return if target.is_ipv4() {
                 TcpSocket::new_v4()
@@ -713,6 +913,31 @@ impl Worker {
         self.completed();
     }
 
+    /// `-o csv`: keeps the request's timings, sending a full batch to the caller.
+    fn record_request(&self, began: Instant, resp: &Response, done_at: Instant, t: &Timing) {
+        let Some(tx) = &self.records_tx else { return };
+        let us = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_micros() as u64,
+            _ => 0,
+        };
+        let rec = RequestRecord {
+            offset_us: began.saturating_duration_since(self.start).as_micros() as u64,
+            total_us: done_at.saturating_duration_since(began).as_micros() as u64,
+            connect_us: t.connect_us,
+            write_us: us(t.sent_at, t.wrote_at),
+            delay_us: us(t.wrote_at, t.first_byte_at),
+            read_us: us(t.first_byte_at, Some(done_at)),
+            status: resp.status,
+        };
+        let mut batch = self.records.borrow_mut();
+        batch.push(rec);
+        if batch.len() >= RECORD_BATCH {
+            let full = std::mem::replace(&mut *batch, Vec::with_capacity(RECORD_BATCH));
+            // Blocks while the caller is behind (bounded memory); an error means it is gone.
+            let _ = tx.send(full);
+        }
+    }
+
     fn record_failure(&self, fail: Fail) {
         let now = Instant::now();
         {
@@ -759,6 +984,12 @@ impl Worker {
     /// Sends the last bucket and the thread's statistics.
     fn finish(&self) {
         self.publish();
+        if let Some(tx) = &self.records_tx {
+            let rest = std::mem::take(&mut *self.records.borrow_mut());
+            if !rest.is_empty() {
+                let _ = tx.send(rest);
+            }
+        }
         self.counters[self.index]
             .finished
             .store(true, Ordering::Relaxed);
@@ -798,8 +1029,9 @@ async fn connection_slot(w: Rc<Worker>) {
         let mut retry = 0u32;
         loop {
             match w.attempt(&mut conn, &mut io).await {
-                Attempt::Ok(resp, done_at) => {
+                Attempt::Ok(resp, done_at, timing) => {
                     w.record_ok(began, resp, done_at, retry > 0);
+                    w.record_request(began, &resp, done_at, &timing);
                     break;
                 }
                 Attempt::Cancelled => {
@@ -838,12 +1070,64 @@ impl Conn {
     }
 }
 
+/// Why a CONNECT tunnel could not be opened.
+enum TunnelError {
+    Io(std::io::Error),
+    /// The proxy's status (0: not an HTTP answer, or it closed first).
+    Refused(u16),
+}
+
+/// Largest CONNECT answer head we read from a proxy.
+const MAX_TUNNEL_HEAD: usize = 8 * 1024;
+
+/// Opens a tunnel through an HTTP proxy: `CONNECT host:port` (RFC 9110 §9.3.6), then reads the
+/// answer head; any 2xx means the connection now carries bytes to the target. The target
+/// sends nothing before the TLS client speaks, so whatever arrives is the proxy's answer; bytes
+/// after its head are a protocol error (status 0).
+async fn open_tunnel(
+    stream: &mut TcpStream,
+    target: &crate::config::Target,
+) -> Result<(), TunnelError> {
+    let authority = target.authority();
+    let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .map_err(TunnelError::Io)?;
+    let mut head = [0u8; MAX_TUNNEL_HEAD];
+    let mut len = 0;
+    loop {
+        if len == head.len() {
+            return Err(TunnelError::Refused(0));
+        }
+        match stream.read(&mut head[len..]).await {
+            Ok(0) => return Err(TunnelError::Refused(0)),
+            Ok(n) => len += n,
+            Err(e) => return Err(TunnelError::Io(e)),
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Response::new(&mut headers);
+        match parsed.parse(&head[..len]) {
+            Ok(httparse::Status::Partial) => continue,
+            Ok(httparse::Status::Complete(end)) => {
+                return match parsed.code {
+                    Some(200..=299) if end == len => Ok(()),
+                    Some(200..=299) | None => Err(TunnelError::Refused(0)),
+                    Some(code) => Err(TunnelError::Refused(code)),
+                };
+            }
+            Err(_) => return Err(TunnelError::Refused(0)),
+        }
+    }
+}
+
 /// Writes the request and reads one complete response.
 async fn exchange<S>(
     s: &mut S,
     request: &[u8],
     io: &mut ReadBuf,
     head_request: bool,
+    mut timing: Option<&mut Timing>,
 ) -> Result<Response, Fail>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -852,6 +1136,9 @@ where
         .await
         .map_err(|e| Fail::io(&e, Phase::Write))?;
     s.flush().await.map_err(|e| Fail::io(&e, Phase::Write))?;
+    if let Some(t) = timing.as_deref_mut() {
+        t.wrote_at = Some(Instant::now());
+    }
     io.start = 0;
     io.end = 0;
     let mut parser = ResponseParser::new(head_request);
@@ -870,6 +1157,9 @@ where
             .map_err(|e| Fail::io(&e, Phase::Read))?;
         if n == 0 {
             return parser.finish_at_eof().ok_or(Fail::protocol(Phase::Read));
+        }
+        if let Some(t) = timing.as_deref_mut() {
+            t.first_byte_at.get_or_insert_with(Instant::now);
         }
         io.end += n;
         match parser

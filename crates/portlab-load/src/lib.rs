@@ -1,4 +1,5 @@
-//! portlab-load: an HTTP/1.1 (+TLS) load generator that counts and classifies every failure.
+//! portlab-load: an HTTP/1.1 and HTTP/2 (+TLS, + HTTP proxy) load generator that counts and
+//! classifies every failure.
 //!
 //! A user who saw failures under load runs the same load through this engine and gets, besides
 //! throughput and latency, an exact account of every request: with `-n N`,
@@ -10,6 +11,10 @@
 //! - [`LoadConfig`] → [`LoadConfig::validate`] → [`Plan`]: settings checked once at the edge.
 //! - [`ConnectionPolicy`]: keep-alive, server closes (`Connection: close`), client closes.
 //! - [`run`]: the engine (one current-thread tokio runtime per OS thread, no shared locks).
+//!   HTTP/2 (`LoadConfig::http2`, on the `h2` crate) keeps `streams` requests in flight per
+//!   connection; [`run_with_records`] also streams per-request timings (hey's `-o csv`).
+//! - Connects try every resolved address in RFC 8305 order ([`Target::dial_order`]), or go
+//!   through an HTTP proxy ([`ProxyTarget`]: absolute form, or a CONNECT tunnel for https).
 //! - [`LoadReport`]: plain data (Serialize, Deserialize), HDR histograms included.
 //! - [`Segment`]: agent `I/N`'s exact share of a load run over many agents;
 //!   [`ReportMerger`]: their reports merged into one without loss.
@@ -40,12 +45,13 @@ pub mod segment;
 mod stats;
 mod tls;
 
-pub use config::{ConfigError, ConnectionPolicy, LoadConfig, Plan, RateLimit, Target};
-pub use engine::{run, LoadError, Progress};
+pub use config::{ConfigError, ConnectionPolicy, LoadConfig, Plan, ProxyTarget, RateLimit, Target};
+pub use engine::{run, run_with_records, LoadError, Progress, RequestRecord};
 pub use error::{ErrorClass, Phase, Side};
 pub use merge::{MergeError, ReportMerger};
 pub use report::{
-    ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport, LoadReport, Percentiles,
-    RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond, SCHEMA_VERSION,
+    AddressReport, ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport, LoadReport,
+    Percentiles, ProxyReport, RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond,
+    SCHEMA_VERSION,
 };
 pub use segment::{Segment, SegmentError};

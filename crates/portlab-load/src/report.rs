@@ -46,6 +46,24 @@ pub struct LoadReport {
     pub retries: RetryReport,
     /// One entry per second of the run, from second 0.
     pub timeline: Vec<TimelineSecond>,
+    /// `-x`: the HTTP proxy every connection went to (absent without one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxyReport>,
+}
+
+/// The HTTP proxy of a run (`-x`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProxyReport {
+    /// The proxy as given.
+    pub url: String,
+    /// The proxy's address (every TCP connection went there).
+    pub address: SocketAddr,
+    /// `true`: each connection opened a `CONNECT` tunnel (https target); `false`: requests
+    /// carried the absolute URL (http target).
+    pub tunnel: bool,
+    /// CONNECT answers that refused a tunnel, by status code (0: not an HTTP answer); each is
+    /// a `ProxyRefused` failure in `errors`.
+    pub refused_by_status: BTreeMap<u16, u64>,
 }
 
 /// The target as resolved once before the run.
@@ -57,8 +75,24 @@ pub struct TargetReport {
     pub method: String,
     /// Every address the host resolved to.
     pub resolved: Vec<SocketAddr>,
-    /// The address connections went to.
+    /// The address most connections went to: the first in dial order unless connects to it
+    /// failed over to another, or the proxy's with `-x`.
     pub connected_to: SocketAddr,
+    /// Every address connects tried, in dial order (RFC 8305 §4 with `--source-ip` families
+    /// only; the proxy alone with `-x`), with what happened there.
+    pub addresses: Vec<AddressReport>,
+}
+
+/// TCP connect outcomes towards one address.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddressReport {
+    /// IP:port.
+    pub address: SocketAddr,
+    /// Successful TCP connects.
+    pub connects: u64,
+    /// Failed TCP connects by class (a failure followed by a successful fallback to the next
+    /// address counts here, not as a failed request).
+    pub failures: BTreeMap<ErrorClass, u64>,
 }
 
 /// Settings of the run.
@@ -86,6 +120,10 @@ pub struct SettingsReport {
     pub retries: u32,
     /// `--backoff` in milliseconds.
     pub backoff_ms: u64,
+    /// HTTP version spoken: `"1.1"`, or `"2"` with `-h2`.
+    pub http_version: String,
+    /// Requests in flight per connection: `-p` with `-h2` (HTTP/2 streams), 1 for HTTP/1.1.
+    pub streams_per_connection: usize,
 }
 
 /// Counts and rates. Accounting: `requests = succeeded + failed + cancelled_at_deadline`.
@@ -201,7 +239,7 @@ pub struct ErrorEntry {
     pub errno_name: String,
     /// Plain-language meaning.
     pub meaning: &'static str,
-    /// Local or remote side.
+    /// Local, remote, proxy (`-x`) or unknown side.
     pub side: Side,
     /// Failures of this class.
     pub count: u64,
@@ -287,6 +325,7 @@ pub(crate) fn build(
         .map(|(_, by_phase)| by_phase[Phase::Connect.index()])
         .sum();
     let sent = stats.requests_on_new_connection + stats.requests_on_reused_connection;
+    let proxied = plan.target.proxy.is_some();
     LoadReport {
         schema_version: SCHEMA_VERSION,
         started_at_unix_secs: started_at
@@ -296,7 +335,21 @@ pub(crate) fn build(
             url: plan.target.url.clone(),
             method: c.method.clone(),
             resolved: plan.target.resolved.clone(),
-            connected_to: plan.target.addr,
+            connected_to: busiest(plan, stats),
+            addresses: plan
+                .target
+                .candidates()
+                .iter()
+                .enumerate()
+                .map(|(i, &address)| {
+                    let counts = stats.per_address.get(i);
+                    AddressReport {
+                        address,
+                        connects: counts.map_or(0, |c| c.connects),
+                        failures: counts.map(|c| c.failures.clone()).unwrap_or_default(),
+                    }
+                })
+                .collect(),
         },
         settings: SettingsReport {
             requests: c.duration.is_none().then_some(c.requests),
@@ -310,6 +363,8 @@ pub(crate) fn build(
             source_ips: c.source_ips.clone(),
             retries: c.retries,
             backoff_ms: c.backoff.as_millis() as u64,
+            http_version: if c.http2 { "2" } else { "1.1" }.to_string(),
+            streams_per_connection: if c.http2 { c.streams } else { 1 },
         },
         summary: Summary {
             requests: stats.succeeded + stats.failed + stats.cancelled_at_deadline,
@@ -340,14 +395,35 @@ pub(crate) fn build(
             connect_latency: percentiles(&stats.connect),
             connect_hdr_histogram: encode_histogram(&stats.connect),
         },
-        errors: error_entries(&stats.errors),
+        errors: error_entries(&stats.errors, proxied),
         retries: RetryReport {
             attempts: stats.retry_attempts,
             succeeded: stats.retry_succeeded,
-            retried_errors: error_entries(&stats.retried_errors),
+            retried_errors: error_entries(&stats.retried_errors, proxied),
         },
         timeline,
+        proxy: plan.target.proxy.as_ref().map(|p| ProxyReport {
+            url: p.url.clone(),
+            address: p.addr,
+            tunnel: p.tunnel,
+            refused_by_status: stats.proxy_refused_status.clone(),
+        }),
     }
+}
+
+/// The candidate most connects went to (the first on a tie or with none).
+fn busiest(plan: &Plan, stats: &Stats) -> SocketAddr {
+    let candidates = plan.target.candidates();
+    let mut best = 0;
+    for (i, c) in stats.per_address.iter().enumerate() {
+        if i < candidates.len() && c.connects > stats.per_address[best].connects {
+            best = i;
+        }
+    }
+    candidates
+        .get(best)
+        .copied()
+        .unwrap_or(plan.target.dial_addr())
 }
 
 pub(crate) fn latency_report(h: &Histogram<u64>, corrected: bool) -> LatencyReport {
@@ -432,7 +508,14 @@ pub(crate) fn encode_histogram(h: &Histogram<u64>) -> String {
     }
 }
 
-fn error_entries(errors: &ErrorCounts) -> Vec<ErrorEntry> {
+/// Entries by class. With a proxy (`proxied`) the peer of every connection is the proxy, so
+/// failures that point away from this host point at the proxy — except TLS, which runs end to
+/// end through the tunnel.
+fn error_entries(errors: &ErrorCounts, proxied: bool) -> Vec<ErrorEntry> {
+    let side = |class: ErrorClass| match class.side() {
+        Side::Remote | Side::Unknown if proxied && class != ErrorClass::Tls => Side::Proxy,
+        other => other,
+    };
     let mut out: Vec<ErrorEntry> = errors
         .iter()
         .map(|(class, by_phase)| ErrorEntry {
@@ -440,7 +523,7 @@ fn error_entries(errors: &ErrorCounts) -> Vec<ErrorEntry> {
             errno: class.errno(),
             errno_name: class.errno_name(),
             meaning: class.meaning(),
-            side: class.side(),
+            side: side(class),
             count: by_phase.iter().sum(),
             first_at_ms: errors.first_us(class).map(|us| us as f64 / 1000.0),
             by_phase: Phase::ALL
@@ -453,3 +536,4 @@ fn error_entries(errors: &ErrorCounts) -> Vec<ErrorEntry> {
     out.sort_by(|a, b| b.count.cmp(&a.count).then(a.class.cmp(&b.class)));
     out
 }
+

@@ -90,9 +90,30 @@ pub(crate) struct Stats {
     pub closed_by_server: u64,
     pub closed_by_client: u64,
     pub body_bytes: u64,
+    /// `-x` with an https target: CONNECT answers that refused the tunnel, by status (0: the
+    /// proxy did not answer with HTTP).
+    pub proxy_refused_status: BTreeMap<u16, u64>,
+    /// TCP connect outcomes per candidate address (index in `Target::candidates`).
+    pub per_address: Vec<AddressCounts>,
+}
+
+/// Connect outcomes towards one address.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AddressCounts {
+    pub connects: u64,
+    pub failures: BTreeMap<ErrorClass, u64>,
 }
 
 impl Stats {
+    /// The counts of candidate `index`, growing the list as needed.
+    pub fn address(&mut self, index: usize) -> &mut AddressCounts {
+        if self.per_address.len() <= index {
+            self.per_address
+                .resize_with(index + 1, AddressCounts::default);
+        }
+        &mut self.per_address[index]
+    }
+
     pub fn new() -> Self {
         Self {
             latency: latency_histogram(),
@@ -112,6 +133,8 @@ impl Stats {
             closed_by_server: 0,
             closed_by_client: 0,
             body_bytes: 0,
+            proxy_refused_status: BTreeMap::new(),
+            per_address: Vec::new(),
         }
     }
 
@@ -142,6 +165,16 @@ impl Stats {
         self.closed_by_server += o.closed_by_server;
         self.closed_by_client += o.closed_by_client;
         self.body_bytes += o.body_bytes;
+        for (code, n) in &o.proxy_refused_status {
+            *self.proxy_refused_status.entry(*code).or_default() += n;
+        }
+        for (i, a) in o.per_address.iter().enumerate() {
+            let mine = self.address(i);
+            mine.connects += a.connects;
+            for (class, n) in &a.failures {
+                *mine.failures.entry(*class).or_default() += n;
+            }
+        }
     }
 }
 

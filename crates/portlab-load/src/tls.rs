@@ -1,5 +1,5 @@
 //! rustls client configuration: web PKI roots (webpki-roots), or no verification at all with
-//! `--insecure`. ALPN offers only `http/1.1`.
+//! `--insecure`. ALPN offers `http/1.1`, or only `h2` with `-h2` (RFC 9113 §3.2).
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 pub(crate) fn connector(
     host: &str,
     insecure: bool,
+    http2: bool,
 ) -> Result<(tokio_rustls::TlsConnector, ServerName<'static>), rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -27,7 +28,11 @@ pub(crate) fn connector(
         };
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
     let name = ServerName::try_from(host.to_string())
         .map_err(|_| rustls::Error::General(format!("{host:?} is not a valid TLS server name")))?;
     Ok((tokio_rustls::TlsConnector::from(Arc::new(config)), name))

@@ -1,12 +1,13 @@
 //! Against a real nginx (Debian package `nginx`, started by the test on 127.0.0.1:<free port>):
 //! the engine's success count equals the number of lines in nginx's access log, for each
-//! connection policy.
+//! connection policy; over TLS with ALPN h2 (`-h2`); and through tinyproxy (Debian
+//! `tinyproxy`), a real HTTP proxy, with CONNECT tunnels (`-x`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use portlab_load::{ConnectionPolicy, LoadConfig};
+use portlab_load::{ConnectionPolicy, LoadConfig, LoadReport, Side};
 
 /// nginx in the foreground (single process) with a temporary prefix; killed by PID on drop.
 struct Nginx {
@@ -20,7 +21,8 @@ impl Nginx {
         Self::start_with(false)
     }
 
-    /// nginx with TLS on its port, using a self-signed P-256 certificate made by openssl.
+    /// nginx with TLS (ALPN h2 or http/1.1) on its port, using a self-signed P-256
+    /// certificate made by openssl.
     fn start_tls() -> Self {
         Self::start_with(true)
     }
@@ -52,7 +54,7 @@ impl Nginx {
                 .expect("openssl (Debian package `openssl`)");
             assert!(ok.success(), "openssl req failed");
             format!(
-                " ssl; ssl_certificate {}; ssl_certificate_key {}",
+                " ssl http2; ssl_certificate {}; ssl_certificate_key {}",
                 cert.display(),
                 key.display()
             )
@@ -187,4 +189,111 @@ fn https_with_insecure_succeeds_and_unverifiable_certificate_is_a_tls_failure() 
     assert_eq!(verified.errors[0].by_phase.values().sum::<u64>(), 200);
     wait_until(Duration::from_secs(10), || nginx.access_log_lines() >= 400);
     assert_eq!(nginx.access_log_lines(), 400);
+}
+
+/// tinyproxy in the foreground on a free port; `allow_connect_to`: the only port CONNECT may
+/// reach (`ConnectPort`), or any. Killed by PID on drop.
+struct Tinyproxy {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Tinyproxy {
+    fn start(allow_connect_to: Option<u16>) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let mut conf = format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 30\nMaxClients 100\nLogLevel Critical\n"
+        );
+        if let Some(p) = allow_connect_to {
+            conf.push_str(&format!("ConnectPort {p}\n"));
+        }
+        let path = dir.path().join("tinyproxy.conf");
+        std::fs::write(&path, conf).expect("write tinyproxy.conf");
+        let child = Command::new("tinyproxy")
+            .arg("-d")
+            .arg("-c")
+            .arg(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start tinyproxy (Debian package `tinyproxy`)");
+        wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Tinyproxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_via(url: &str, proxy: Option<String>, http2: bool, n: u64) -> LoadReport {
+    let config = LoadConfig {
+        url: url.to_string(),
+        requests: n,
+        concurrency: 2,
+        streams: if http2 { 5 } else { 1 },
+        insecure: true,
+        proxy,
+        http2,
+        ..LoadConfig::default()
+    };
+    portlab_load::run(&config.validate().expect("valid"), &mut |_| {}).expect("run")
+}
+
+#[test]
+fn https_through_a_connect_proxy_and_http2_over_alpn() {
+    let nginx = Nginx::start_tls();
+    let url = format!("https://127.0.0.1:{}/", nginx.port);
+    // HTTP/2 negotiated by ALPN: 2 connections carry 5 streams each.
+    let h2 = run_via(&url, None, true, 300);
+    assert_eq!(h2.summary.succeeded, 300, "{:?}", h2.errors);
+    assert_eq!(h2.settings.http_version, "2");
+    assert_eq!(h2.connections.opened, 2);
+    let proxy = Tinyproxy::start(None);
+    let via = Some(format!("http://127.0.0.1:{}", proxy.port));
+    for http2 in [false, true] {
+        let r = run_via(&url, via.clone(), http2, 100);
+        assert_eq!(r.summary.succeeded, 100, "h2 {http2}: {:?}", r.errors);
+        let p = r.proxy.as_ref().expect("proxy section");
+        assert!(p.tunnel);
+        assert_eq!(r.target.connected_to.port(), proxy.port);
+        assert_eq!(r.connections.opened, 2, "one tunnel per connection");
+    }
+    wait_until(Duration::from_secs(10), || nginx.access_log_lines() >= 500);
+    assert_eq!(nginx.access_log_lines(), 500);
+}
+
+#[test]
+fn proxy_failures_are_classified_on_the_proxys_side() {
+    let nginx = Nginx::start_tls();
+    let url = format!("https://127.0.0.1:{}/", nginx.port);
+    // CONNECT only to port 1: tinyproxy refuses the tunnel to nginx with 403.
+    let strict = Tinyproxy::start(Some(1));
+    let r = run_via(&url, Some(format!("127.0.0.1:{}", strict.port)), false, 20);
+    assert_eq!(r.summary.failed, 20);
+    assert_eq!(r.errors.len(), 1, "{:?}", r.errors);
+    assert_eq!(r.errors[0].class.name(), "ProxyRefused");
+    assert_eq!(r.errors[0].side, Side::Proxy);
+    let refused = &r.proxy.as_ref().expect("proxy").refused_by_status;
+    assert_eq!(refused.values().sum::<u64>(), 20);
+    assert!(refused.keys().all(|&code| code == 403), "{refused:?}");
+    // Nothing listens where the proxy should be: refused by the proxy's host, proxy side.
+    let down = format!("127.0.0.1:{}", free_port());
+    let r = run_via(&url, Some(down), false, 10);
+    assert_eq!(r.summary.failed, 10);
+    assert_eq!(r.errors[0].class.name(), "ConnectionRefused");
+    assert_eq!(r.errors[0].side, Side::Proxy);
+    assert_eq!(nginx.access_log_lines(), 0, "nothing reached the target");
 }

@@ -249,7 +249,12 @@ fn failure_counts(report: &LoadReport) -> FailureCounts {
             ErrorClass::Unreachable => &mut f.unreachable,
             ErrorClass::Protocol => &mut f.protocol,
             ErrorClass::Tls => &mut f.tls,
-            ErrorClass::Other(_) => &mut f.other,
+            ErrorClass::PermissionDenied
+            | ErrorClass::ProxyRefused
+            | ErrorClass::GoAway
+            | ErrorClass::StreamReset
+            | ErrorClass::FlowControl
+            | ErrorClass::Other(_) => &mut f.other,
         };
         *slot += entry.count;
     }

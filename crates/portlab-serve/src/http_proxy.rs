@@ -134,6 +134,7 @@ pub struct HttpProxyStats {
     /// Requests re-sent on a fresh connection after a pooled one turned out closed.
     pub upstream_retries: u64,
     /// Upstream connects that failed, by class.
+    #[serde(serialize_with = "portlab_errors::snake_case_keys")]
     pub upstream_connect_failures: BTreeMap<UpstreamErrorClass, u64>,
     /// 502 Bad Gateway answers (upstream unreachable, reset, or malformed response).
     pub bad_gateway: u64,

@@ -29,6 +29,7 @@
 mod accept;
 mod error_class;
 mod fault;
+mod h2c;
 mod http;
 mod http_proxy;
 mod net;

@@ -123,7 +123,7 @@ pub(crate) struct ClassCounters([AtomicU64; UpstreamErrorClass::ALL.len()]);
 
 impl ClassCounters {
     pub(crate) fn add(&self, class: UpstreamErrorClass) {
-        self.0[class as usize].fetch_add(1, Ordering::Relaxed);
+        self.0[class.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The non-zero counters, keyed by class.
@@ -131,7 +131,7 @@ impl ClassCounters {
         UpstreamErrorClass::ALL
             .iter()
             .filter_map(|&class| {
-                let n = self.0[class as usize].load(Ordering::Relaxed);
+                let n = self.0[class.index()].load(Ordering::Relaxed);
                 (n > 0).then_some((class, n))
             })
             .collect()

@@ -144,14 +144,14 @@ pub struct ServerStats {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
+pub(crate) struct Counters {
     conns: Arc<ConnCounters>,
-    requests: AtomicU64,
-    responses: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) responses: AtomicU64,
     bad_requests: AtomicU64,
-    request_body_bytes: AtomicU64,
-    response_bytes: AtomicU64,
-    closed_by_server: AtomicU64,
+    pub(crate) request_body_bytes: AtomicU64,
+    pub(crate) response_bytes: AtomicU64,
+    pub(crate) closed_by_server: AtomicU64,
     fault_reset: AtomicU64,
     fault_garbage: AtomicU64,
     fault_stall: AtomicU64,
@@ -160,13 +160,15 @@ struct Counters {
 
 /// The pre-built response bytes: the same head and body for every request.
 #[derive(Debug)]
-struct Responses {
+pub(crate) struct Responses {
     keep_alive: Bytes,
     close: Bytes,
     keep_alive_head_len: usize,
     close_head_len: usize,
     /// Head + half the body of the Content-Length response, for `close-mid-body`.
     cut: Bytes,
+    /// The body alone (HTTP/2 sends it in DATA frames).
+    pub(crate) body: Bytes,
 }
 
 impl Responses {
@@ -185,6 +187,7 @@ impl Responses {
             keep_alive_head_len,
             close_head_len,
             cut,
+            body: Bytes::from(body),
         }
     }
 
@@ -223,11 +226,11 @@ const GARBAGE: &[u8] =
 
 /// Shared, read-only state of a running server plus its counters.
 #[derive(Debug)]
-struct Shared {
-    config: ServerConfig,
-    responses: Responses,
-    dice: Dice,
-    counters: Counters,
+pub(crate) struct Shared {
+    pub(crate) config: ServerConfig,
+    pub(crate) responses: Responses,
+    pub(crate) dice: Dice,
+    pub(crate) counters: Counters,
 }
 
 /// The target server. Cheap to clone; clones share counters.
@@ -311,14 +314,20 @@ pub async fn run_server(
     Ok(Server::new(config)?.run(listener, shutdown).await)
 }
 
-async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, number: u64) {
+async fn serve_connection(mut stream: TcpStream, shared: Arc<Shared>, number: u64) {
     // Small responses must leave at once, not after Nagle's 40 ms delayed-ACK dance.
     let _ = stream.set_nodelay(true);
+    let mut buf = BytesMut::with_capacity(4096);
+    match crate::h2c::sniff(&mut stream, &mut buf).await {
+        Ok(true) => return crate::h2c::serve(stream, buf, shared).await,
+        Ok(false) => {}
+        Err(_) => return,
+    }
     let mut conn = Connection {
         stream,
         shared: &shared,
         number,
-        buf: BytesMut::with_capacity(4096),
+        buf,
         out: Vec::with_capacity(4096),
         served: 0,
     };

@@ -60,8 +60,10 @@ pub struct TcpProxyStats {
     pub upstream_connects: u64,
     /// Upstream connects that failed, by class (`addr_not_available` = the upstream leg ran out
     /// of ephemeral ports).
+    #[serde(serialize_with = "portlab_errors::snake_case_keys")]
     pub upstream_connect_failures: BTreeMap<UpstreamErrorClass, u64>,
     /// Relays that ended with an error (reset by either side), by class.
+    #[serde(serialize_with = "portlab_errors::snake_case_keys")]
     pub relay_errors: BTreeMap<UpstreamErrorClass, u64>,
     /// Bytes relayed from clients to the upstream.
     pub bytes_client_to_upstream: u64,

@@ -8,6 +8,7 @@
 //! 2 a usage error (bad flag, bad value) — see [`exit::UsageError`].
 
 mod cmd;
+mod duration;
 mod exit;
 mod plot;
 mod render;
@@ -16,7 +17,7 @@ mod style;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Find, explain, predict and reproduce TCP ephemeral-port exhaustion.
 #[derive(Debug, Parser)]
@@ -46,8 +47,8 @@ enum Command {
     /// Simulate a workload against an OS's port allocator (deterministic, seeded): per-second
     /// timeline, totals, first failure; text, JSON or an SVG plot.
     Simulate(cmd::simulate::Args),
-    /// Run the HTTP/1.1 target: any path answers with a small fixed body; keep-alive knobs,
-    /// delays and seeded fault injection.
+    /// Run the HTTP/1.1 (and h2c) target: any path answers with a small fixed body; keep-alive
+    /// knobs, delays and seeded fault injection.
     Serve(cmd::serve::Args),
     /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
     /// with an upstream connection pool.
@@ -58,6 +59,10 @@ enum Command {
     /// Merge the `load --json` reports of many agents (e.g. `load --segment I/N` on a
     /// Kubernetes Indexed Job) into one report: exact sums, merged histograms, the diagnosis.
     Merge(cmd::merge::Args),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(cmd::docs::CompletionsArgs),
+    /// Print the man page portlab(1) in roff (`portlab man | man -l -`).
+    Man(cmd::docs::ManArgs),
     /// Internal: the process that holds a `reproduce` sandbox's namespaces.
     #[command(name = "__sandbox-anchor", hide = true)]
     SandboxAnchor(cmd::reproduce::AnchorArgs),
@@ -67,7 +72,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    // hey's single-dash long flags (`-disable-keepalive`, `-h2`) before clap sees them.
+    let argv = match cmd::hey::normalise(std::env::args_os().collect()) {
+        Ok(argv) => argv,
+        Err(msg) => return exit::report_error(&exit::usage(msg)),
+    };
+    let cli = match Cli::try_parse_from(argv) {
         Ok(cli) => cli,
         Err(err) => return exit::clap_error(err),
     };
@@ -84,6 +94,8 @@ fn main() -> ExitCode {
         Command::Exporter(args) => cmd::exporter::run(args),
         Command::NatTool(args) => cmd::nat_tool::run(args),
         Command::Merge(args) => cmd::merge::run(args),
+        Command::Completions(args) => cmd::docs::completions(&args, Cli::command()),
+        Command::Man(args) => cmd::docs::man(&args, Cli::command()),
     };
     match result {
         Ok(code) => code,

@@ -9,6 +9,39 @@ use anyhow::Context;
 use portlab_serve::{bind_listener, BindError};
 use serde::Serialize;
 
+/// The flags `portlab serve` and `portlab proxy` share (clap `flatten`): how many connections,
+/// the listen backlog, worker threads and JSON output.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListenerArgs {
+    /// Serve at most N client connections at once; others wait in the listen backlog.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_conns: Option<u64>,
+    /// Listen backlog (capped by net.core.somaxconn).
+    #[arg(long, value_name = "N", default_value_t = portlab_serve::DEFAULT_BACKLOG)]
+    pub backlog: u32,
+    /// Worker threads (default: the CPUs available).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub threads: Option<u64>,
+    /// JSON lines on stdout: the listening event, then stats events.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ListenerArgs {
+    /// `--max-conns` as a count.
+    pub fn max_conns(&self) -> Option<usize> {
+        self.max_conns
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX))
+    }
+
+    /// `--threads`, or the CPUs available.
+    pub fn threads(&self) -> usize {
+        self.threads.map_or_else(default_threads, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX)
+        })
+    }
+}
+
 /// Builds the runtime: one thread runs a `current_thread` runtime (no cross-thread wake-ups),
 /// more run the multi-thread scheduler with that many workers.
 pub fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {

@@ -31,8 +31,8 @@ pub struct Args {
     #[arg(long, value_name = "ADDR:PORT")]
     dest: Option<SocketAddr>,
 
-    /// Seconds to watch the counters (ListenOverflows, ActiveOpens …) for their current rate;
-    /// 0 skips the wait.
+    /// How long to watch the counters (ListenOverflows, ActiveOpens …) for their current rate:
+    /// seconds or a duration (5s, 500ms); 0 skips the wait.
     #[arg(long, default_value_t = 1.0, value_name = "SECS", value_parser = parse_interval)]
     interval: f64,
 
@@ -46,10 +46,7 @@ pub struct Args {
 }
 
 fn parse_interval(text: &str) -> Result<f64, String> {
-    let secs: f64 = text
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    let secs = crate::duration::secs(text)?.as_secs_f64();
     if secs.is_finite() && (0.0..=300.0).contains(&secs) {
         Ok(secs)
     } else {

@@ -32,18 +32,26 @@ pub enum OutputArg {
     Text,
     /// One JSON object (schema: docs/load-report.schema.json).
     Json,
+    /// hey's `-o csv`: one line per finished request, streamed as the run goes (columns in
+    /// docs/load.md), then nothing else on stdout.
+    Csv,
 }
 
 /// Flags of `portlab load` (hey's, plus connection policy, source addresses and retries).
 #[derive(Debug, clap::Args)]
 #[command(
-    after_help = "Exit status: 0 when every request got a response, 1 when any request \
+    after_help = "hey's spellings work as in hey (Go flags: one dash or two, -flag=value): \
+-disable-keepalive, -h2, -host, -cpus, -o csv, -x ... A single-dash word that is no flag of \
+portlab load is refused (exit 2) rather than read as a short flag with a value.\n\n\
+Exit status: 0 when every request got a response, 1 when any request \
 failed (see \"Errors by class\"), 2 for bad input.\n\nExamples:\n  portlab load -n 10000 -c 50 \
 http://127.0.0.1:8080/\n  portlab load -z 30s -c 100 --connection drop http://127.0.0.1:8080/\n  \
-portlab load -z 10s --rate 5000 --json http://127.0.0.1:8080/ > run.json"
+portlab load -z 10s --rate 5000 --json http://127.0.0.1:8080/ > run.json\n  \
+portlab load -n 1000 -c 10 -disable-keepalive -host example.com http://127.0.0.1:8080/"
 )]
 pub struct Args {
-    /// Target URL (http:// or https://). The host is resolved once.
+    /// Target URL (http:// or https://). The host is resolved once; connects try its addresses
+    /// in RFC 8305 order, falling back to the next on failure.
     pub url: String,
     /// Number of requests to run (ignored with -z).
     #[arg(short = 'n', long = "requests", default_value_t = 200)]
@@ -55,14 +63,14 @@ pub struct Args {
     /// reported as "cancelled at deadline".
     #[arg(short = 'z', long = "duration", value_parser = parse_duration)]
     pub duration: Option<Duration>,
-    /// Rate limit per worker, requests/s (hey's -q: the total is -q × -c).
+    /// Rate limit per worker, requests/s (hey's -q: the total is -q × -c; 0 = no limit).
     #[arg(short = 'q', long = "qps", conflicts_with = "rate")]
     pub qps: Option<f64>,
     /// Global rate, requests/s (open model); latency is measured from the intended send time
     /// (coordinated-omission corrected, like wrk2).
     #[arg(long = "rate")]
     pub rate: Option<f64>,
-    /// HTTP method.
+    /// HTTP method (upper-cased, as hey does: -m post sends POST).
     #[arg(short = 'm', long = "method", default_value = "GET")]
     pub method: String,
     /// Request header "Name: value" (repeatable).
@@ -83,10 +91,13 @@ pub struct Args {
     /// Basic authentication, USER:PASSWORD.
     #[arg(short = 'a', long = "basic-auth")]
     pub basic_auth: Option<String>,
-    /// Host header (overrides the URL's host).
+    /// User-Agent header (default portlab/VERSION).
+    #[arg(short = 'U', long = "user-agent")]
+    pub user_agent: Option<String>,
+    /// Host header (overrides the URL's host; hey's -host).
     #[arg(long = "host")]
     pub host: Option<String>,
-    /// Request timeout in seconds, or a duration (10s, 500ms); 0 means one hour.
+    /// Request timeout in seconds, or a duration (10s, 500ms); 0 means no timeout (as hey).
     #[arg(short = 't', long = "timeout", default_value = "20", value_parser = parse_timeout)]
     pub timeout: Duration,
     /// Connect timeout (TCP + TLS handshake).
@@ -95,6 +106,26 @@ pub struct Args {
     /// Same as --connection close (hey's flag).
     #[arg(long = "disable-keepalive", conflicts_with = "connection")]
     pub disable_keepalive: bool,
+    /// hey's flag; portlab never asks for compression (it sends no Accept-Encoding), so this
+    /// changes nothing.
+    #[arg(long = "disable-compression")]
+    pub disable_compression: bool,
+    /// hey's flag; portlab never follows redirects (a 3xx is counted as the response), so this
+    /// changes nothing.
+    #[arg(long = "disable-redirects")]
+    pub disable_redirects: bool,
+    /// HTTP proxy, http://HOST:PORT or HOST:PORT: http URLs are sent in absolute form, https
+    /// through a CONNECT tunnel; failures on the proxy leg are reported on the proxy's side.
+    #[arg(short = 'x', long = "proxy", value_name = "URL")]
+    pub proxy: Option<String>,
+    /// HTTP/2 (hey's -h2): ALPN h2 over TLS, prior knowledge (h2c) over http://. -c is then
+    /// the number of connections, each carrying -p streams at once (oha's model; hey's Go
+    /// client multiplexes all -c workers over one connection: use -c 1 -p N for that).
+    #[arg(long = "h2")]
+    pub h2: bool,
+    /// HTTP/2 streams in flight per connection (with -h2): -c × -p requests at once.
+    #[arg(short = 'p', long = "streams", default_value_t = 1, value_name = "N")]
+    pub streams: usize,
     /// Who closes connections: keep-alive, close (server closes, TIME_WAIT on the server),
     /// drop (client closes after each response, TIME_WAIT on the client).
     #[arg(long = "connection", value_enum)]
@@ -118,7 +149,8 @@ pub struct Args {
     #[arg(long = "hold", value_parser = parse_duration, value_name = "DURATION")]
     pub hold: Option<Duration>,
     /// Engine threads (each with its own connections); default: available CPUs, at most -c.
-    #[arg(long = "threads")]
+    /// hey's -cpus is the same.
+    #[arg(long = "threads", visible_alias = "cpus")]
     pub threads: Option<usize>,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
@@ -147,6 +179,7 @@ struct RunOutput<'a> {
 /// Runs `portlab load`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let json = args.json || args.output == OutputArg::Json;
+    let csv = !args.json && args.output == OutputArg::Csv;
     let telemetry_args = args.telemetry.clone();
     let agent_args = args.agent.clone();
     let mut config = build_config(args)?;
@@ -156,18 +189,30 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let late_ms = agent_args.wait_for_start(std::io::stderr().is_terminal());
     let (mut telemetry, note) = load_telemetry::start(&telemetry_args, &plan)?;
     let mut bar = ProgressBar::new(&plan.config);
-    let report = portlab_load::run(&plan, &mut |p| {
+    let mut on_progress = |p: &Progress| {
         bar.update(p);
         telemetry.on_progress(p);
-    })
-    .context("running the load")?;
+    };
+    let report = if csv {
+        let mut out = CsvOut::start();
+        let report =
+            portlab_load::run_with_records(&plan, &mut on_progress, &mut |batch| out.write(batch))
+                .context("running the load")?;
+        out.finish()?;
+        report
+    } else {
+        portlab_load::run(&plan, &mut on_progress).context("running the load")?
+    };
     bar.finish();
     let telemetry = telemetry.finish(&report, note);
     if let Some(path) = &telemetry_args.plot {
         load_telemetry::write_plot(path, &report, &telemetry)?;
     }
     let agent = agent_args.identity(&plan, segment, late_ms);
-    if json {
+    if csv {
+        // stdout holds only the CSV, as hey's; the outcome goes to stderr.
+        eprint!("{}", csv_summary(&report));
+    } else if json {
         let combined = RunOutput {
             report: &report,
             agent: &agent,
@@ -202,6 +247,9 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
     if let Some(a) = args.accept {
         headers.push(("Accept".to_string(), a));
     }
+    if let Some(ua) = args.user_agent {
+        headers.push(("User-Agent".to_string(), ua));
+    }
     if let Some(host) = args.host {
         headers.push(("Host".to_string(), host));
     }
@@ -224,6 +272,8 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
         (false, Some(PolicyArg::KeepAlive) | None) => ConnectionPolicy::KeepAlive,
     };
     let rate = match (args.qps, args.rate) {
+        // hey: -q 0 (its default) means no rate limit.
+        (Some(0.0), _) => RateLimit::Unlimited,
         (Some(q), _) => RateLimit::PerWorker { per_sec: q },
         (None, Some(r)) => RateLimit::Global { per_sec: r },
         (None, None) => RateLimit::Unlimited,
@@ -231,7 +281,7 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     Ok(LoadConfig {
         url: args.url,
-        method: args.method,
+        method: args.method.to_ascii_uppercase(),
         headers,
         body,
         content_type: args.content_type,
@@ -248,37 +298,120 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
         backoff: Duration::from_millis(args.backoff_ms),
         insecure: args.insecure,
         hold: args.hold,
+        proxy: args.proxy,
+        http2: args.h2,
+        streams: args.streams,
     })
 }
 
-/// Parses `30s`, `500ms`, `2m`, `1h`, `1.5s` or a bare number of seconds.
+/// Parses `30s`, `500ms`, `2m`, `1h30m`, `1.5s` or a bare number of seconds (the shared
+/// grammar of [`crate::duration`]).
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?}: use e.g. 30s, 500ms, 2m"))?;
-    let secs = match unit {
-        "" | "s" => value,
-        "ms" => value / 1000.0,
-        "us" | "µs" => value / 1e6,
-        "m" => value * 60.0,
-        "h" => value * 3600.0,
-        _ => return Err(format!("bad duration unit in {s:?}: use ms, s, m or h")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("bad duration {s:?}"))
+    crate::duration::secs(s)
 }
 
+/// `-t`: as [`parse_duration`]; 0 means no timeout (hey: "use 0 for infinite"), taken as
+/// [`crate::duration::MAX`].
 fn parse_timeout(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
-    Ok(if d.is_zero() {
-        Duration::from_secs(3600)
-    } else {
-        d
-    })
+    Ok(if d.is_zero() { crate::duration::MAX } else { d })
+}
+
+/// hey's `-o csv` header (requester/print.go): durations in seconds, `%4.4f`.
+const CSV_HEADER: &str =
+    "response-time,DNS+dialup,DNS,Request-write,Response-delay,Response-read,status-code,offset\n";
+
+/// `-o csv` on stdout, written batch by batch as the engine hands them over (never held).
+/// A closed pipe (`| head`) stops the output quietly; the run goes on and is counted.
+struct CsvOut {
+    out: std::io::BufWriter<std::io::Stdout>,
+    error: Option<std::io::Error>,
+    line: String,
+}
+
+impl CsvOut {
+    fn start() -> Self {
+        let mut me = Self {
+            out: std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()),
+            error: None,
+            line: String::with_capacity(128),
+        };
+        me.put(CSV_HEADER.as_bytes());
+        me
+    }
+
+    fn put(&mut self, bytes: &[u8]) {
+        use std::io::Write as _;
+        if self.error.is_none() {
+            if let Err(e) = self.out.write_all(bytes) {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn write(&mut self, batch: &[portlab_load::RequestRecord]) {
+        use std::fmt::Write as _;
+        let s = |us: u64| us as f64 / 1e6;
+        for r in batch {
+            self.line.clear();
+            let _ = writeln!(
+                self.line,
+                "{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{:.4}",
+                s(r.total_us),
+                s(r.connect_us),
+                0.0,
+                s(r.write_us),
+                s(r.delay_us),
+                s(r.read_us),
+                r.status,
+                s(r.offset_us)
+            );
+            let line = std::mem::take(&mut self.line);
+            self.put(line.as_bytes());
+            self.line = line;
+        }
+    }
+
+    fn finish(mut self) -> anyhow::Result<()> {
+        use std::io::Write as _;
+        if self.error.is_none() {
+            if let Err(e) = self.out.flush() {
+                self.error = Some(e);
+            }
+        }
+        match self.error {
+            Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                Err(anyhow::Error::new(e).context("writing the CSV to stdout"))
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The one stderr line after `-o csv`: the outcome, and failures by class (the CSV, like
+/// hey's, lists successful requests only).
+fn csv_summary(r: &LoadReport) -> String {
+    let s = &r.summary;
+    let mut line = format!(
+        "portlab load: {} requests, {} succeeded, {} failed",
+        s.requests, s.succeeded, s.failed
+    );
+    if s.cancelled_at_deadline > 0 {
+        line.push_str(&format!(
+            ", {} cancelled at the deadline",
+            s.cancelled_at_deadline
+        ));
+    }
+    let classes: Vec<String> = r
+        .errors
+        .iter()
+        .map(|e| format!("{} {} ({})", e.count, e.class, e.errno_name))
+        .collect();
+    if !classes.is_empty() {
+        line.push_str(&format!(": {}", classes.join(", ")));
+    }
+    line.push('\n');
+    line
 }
 
 /// indicatif progress on stderr, only when stderr is a terminal.
@@ -425,12 +558,45 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
         t.connected_to,
         resolved.join(", ")
     );
+    if t.addresses.len() > 1 || t.addresses.iter().any(|a| !a.failures.is_empty()) {
+        for a in &t.addresses {
+            let failures: Vec<String> = a
+                .failures
+                .iter()
+                .map(|(class, n)| format!("{n} {class}"))
+                .collect();
+            let failed = if failures.is_empty() {
+                String::new()
+            } else {
+                format!(", connects failed: {}", failures.join(", "))
+            };
+            let _ = writeln!(o, "  {}: {} connects{failed}", a.address, a.connects);
+        }
+    }
+    if let Some(p) = &r.proxy {
+        let how = if p.tunnel {
+            "CONNECT tunnel per connection"
+        } else {
+            "absolute-form requests"
+        };
+        let _ = writeln!(o, "  via HTTP proxy {} ({}), {how}", p.url, p.address);
+        for (code, n) in &p.refused_by_status {
+            let _ = writeln!(o, "  proxy refused {n} tunnels with status {code}");
+        }
+    }
     let st = &r.settings;
     let _ = writeln!(
         o,
-        "  connection {}, -c {}, {} thread{}",
+        "  HTTP/{}, connection {}, -c {}, {} stream{} per connection, {} thread{}",
+        st.http_version,
         st.connection.name(),
         st.concurrency,
+        st.streams_per_connection,
+        if st.streams_per_connection == 1 {
+            ""
+        } else {
+            "s"
+        },
         st.threads,
         if st.threads == 1 { "" } else { "s" }
     );
@@ -537,6 +703,7 @@ mod tests {
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("").is_err());
-        assert_eq!(parse_timeout("0"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_timeout("0"), Ok(crate::duration::MAX));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
     }
 }

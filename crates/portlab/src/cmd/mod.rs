@@ -1,7 +1,9 @@
 //! One module per subcommand: its clap `Args` and its `run` function.
 
+pub mod docs;
 pub mod doctor;
 pub mod exporter;
+pub mod hey;
 pub mod load;
 pub mod load_agent;
 pub mod load_telemetry;

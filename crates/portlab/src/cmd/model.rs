@@ -307,34 +307,15 @@ fn build_query(a: &WorkloadArgs) -> anyhow::Result<CapacityQuery> {
     })
 }
 
-/// Parses `NUMBER[UNIT]` with unit ns, us, ms, s, m or h; a bare number uses `default_unit`.
+/// Parses a duration in the shared grammar ([`crate::duration`]: `120s`, `4m`, `250us`,
+/// `1h30m`); a bare number is in `default_unit` (`"s"` or `"ms"`).
 pub fn parse_duration(text: &str, default_unit: &str) -> Result<Duration, String> {
-    let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let value: f64 = num
-        .parse()
-        .map_err(|_| format!("cannot parse {text:?} as a duration (e.g. 120s, 500ms)"))?;
-    let unit = if unit.is_empty() { default_unit } else { unit };
-    let secs = match unit {
-        "ns" => value / 1e9,
-        "us" | "µs" => value / 1e6,
-        "ms" => value / 1e3,
-        "s" => value,
-        "m" | "min" => value * 60.0,
-        "h" => value * 3600.0,
-        other => {
-            return Err(format!(
-                "unknown unit {other:?} in {text:?} (use ns, us, ms, s, m, h)"
-            ))
-        }
+    let unit = if default_unit == "ms" {
+        crate::duration::Unit::Millis
+    } else {
+        crate::duration::Unit::Secs
     };
-    if !secs.is_finite() || !(0.0..=1e7).contains(&secs) {
-        return Err(format!("{text:?} is out of range"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+    crate::duration::parse(text, unit)
 }
 
 /// Parses `--latency`: `MS`, a duration, `MIN..MAX` (uniform) or `exp:MEAN`.
@@ -545,7 +526,7 @@ mod tests {
             Ok(Duration::from_micros(250))
         );
         assert_eq!(parse_duration("2", "ms"), Ok(Duration::from_millis(2)));
-        assert!(parse_duration("2 weeks", "s").is_err());
+        assert!(parse_duration("2 fortnights", "s").is_err());
         assert!(parse_duration("", "s").is_err());
     }
 

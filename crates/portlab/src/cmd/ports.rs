@@ -41,8 +41,9 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 
-    /// Refresh every SECS seconds (fractions allowed) until Ctrl-C; shows per-second rates.
-    #[arg(long, value_name = "SECS", value_parser = parse_watch_secs)]
+    /// Refresh at this interval (seconds, or a duration: 1s, 500ms) until Ctrl-C; shows
+    /// per-second rates.
+    #[arg(long, value_name = "DURATION", value_parser = parse_watch_secs)]
     watch: Option<f64>,
 
     /// Read /proc/net/tcp{,6} instead of NETLINK_SOCK_DIAG (slower; for comparison).
@@ -51,10 +52,7 @@ pub struct Args {
 }
 
 fn parse_watch_secs(text: &str) -> Result<f64, String> {
-    let secs: f64 = text
-        .trim_end_matches('s')
-        .parse()
-        .map_err(|_| format!("'{text}' is not a number of seconds"))?;
+    let secs = crate::duration::secs(text)?.as_secs_f64();
     if secs.is_finite() && secs >= 0.05 {
         Ok(secs)
     } else {

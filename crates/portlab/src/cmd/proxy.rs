@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use portlab_serve::{
     HttpProxy, HttpProxyConfig, HttpProxyStats, TcpProxy, TcpProxyConfig, TcpProxyStats,
-    UpstreamErrorClass, DEFAULT_BACKLOG,
+    UpstreamErrorClass,
 };
 use serde::Serialize;
 
@@ -52,41 +52,22 @@ pub struct Args {
     /// http mode: most upstream connections open at once.
     #[arg(long, value_name = "N", default_value_t = 8)]
     pool: usize,
-    /// http mode: seconds to wait for a pooled connection and the response head (then 504).
-    #[arg(long, value_name = "SECS", default_value_t = 30.0)]
-    upstream_timeout: f64,
-    /// http mode: seconds a client connection may stay silent before it is closed.
-    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
-    client_timeout: f64,
-    /// Seconds to wait for an upstream connect (http mode answers 502 past it).
-    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
-    connect_timeout: f64,
-    /// Serve at most N client connections at once; others wait in the listen backlog.
-    #[arg(long, value_name = "N")]
-    max_conns: Option<usize>,
-    /// Print stats every SECS seconds while running.
-    #[arg(long, value_name = "SECS")]
-    stats_interval: Option<f64>,
-    /// Listen backlog (capped by net.core.somaxconn).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG)]
-    backlog: u32,
-    /// Worker threads (default: the CPUs available).
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
-    /// JSON lines on stdout: listening, periodic and final stats events.
-    #[arg(long)]
-    json: bool,
-}
-
-fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .ok()
-        .filter(|d| !d.is_zero())
-        .ok_or_else(|| {
-            crate::exit::usage(format!(
-                "{flag} must be a positive number of seconds, got {value}"
-            ))
-        })
+    /// http mode: how long to wait for a pooled connection and the response head (then 504);
+    /// a duration (30s, 500ms) or seconds.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::duration::positive_secs)]
+    upstream_timeout: Duration,
+    /// http mode: how long a client connection may stay silent before it is closed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::duration::positive_secs)]
+    client_timeout: Duration,
+    /// How long to wait for an upstream connect (http mode answers 502 past it).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::duration::positive_secs)]
+    connect_timeout: Duration,
+    /// Print stats at this interval while running (e.g. 1s, 500ms).
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::positive_secs)]
+    stats_interval: Option<Duration>,
+    /// Connections, backlog, threads, JSON (shared with `portlab serve`).
+    #[command(flatten)]
+    listener: serving::ListenerArgs,
 }
 
 /// Either proxy, behind one interface for the run loop.
@@ -125,10 +106,7 @@ impl Proxy {
 }
 
 fn build(args: &Args) -> anyhow::Result<Proxy> {
-    let connect_timeout = seconds("--connect-timeout", args.connect_timeout)?;
-    if args.max_conns == Some(0) {
-        return Err(crate::exit::usage("--max-conns must be at least 1"));
-    }
+    let connect_timeout = args.connect_timeout;
     if let Some(ip) = args.source_ip {
         if ip.is_ipv4() != args.connect.is_ipv4() {
             return Err(crate::exit::usage(format!(
@@ -142,17 +120,17 @@ fn build(args: &Args) -> anyhow::Result<Proxy> {
             upstream: args.connect,
             source_ip: args.source_ip,
             connect_timeout,
-            max_conns: args.max_conns,
+            max_conns: args.listener.max_conns(),
         })),
         Mode::Http => {
             let config = HttpProxyConfig {
                 upstream: args.connect,
                 source_ip: args.source_ip,
                 pool: args.pool,
-                upstream_timeout: seconds("--upstream-timeout", args.upstream_timeout)?,
+                upstream_timeout: args.upstream_timeout,
                 connect_timeout,
-                max_conns: args.max_conns,
-                client_idle_timeout: seconds("--client-timeout", args.client_timeout)?,
+                max_conns: args.listener.max_conns(),
+                client_idle_timeout: args.client_timeout,
             };
             Proxy::Http(HttpProxy::new(config).map_err(|e| crate::exit::usage(e.to_string()))?)
         }
@@ -162,17 +140,11 @@ fn build(args: &Args) -> anyhow::Result<Proxy> {
 /// Runs `portlab proxy`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let proxy = build(&args)?;
-    if args.threads == Some(0) {
-        return Err(crate::exit::usage("--threads must be at least 1"));
-    }
-    let interval = args
-        .stats_interval
-        .map(|s| seconds("--stats-interval", s))
-        .transpose()?;
-    let runtime = serving::runtime(args.threads.unwrap_or_else(serving::default_threads))?;
-    let json = args.json;
+    let interval = args.stats_interval;
+    let runtime = serving::runtime(args.listener.threads())?;
+    let json = args.listener.json;
     let stats = runtime.block_on(async {
-        let listener = serving::listen(args.listen, args.backlog)?;
+        let listener = serving::listen(args.listen, args.listener.backlog)?;
         let shutdown = serving::shutdown_signal()?;
         serving::announce(listener.local_addr()?, json)?;
         if let Some(every) = interval {

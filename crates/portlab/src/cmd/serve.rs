@@ -1,10 +1,11 @@
 //! `portlab serve`: the HTTP/1.1 target — any path answers with a small fixed body, with
-//! keep-alive knobs, delays and seeded fault injection for reliability tests.
+//! keep-alive knobs, delays and seeded fault injection for reliability tests. A connection
+//! that opens with the HTTP/2 preface is served as h2c (prior knowledge) on the same port.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use portlab_serve::{DelayRange, FaultSpec, Server, ServerConfig, ServerStats, DEFAULT_BACKLOG};
+use portlab_serve::{DelayRange, FaultSpec, Server, ServerConfig, ServerStats};
 
 use crate::serving;
 
@@ -44,18 +45,9 @@ pub struct Args {
     /// Seed for faults and delays: the same seed gives the same faults on the same requests.
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
-    /// Serve at most N connections at once; others wait in the listen backlog.
-    #[arg(long, value_name = "N")]
-    max_conns: Option<usize>,
-    /// Listen backlog (capped by net.core.somaxconn).
-    #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG)]
-    backlog: u32,
-    /// Worker threads (default: the CPUs available).
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
-    /// JSON lines on stdout: the listening event, then the stats event on exit.
-    #[arg(long)]
-    json: bool,
+    /// Connections, backlog, threads, JSON (shared with `portlab proxy`).
+    #[command(flatten)]
+    listener: serving::ListenerArgs,
 }
 
 impl Args {
@@ -80,7 +72,7 @@ impl Args {
             delay,
             faults: faults.unwrap_or_default(),
             seed: self.seed,
-            max_conns: self.max_conns,
+            max_conns: self.listener.max_conns(),
             chunked: self.chunked,
         };
         config.validate().map_err(|e| usage(&e))?;
@@ -91,20 +83,17 @@ impl Args {
 /// Runs `portlab serve`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let config = args.config()?;
-    if args.threads == Some(0) {
-        return Err(crate::exit::usage("--threads must be at least 1"));
-    }
     let server = Server::new(config).map_err(|e| crate::exit::usage(e.to_string()))?;
-    let runtime = serving::runtime(args.threads.unwrap_or_else(serving::default_threads))?;
+    let runtime = serving::runtime(args.listener.threads())?;
     let stats = runtime.block_on(async {
-        let listener = serving::listen(args.listen, args.backlog)?;
+        let listener = serving::listen(args.listen, args.listener.backlog)?;
         let shutdown = serving::shutdown_signal()?;
-        serving::announce(listener.local_addr()?, args.json)?;
+        serving::announce(listener.local_addr()?, args.listener.json)?;
         anyhow::Ok(server.run(listener, shutdown).await)
     })?;
     // Do not wait for blocked tasks (there are none by now) when dropping the runtime.
     runtime.shutdown_background();
-    if args.json {
+    if args.listener.json {
         serving::print_event("stats", &stats)?;
     } else {
         eprint!("{}", render(&stats));
