@@ -16,7 +16,7 @@ use nix::sched::CloneFlags;
 use portlab_sockets::{PortPoolSettings, Snapshot, SnapshotOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::{Isolation, SandboxConfig};
+use crate::sandbox_config::{Isolation, SandboxConfig};
 
 /// The hidden subcommand of the `portlab` binary that runs [`run`].
 pub const ANCHOR_SUBCOMMAND: &str = "__sandbox-anchor";

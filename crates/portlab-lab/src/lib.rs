@@ -16,6 +16,9 @@
 //!   pool, new connections/s, predicted failure %; then the worst step's diagnosis and a plain
 //!   story. Plain data: the binary renders it as text, JSON or SVG.
 //!
+//! Module dependencies run one way: `text` and `sandbox_config` (plain helpers and data) ←
+//! `anchor` ← `sandbox` ← `run`; `scenario` ← `predict` ← `report` ← `story` ← `run`.
+//!
 //! Each step runs in its own sandbox, because TIME_WAIT entries of one step would block the
 //! next one's ports for 60 s.
 //!
@@ -35,9 +38,10 @@ pub mod procs;
 mod report;
 mod run;
 mod sandbox;
+mod sandbox_config;
 mod scenario;
 mod story;
-pub use story::group_thousands;
+mod text;
 
 pub use anchor::{AnchorError, Ready, Sample, SandboxSettings, ANCHOR_SUBCOMMAND};
 pub use predict::{closed_form_failure_fraction, Prediction, PredictionSource};
@@ -46,8 +50,10 @@ pub use report::{
     TimelinePoint, UpstreamReport, Verdict,
 };
 pub use run::{run_ladder, run_step, LabEvent};
-pub use sandbox::{current_exe, Isolation, Sandbox, SandboxConfig};
+pub use sandbox::{current_exe, Sandbox};
+pub use sandbox_config::{Isolation, SandboxConfig};
 pub use scenario::{parse_http_url, plan, Fix, LabConfig, Path, Policy, Scenario, Target};
+pub use text::group_thousands;
 
 /// Errors of a lab run.
 #[derive(Debug, thiserror::Error)]

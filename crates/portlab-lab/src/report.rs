@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 use crate::predict::PredictionSource;
-use crate::sandbox::Isolation;
+use crate::sandbox_config::Isolation;
 use crate::scenario::{Fix, Path, Policy};
 
 /// Failures of one class, as `portlab load` counted them.

@@ -18,6 +18,7 @@ use crate::report::{
 };
 use crate::sandbox::Sandbox;
 use crate::scenario::{parse_http_url, LabConfig, Path, Scenario};
+use crate::text::one_line;
 use crate::LabError;
 
 /// Where `portlab serve` listens inside the sandbox (the seed's nginx on 8080). Fixed ports are
@@ -392,16 +393,6 @@ fn with_stderr(err: LabError, child: Guarded) -> LabError {
         }
         other => other,
     }
-}
-
-/// A child's stderr on one line (the CLI reports an error on one line).
-pub(crate) fn one_line(stderr: &str) -> String {
-    stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" / ")
 }
 
 /// SIGTERM, then wait for the exit.

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::sandbox::SandboxConfig;
+use crate::sandbox_config::SandboxConfig;
 
 /// The way from the load tester to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
