@@ -181,6 +181,14 @@ fn set_up(config: &SandboxConfig) -> Result<Ready, AnchorError> {
     let (low, high) = config.port_range;
     write_sysctl("ip_local_port_range", &format!("{low} {high}"))?;
     write_sysctl("tcp_tw_reuse", &config.tw_reuse.to_string())?;
+    for (name, value) in &config.sysctls {
+        if !crate::sandbox_config::valid_sysctl_name(name) {
+            return Err(AnchorError::Setup {
+                message: format!("{name:?} is not a net.ipv4 sysctl name"),
+            });
+        }
+        write_sysctl(name, value)?;
+    }
     let all = PortPoolSettings::read().map_err(|e| AnchorError::Setup {
         message: format!("reading the sandbox's port-pool settings: {e}"),
     })?;

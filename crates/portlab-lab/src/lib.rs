@@ -33,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod anchor;
+pub mod hypotheses;
 mod predict;
 pub mod procs;
 mod report;
@@ -44,15 +45,18 @@ mod story;
 mod text;
 
 pub use anchor::{AnchorError, Ready, Sample, SandboxSettings, ANCHOR_SUBCOMMAND};
+pub use hypotheses::{run_hypotheses, HypothesesReport, Mechanism, MechanismReport};
 pub use predict::{closed_form_failure_fraction, Prediction, PredictionSource};
 pub use report::{
-    Diagnosis, ErrorCount, LadderReport, LadderSettings, LoadSecond, PoolPeak, StepReport,
-    TimelinePoint, UpstreamReport, Verdict,
+    Diagnosis, ErrorCount, LadderReport, LadderSettings, LoadSecond, PoolPeak, StepCounters,
+    StepReport, TimelinePoint, UpstreamReport, Verdict,
 };
 pub use run::{run_ladder, run_step, LabEvent};
 pub use sandbox::{current_exe, Sandbox};
 pub use sandbox_config::{Isolation, SandboxConfig};
-pub use scenario::{parse_http_url, plan, Fix, LabConfig, Path, Policy, Scenario, Target};
+pub use scenario::{
+    parse_http_url, plan, Fix, LabConfig, Path, Policy, Scenario, StepExtras, Target,
+};
 pub use text::group_thousands;
 
 /// Errors of a lab run.

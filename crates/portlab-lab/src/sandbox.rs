@@ -48,6 +48,9 @@ impl Sandbox {
             .arg(config.tw_reuse.to_string())
             .arg("--sample-ms")
             .arg(config.sample_interval_ms.to_string());
+        for (name, value) in &config.sysctls {
+            cmd.arg("--sysctl").arg(format!("{name}={value}"));
+        }
         let lab_pid = std::process::id();
         // SAFETY: the hook only makes async-signal-safe syscalls.
         unsafe {
@@ -97,6 +100,17 @@ impl Sandbox {
     /// How the namespace was made and the sysctls read back inside it.
     pub fn ready(&self) -> &Ready {
         &self.ready
+    }
+
+    /// The kernel counters of the sandbox's namespace (`/proc/<anchor>/net/netstat` and
+    /// `snmp` show the namespace of that process); `None` when they cannot be read.
+    pub fn counters(&self) -> Option<portlab_sockets::Counters> {
+        let pid = self.anchor_pid()?;
+        portlab_sockets::Counters::read_from(
+            Path::new(&format!("/proc/{pid}/net/netstat")),
+            Path::new(&format!("/proc/{pid}/net/snmp")),
+        )
+        .ok()
     }
 
     /// The anchor's PID (its namespaces are `/proc/<pid>/ns/*`).

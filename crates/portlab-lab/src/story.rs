@@ -643,6 +643,9 @@ mod tests {
             timeline: Vec::new(),
             load_timeline: Vec::new(),
             load_progress: Vec::new(),
+            counters: Default::default(),
+            latency_us: (0, 0),
+            retry_attempts: 0,
         }
     }
 

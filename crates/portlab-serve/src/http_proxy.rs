@@ -262,6 +262,7 @@ impl HttpProxy {
         accept_loop(
             listener,
             shared.config.max_conns,
+            None,
             shutdown,
             &shared.counters.conns,
             |client, _peer: SocketAddr, _n| {

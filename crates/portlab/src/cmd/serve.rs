@@ -50,12 +50,21 @@ pub struct Args {
     /// Listen backlog (capped by net.core.somaxconn).
     #[arg(long, value_name = "N", default_value_t = DEFAULT_BACKLOG)]
     backlog: u32,
+    /// Pause after each accept (e.g. 5ms): a slow acceptor, so a burst of connects overflows
+    /// a small --backlog.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ms_duration)]
+    accept_delay: Option<std::time::Duration>,
     /// Worker threads (default: the CPUs available).
     #[arg(long, value_name = "N")]
     threads: Option<usize>,
     /// JSON lines on stdout: the listening event, then the stats event on exit.
     #[arg(long)]
     json: bool,
+}
+
+/// A duration; a bare number is milliseconds.
+fn parse_ms_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::cmd::model::parse_duration(text, "ms")
 }
 
 impl Args {
@@ -82,6 +91,7 @@ impl Args {
             seed: self.seed,
             max_conns: self.max_conns,
             chunked: self.chunked,
+            accept_delay: self.accept_delay,
         };
         config.validate().map_err(|e| usage(&e))?;
         Ok(config)
