@@ -28,6 +28,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod breaker;
 mod config;
 mod engine;
 mod error;
@@ -36,10 +37,12 @@ mod report;
 mod stats;
 mod tls;
 
+pub use breaker::{BreakerConfig, BreakerCounters, CircuitBreaker};
 pub use config::{ConfigError, ConnectionPolicy, LoadConfig, Plan, RateLimit, Target};
 pub use engine::{run, LoadError, Progress};
 pub use error::{ErrorClass, Phase, Side};
 pub use report::{
-    ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport, LoadReport, Percentiles,
-    RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond, SCHEMA_VERSION,
+    BreakerReport, ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport, LoadReport,
+    Percentiles, RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond,
+    SCHEMA_VERSION,
 };

@@ -38,6 +38,8 @@ pub struct LoadReport {
     pub errors: Vec<ErrorEntry>,
     /// Retries, reported apart from first attempts.
     pub retries: RetryReport,
+    /// The circuit breaker's settings and what it did (absent without `--circuit-breaker`).
+    pub circuit_breaker: Option<BreakerReport>,
     /// One entry per second of the run, from second 0.
     pub timeline: Vec<TimelineSecond>,
 }
@@ -82,7 +84,19 @@ pub struct SettingsReport {
     pub backoff_ms: u64,
 }
 
-/// Counts and rates. Accounting: `requests = succeeded + failed + cancelled_at_deadline`.
+/// The circuit breaker of a run (one per engine thread, counters summed).
+#[derive(Debug, Clone, Serialize)]
+pub struct BreakerReport {
+    /// Its knobs.
+    pub settings: crate::breaker::BreakerConfig,
+    /// Attempts allowed, probes, attempts short-circuited, times opened and closed again.
+    /// `short_circuited` here counts refused attempts; `summary.short_circuited` the requests
+    /// that ended refused (a retry refused after a failed first try ends its request too).
+    pub counters: crate::breaker::BreakerCounters,
+}
+
+/// Counts and rates. Accounting:
+/// `requests = succeeded + failed + short_circuited + cancelled_at_deadline`.
 #[derive(Debug, Clone, Serialize)]
 pub struct Summary {
     /// Requests started (each counted once, whatever its number of attempts).
@@ -94,6 +108,8 @@ pub struct Summary {
     /// Duration mode only: requests in flight when the deadline came, abandoned uncounted in
     /// latency (neither success nor failure).
     pub cancelled_at_deadline: u64,
+    /// Requests the circuit breaker refused without a network attempt (`--circuit-breaker`).
+    pub short_circuited: u64,
     /// Responses with status 400 or above (included in `succeeded`).
     pub non_success_status: u64,
     /// Wall time of the run, seconds.
@@ -301,10 +317,14 @@ pub(crate) fn build(
             backoff_ms: c.backoff.as_millis() as u64,
         },
         summary: Summary {
-            requests: stats.succeeded + stats.failed + stats.cancelled_at_deadline,
+            requests: stats.succeeded
+                + stats.failed
+                + stats.short_circuited
+                + stats.cancelled_at_deadline,
             succeeded: stats.succeeded,
             failed: stats.failed,
             cancelled_at_deadline: stats.cancelled_at_deadline,
+            short_circuited: stats.short_circuited,
             non_success_status,
             elapsed_secs: secs,
             requests_per_sec: stats.succeeded as f64 / secs,
@@ -335,6 +355,10 @@ pub(crate) fn build(
             succeeded: stats.retry_succeeded,
             retried_errors: error_entries(&stats.retried_errors),
         },
+        circuit_breaker: c.circuit_breaker.map(|settings| BreakerReport {
+            settings,
+            counters: stats.breaker,
+        }),
         timeline,
     }
 }
