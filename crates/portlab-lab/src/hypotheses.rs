@@ -160,6 +160,88 @@ pub struct MechanismReport {
     pub within_tolerance: bool,
 }
 
+/// A remedy the seed names, tried on the rate-limited pool at c = [`SEED_FAILING_C`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Remedy {
+    /// No remedy: the failing step as it is.
+    None,
+    /// `--retry 3 --backoff 100`: waits of 50–100, 100–200, 200–400 ms, all shorter than
+    /// the 1 s the pool needs to recycle a port.
+    RetryShortBackoff,
+    /// `--retry 3 --backoff 600`: waits of 300–600, 600–1200, 1200–2400 ms, reaching the
+    /// recycle time.
+    RetryLongBackoff,
+    /// `--circuit-breaker ratio=0.5,window=1s,min=20,open=1s,probes=3`.
+    CircuitBreaker,
+}
+
+impl Remedy {
+    /// Every remedy step, in order.
+    pub const ALL: [Remedy; 4] = [
+        Remedy::None,
+        Remedy::RetryShortBackoff,
+        Remedy::RetryLongBackoff,
+        Remedy::CircuitBreaker,
+    ];
+
+    /// Human name.
+    pub fn label(self) -> &'static str {
+        match self {
+            Remedy::None => "no remedy",
+            Remedy::RetryShortBackoff => "retry 3, backoff 100 ms",
+            Remedy::RetryLongBackoff => "retry 3, backoff 600 ms",
+            Remedy::CircuitBreaker => "circuit breaker",
+        }
+    }
+
+    fn load_args(self) -> Vec<String> {
+        let args: &[&str] = match self {
+            Remedy::None => &[],
+            Remedy::RetryShortBackoff => &["--retry", "3", "--backoff", "100"],
+            Remedy::RetryLongBackoff => &["--retry", "3", "--backoff", "600"],
+            Remedy::CircuitBreaker => &[
+                "--circuit-breaker",
+                "ratio=0.5,window=1s,min=20,open=1s,probes=3",
+            ],
+        };
+        args.iter().map(|a| a.to_string()).collect()
+    }
+}
+
+/// One remedy step: what it did to failures, latency and the pool.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RemedyStep {
+    /// Which remedy.
+    pub remedy: Remedy,
+    /// Its human name.
+    pub label: String,
+    /// Requests sent (each counted once: succeeded + failed + short-circuited).
+    pub requests: u64,
+    /// Requests answered.
+    pub succeeded: u64,
+    /// Requests whose last attempt failed.
+    pub failed: u64,
+    /// Requests the breaker refused without a connect.
+    pub short_circuited: u64,
+    /// Retry attempts (after a failed attempt).
+    pub retries: u64,
+    /// connect() calls that reached the pool: succeeded + failed + retries.
+    pub pool_attempts: u64,
+    /// Of them, those that found it empty (EADDRNOTAVAIL): failed + retries.
+    pub pool_failures: u64,
+    /// Times the breaker opened.
+    pub breaker_opened: u64,
+    /// Median and 99th-percentile latency of answered requests, ms.
+    pub latency_p50_ms: f64,
+    /// See `latency_p50_ms`.
+    pub latency_p99_ms: f64,
+    /// Wall time, seconds.
+    pub elapsed_secs: f64,
+    /// Answered requests per second.
+    pub answered_per_sec: f64,
+}
+
 /// The outcome of `portlab reproduce --hypotheses`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct HypothesesReport {
@@ -171,6 +253,11 @@ pub struct HypothesesReport {
     pub step_secs: u64,
     /// The mechanisms, in order.
     pub mechanisms: Vec<MechanismReport>,
+    /// The seed's remedies (retry with backoff, circuit breaker) on the rate-limited pool at
+    /// c = 50, each in its own sandbox.
+    pub remedies: Vec<RemedyStep>,
+    /// What the remedy steps show, with their numbers.
+    pub remedy_story: String,
     /// Which ones reproduce the pattern, what tells them apart, what to capture.
     pub story: String,
     /// Some mechanism reproduced the pattern and every prediction held.
@@ -310,6 +397,25 @@ pub fn run_hypotheses(
         }
         mechanisms.push(assess(&config, mechanism, knobs, &measured));
     }
+    let mut remedies = Vec::new();
+    let remedy_total = Remedy::ALL.len();
+    for (i, remedy) in Remedy::ALL.into_iter().enumerate() {
+        let mut s = scenario(Mechanism::RateLimitedExhaustion, SEED_FAILING_C, knobs);
+        s.name = format!("remedy: {}", remedy.label());
+        s.extras.load_args.extend(remedy.load_args());
+        on_event(&LabEvent::StepStarted {
+            step: i + 1,
+            total: remedy_total,
+            scenario: &s,
+        });
+        let report = run_step(&config, &s, i + 1)?;
+        on_event(&LabEvent::StepFinished {
+            total: remedy_total,
+            report: &report,
+        });
+        remedies.push(remedy_step(remedy, &report));
+    }
+    let remedy_story = remedy_story(&remedies, knobs);
     let story = story(&mechanisms, knobs);
     let verdict = HypothesesVerdict {
         reproduced_by: mechanisms
@@ -324,6 +430,8 @@ pub fn run_hypotheses(
         per_worker_qps: PER_WORKER_QPS,
         step_secs: STEP_SECS,
         mechanisms,
+        remedies,
+        remedy_story,
         story,
         verdict,
         elapsed_secs: started.elapsed().as_secs_f64(),
@@ -642,6 +750,94 @@ fn evidence(mechanism: Mechanism, knobs: Knobs, steps: &[HypothesisStep]) -> Str
             group_thousands(top.peak_time_wait_total),
             group_thousands(top.peak_time_wait_client)
         ),
+    }
+}
+
+fn remedy_step(remedy: Remedy, s: &StepReport) -> RemedyStep {
+    RemedyStep {
+        remedy,
+        label: remedy.label().to_string(),
+        requests: s.requests,
+        succeeded: s.succeeded,
+        failed: s.failed,
+        short_circuited: s.short_circuited,
+        retries: s.retry_attempts,
+        pool_attempts: s.succeeded + s.failed + s.retry_attempts,
+        pool_failures: s.failed + s.retry_attempts,
+        breaker_opened: s.breaker_opened,
+        latency_p50_ms: s.latency_us.0 as f64 / 1000.0,
+        latency_p99_ms: s.latency_us.1 as f64 / 1000.0,
+        elapsed_secs: s.elapsed_secs,
+        answered_per_sec: if s.elapsed_secs > 0.0 {
+            s.succeeded as f64 / s.elapsed_secs
+        } else {
+            0.0
+        },
+    }
+}
+
+/// What the remedy steps show. The pool's capacity is ports ÷ reuse delay; no client-side
+/// remedy raises it: retries spread the same demand over more time (failures become delay
+/// only when the waits reach the recycle time), a breaker sheds it without touching the pool.
+fn remedy_story(steps: &[RemedyStep], knobs: Knobs) -> String {
+    let by = |r: Remedy| steps.iter().find(|s| s.remedy == r);
+    let capacity = knobs.rate_ports * 1000 / TW_REUSE_DELAY_MS;
+    let demand = SEED_FAILING_C as u64 * PER_WORKER_QPS;
+    let mut parts = vec![format!(
+        "At c={SEED_FAILING_C} the workers ask for {} new connections per second and the pool          recycles {} per second; no client-side remedy raises that.",
+        group_thousands(demand),
+        group_thousands(capacity)
+    )];
+    if let Some(s) = by(Remedy::None) {
+        parts.push(format!(
+            "Without a remedy {} of {} requests failed in {:.1} s, each of them a connect()              that scanned the whole empty pool.",
+            group_thousands(s.failed),
+            group_thousands(s.requests),
+            s.elapsed_secs
+        ));
+    }
+    if let Some(s) = by(Remedy::RetryShortBackoff) {
+        parts.push(format!(
+            "Retrying 3 times with waits under the 1 s recycle time ({}) still failed {}              ({}), made {} retries — {} connects found the pool empty — and stretched the run              to {:.1} s at {:.0} answers/s, the pool's rate: retries add attempts, not              capacity.",
+            s.label,
+            group_thousands(s.failed),
+            percent(ratio(s.failed, s.requests)),
+            group_thousands(s.retries),
+            group_thousands(s.pool_failures),
+            s.elapsed_secs,
+            s.answered_per_sec
+        ));
+    }
+    if let Some(s) = by(Remedy::RetryLongBackoff) {
+        parts.push(format!(
+            "With waits reaching the recycle time ({}) a retried request comes back once ports              are free: {} failed ({}) with {} retries, at the cost of latency (p99 {:.0} ms)              and a {:.1} s run — failures turned into delay.",
+            s.label,
+            group_thousands(s.failed),
+            percent(ratio(s.failed, s.requests)),
+            group_thousands(s.retries),
+            s.latency_p99_ms,
+            s.elapsed_secs
+        ));
+    }
+    if let (Some(s), Some(base)) = (by(Remedy::CircuitBreaker), by(Remedy::None)) {
+        parts.push(format!(
+            "The circuit breaker (one per engine thread) opened {} times and refused {} requests at once: only {}              connects found the pool empty instead of {}; {} failed and {} were short-circuited              — it fails fast and spares the pool (and whatever shares it), it does not make the              requests succeed.",
+            s.breaker_opened,
+            group_thousands(s.short_circuited),
+            group_thousands(s.pool_failures),
+            group_thousands(base.pool_failures),
+            group_thousands(s.failed),
+            group_thousands(s.short_circuited)
+        ));
+    }
+    parts.join(" ")
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
     }
 }
 

@@ -45,7 +45,9 @@ mod story;
 mod text;
 
 pub use anchor::{AnchorError, Ready, Sample, SandboxSettings, ANCHOR_SUBCOMMAND};
-pub use hypotheses::{run_hypotheses, HypothesesReport, Mechanism, MechanismReport};
+pub use hypotheses::{
+    run_hypotheses, HypothesesReport, Mechanism, MechanismReport, Remedy, RemedyStep,
+};
 pub use predict::{closed_form_failure_fraction, Prediction, PredictionSource};
 pub use report::{
     Diagnosis, ErrorCount, LadderReport, LadderSettings, LoadSecond, PoolPeak, StepCounters,

@@ -136,6 +136,10 @@ pub struct StepReport {
     pub latency_us: (u64, u64),
     /// Retries the load tester made (`--retry`), counted apart from first attempts.
     pub retry_attempts: u64,
+    /// Requests the load tester's circuit breaker refused without a connect.
+    pub short_circuited: u64,
+    /// Times the load tester's circuit breaker opened.
+    pub breaker_opened: u64,
 }
 
 /// Kernel counters of a step's sandbox (deltas of `/proc/net/netstat` and `/proc/net/snmp`

@@ -260,6 +260,11 @@ fn run_step_with(
         counters,
         latency_us: (load.latency.p50_us, load.latency.p99_us),
         retry_attempts: load.retries.attempts,
+        short_circuited: load.summary.short_circuited,
+        breaker_opened: load
+            .circuit_breaker
+            .as_ref()
+            .map_or(0, |b| b.counters.opened),
     };
     Ok((report, ready))
 }
@@ -492,6 +497,19 @@ struct LoadJson {
     telemetry: LoadTelemetry,
     latency: LoadLatency,
     retries: LoadRetries,
+    circuit_breaker: Option<LoadBreaker>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LoadBreaker {
+    counters: LoadBreakerCounters,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LoadBreakerCounters {
+    opened: u64,
 }
 
 #[derive(Deserialize, Default)]
@@ -526,6 +544,7 @@ struct LoadSummary {
     requests: u64,
     succeeded: u64,
     failed: u64,
+    short_circuited: u64,
     elapsed_secs: f64,
 }
 

@@ -646,6 +646,8 @@ mod tests {
             counters: Default::default(),
             latency_us: (0, 0),
             retry_attempts: 0,
+            short_circuited: 0,
+            breaker_opened: 0,
         }
     }
 

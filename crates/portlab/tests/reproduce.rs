@@ -601,6 +601,27 @@ fn hypotheses_reproduce_the_seeds_pattern_as_predicted() {
         upstream["dominant_error"], "ConnectionReset",
         "{upstream:#}"
     );
+    // The remedy steps count every request once, and the breaker spares the pool.
+    let remedies = report["remedies"].as_array().expect("remedies");
+    assert_eq!(remedies.len(), 4);
+    let n = |s: &Value, k: &str| s[k].as_u64().expect(k);
+    for s in remedies {
+        assert_eq!(
+            n(s, "requests"),
+            n(s, "succeeded") + n(s, "failed") + n(s, "short_circuited"),
+            "{s:#}"
+        );
+    }
+    let (none, long_backoff, breaker) = (&remedies[0], &remedies[2], &remedies[3]);
+    assert!(
+        n(long_backoff, "failed") < n(none, "failed"),
+        "{remedies:#?}"
+    );
+    assert!(n(breaker, "short_circuited") > 0, "{breaker:#}");
+    assert!(
+        n(breaker, "pool_failures") < n(none, "pool_failures"),
+        "{remedies:#?}"
+    );
     assert!(
         output.status.success(),
         "{}",

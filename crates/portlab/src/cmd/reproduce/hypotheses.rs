@@ -150,6 +150,7 @@ pub fn render_text(r: &HypothesesReport, paint: Painter) -> String {
     for l in wrap(&r.story, 96) {
         let _ = writeln!(o, "  {l}");
     }
+    render_remedies(&mut o, r, paint);
     let v = &r.verdict;
     let verdict = match (v.reproduced_by.is_empty(), v.predictions_hold) {
         (false, true) => paint.good(&format!(
@@ -159,7 +160,80 @@ pub fn render_text(r: &HypothesesReport, paint: Painter) -> String {
         (false, false) => paint.warn("pattern reproduced, but a measurement missed its prediction"),
         (true, _) => paint.warn("no mechanism reproduced the pattern in this run"),
     };
-    let steps: usize = r.mechanisms.iter().map(|m| m.steps.len()).sum();
+    let steps: usize = r.mechanisms.iter().map(|m| m.steps.len()).sum::<usize>() + r.remedies.len();
     let _ = writeln!(o, "\n{verdict} ({steps} steps in {:.1} s)", r.elapsed_secs);
     o
+}
+
+fn render_remedies(o: &mut String, r: &HypothesesReport, paint: Painter) {
+    if r.remedies.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        o,
+        "\n{}",
+        paint.heading("The seed's remedies on the failing step (rate-limited pool, c=50)")
+    );
+    let headers = [
+        "remedy",
+        "failed",
+        "short-circuited",
+        "retries",
+        "connects on empty pool",
+        "p50 ms",
+        "p99 ms",
+        "run s",
+        "answered/s",
+    ];
+    let rows: Vec<[String; 9]> = r
+        .remedies
+        .iter()
+        .map(|s| {
+            [
+                s.label.clone(),
+                format!(
+                    "{} ({})",
+                    s.failed,
+                    pct(s.failed as f64 / s.requests.max(1) as f64)
+                ),
+                s.short_circuited.to_string(),
+                s.retries.to_string(),
+                s.pool_failures.to_string(),
+                format!("{:.1}", s.latency_p50_ms),
+                format!("{:.0}", s.latency_p99_ms),
+                format!("{:.1}", s.elapsed_secs),
+                format!("{:.0}", s.answered_per_sec),
+            ]
+        })
+        .collect();
+    let mut widths = headers.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[String]| -> String {
+        let mut text = String::from(" ");
+        for (i, (cell, w)) in cells.iter().zip(widths).enumerate() {
+            let pad = w.saturating_sub(cell.chars().count());
+            if i == 0 {
+                text.push_str(cell);
+                text.push_str(&" ".repeat(pad));
+            } else {
+                text.push_str(&" ".repeat(pad));
+                text.push_str(cell);
+            }
+            text.push_str("  ");
+        }
+        text.trim_end().to_string()
+    };
+    let head: Vec<String> = headers.iter().map(|h| h.to_string()).collect();
+    let _ = writeln!(o, "{}", paint.heading(&line(&head)));
+    for row in &rows {
+        let _ = writeln!(o, "{}", line(row));
+    }
+    let _ = writeln!(o);
+    for l in wrap(&r.remedy_story, 96) {
+        let _ = writeln!(o, "  {l}");
+    }
 }
