@@ -84,12 +84,24 @@ measure_point() {
   in_ns sysctl -qw net.ipv4.tcp_max_tw_buckets=262144
   in_ns "$BIN" serve --listen 127.0.0.1:8080 > /dev/null 2>&1 &
   SERVER_PID=$!
-  for _ in $(seq 100); do
-    in_ns ss -Hltn 2>/dev/null | grep -q '127.0.0.1:8080 ' && break
+  local listening=0
+  for _ in $(seq 400); do
+    if in_ns ss -Hltn 2>/dev/null | grep -q '127.0.0.1:8080 '; then listening=1; break; fi
     sleep 0.05
   done
+  if [ "$listening" = 0 ]; then
+    echo "serve did not listen within 20 s at $ports ports, $fill %" >&2
+    kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+    ip netns delete "$NS"; return 1
+  fi
   local made
-  made=$(in_ns python3 -c "$FILLER" "$low" "$ports" "$taken")
+  made=$(in_ns python3 -c "$FILLER" "$low" "$ports" "$taken" 2>/dev/null)
+  made=${made:-0}
+  if [ "$made" -lt $(( taken * 95 / 100 )) ]; then
+    echo "the filler placed only $made of $taken TIME_WAIT entries at $ports ports, $fill %" >&2
+    kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; SERVER_PID=""
+    ip netns delete "$NS"; return 1
+  fi
   # The server closes on EOF; wait for the client TIME_WAIT entries to appear.
   local tw=0
   for _ in $(seq 200); do
@@ -111,7 +123,7 @@ mkdir -p "$(dirname "$OUT")"
 printf 'ports\tfill_pct\ttime_wait\tconnect_p50_us\trequests_per_sec\n' > "$OUT"
 for ports in $RANGES; do
   for fill in $FILLS; do
-    measure_point "$ports" "$fill" | tee -a "$OUT"
+    measure_point "$ports" "$fill" | tee -a "$OUT" || echo "skipped $ports ports, $fill %" >&2
   done
 done
 

@@ -445,26 +445,30 @@ fn predict(
     knobs: Knobs,
     c: usize,
     requests: u64,
+    latency_p50_us: u64,
     elapsed_secs: f64,
 ) -> (f64, Basis, Option<u64>) {
     match mechanism {
         Mechanism::RateLimitedExhaustion => {
             let (low, high) = range_of(knobs.rate_ports);
-            // The rate the load tester kept (c × q, less when the machine lagged behind the
-            // pace: the slower the churn, the more TIME_WAIT ports come free in time).
-            let paced = c as f64 * PER_WORKER_QPS as f64;
-            let rate = if elapsed_secs > 0.0 {
-                (requests as f64 / elapsed_secs).min(paced)
+            // The pace is an absolute schedule (k × 1/q from the start): a worker that falls
+            // behind catches up, so the demand is c × q even when the run's tail lags. A run
+            // that took clearly longer than its schedule (> 10 %) could not keep the pace on
+            // this machine: its demand was the rate it kept.
+            let paced = c as u64 * PER_WORKER_QPS;
+            let rate = if elapsed_secs > 1.1 * STEP_SECS as f64 {
+                ((requests as f64 / elapsed_secs).round() as u64).clamp(1, paced)
             } else {
                 paced
-            }
-            .round()
-            .max(1.0) as u64;
+            };
+            // A port is held for the request's latency before its TIME_WAIT starts: the
+            // measured median, as the kernel-agreement grid does (scripts/model-grid.sh).
+            let latency_us = latency_p50_us.max(300);
             let args = [
                 "--rate".to_string(),
                 rate.to_string(),
                 "--latency".to_string(),
-                "300us".to_string(),
+                format!("{latency_us}us"),
                 "--connection".to_string(),
                 "drop".to_string(),
                 "--tw-reuse".to_string(),
@@ -572,6 +576,7 @@ fn assess(
                 knobs,
                 s.concurrency,
                 s.requests,
+                s.latency_us.0,
                 s.elapsed_secs,
             );
             HypothesisStep {
@@ -687,7 +692,8 @@ fn reasoning(mechanism: Mechanism, knobs: Knobs) -> String {
             "the pool passes ports ÷ reuse delay = {} new connections/s; at {q} requests/s \
              per worker the crossing is c = {:.0}, between {SEED_CLEAN_C} and \
              {SEED_FAILING_C} (their geometric mean); failure shares from portlab simulate \
-             (open loop at the rate the load tester kept, c × {q}/s unless it lagged)",
+             (open loop at c × {q}/s — or the rate kept, when the run fell more than 10 % behind \
+             its schedule — each port held for the measured median latency)",
             group_thousands(knobs.rate_ports * 1000 / TW_REUSE_DELAY_MS),
             crossing
         ),
