@@ -733,13 +733,18 @@ fn evidence(mechanism: Mechanism, knobs: Knobs, steps: &[HypothesisStep]) -> Str
             top.concurrency
         ),
         Mechanism::BacklogOverflowDrop | Mechanism::BacklogOverflowReset => format!(
-            "ListenOverflows {} and {} connects ≥ 1 s (predicted {}) at c={}; p99 {:.0} ms; \
-             no failure",
+            "ListenOverflows {} and {} connects ≥ 1 s (predicted {}) at c={}; p99 {:.0} ms; {}",
             group_thousands(top.listen_overflows),
             top.slow_connects,
             top.predicted_slow_connects.unwrap_or(0),
             top.concurrency,
-            top.latency_p99_ms
+            top.latency_p99_ms,
+            match (top.failed, top.dominant_error.as_deref()) {
+                (0, _) => "no failure".to_string(),
+                (n, Some(class)) =>
+                    format!("{n} failed ({class}: a final ACK found the queue full)"),
+                (n, None) => format!("{n} failed"),
+            }
         ),
         Mechanism::ForwarderUpstreamLeg => format!(
             "clients reset; the forwarder's upstream connect failed with EADDRNOTAVAIL {} \
