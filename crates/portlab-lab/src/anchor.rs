@@ -16,7 +16,7 @@ use nix::sched::CloneFlags;
 use portlab_sockets::{PortPoolSettings, Snapshot, SnapshotOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::sandbox::{Isolation, SandboxConfig};
+use crate::sandbox_config::{Isolation, SandboxConfig};
 
 /// The hidden subcommand of the `portlab` binary that runs [`run`].
 pub const ANCHOR_SUBCOMMAND: &str = "__sandbox-anchor";
@@ -181,6 +181,14 @@ fn set_up(config: &SandboxConfig) -> Result<Ready, AnchorError> {
     let (low, high) = config.port_range;
     write_sysctl("ip_local_port_range", &format!("{low} {high}"))?;
     write_sysctl("tcp_tw_reuse", &config.tw_reuse.to_string())?;
+    for (name, value) in &config.sysctls {
+        if !crate::sandbox_config::valid_sysctl_name(name) {
+            return Err(AnchorError::Setup {
+                message: format!("{name:?} is not a net.ipv4 sysctl name"),
+            });
+        }
+        write_sysctl(name, value)?;
+    }
     let all = PortPoolSettings::read().map_err(|e| AnchorError::Setup {
         message: format!("reading the sandbox's port-pool settings: {e}"),
     })?;

@@ -20,6 +20,9 @@
 //! inside the sandbox, held connections, short connections and UDP flows through it, the
 //! conntrack counters and NAT pools beside each prediction.
 //!
+//! Module dependencies run one way: `text` and `sandbox_config` (plain helpers and data) ←
+//! `anchor` ← `sandbox` ← `run`; `scenario` ← `predict` ← `report` ← `story` ← `run`.
+//!
 //! Each step runs in its own sandbox, because TIME_WAIT entries of one step would block the
 //! next one's ports for 60 s.
 //!
@@ -34,6 +37,7 @@
 #![warn(missing_docs)]
 
 pub mod anchor;
+pub mod hypotheses;
 pub mod nat;
 pub mod nat_tools;
 mod predict;
@@ -41,19 +45,27 @@ pub mod procs;
 mod report;
 mod run;
 mod sandbox;
+mod sandbox_config;
 mod scenario;
 mod story;
-pub use story::group_thousands;
+mod text;
 
 pub use anchor::{AnchorError, Ready, Sample, SandboxSettings, ANCHOR_SUBCOMMAND};
+pub use hypotheses::{
+    run_hypotheses, HypothesesReport, Mechanism, MechanismReport, Remedy, RemedyStep,
+};
 pub use predict::{closed_form_failure_fraction, Prediction, PredictionSource};
 pub use report::{
-    Diagnosis, ErrorCount, LadderReport, LadderSettings, LoadSecond, PoolPeak, StepReport,
-    TimelinePoint, UpstreamReport, Verdict,
+    Diagnosis, ErrorCount, LadderReport, LadderSettings, LoadSecond, PoolPeak, StepCounters,
+    StepReport, TimelinePoint, UpstreamReport, Verdict,
 };
 pub use run::{run_ladder, run_step, LabEvent};
-pub use sandbox::{current_exe, Isolation, Sandbox, SandboxConfig};
-pub use scenario::{parse_http_url, plan, Fix, LabConfig, Path, Policy, Scenario, Target};
+pub use sandbox::{current_exe, Sandbox};
+pub use sandbox_config::{Isolation, SandboxConfig};
+pub use scenario::{
+    parse_http_url, plan, Fix, LabConfig, Path, Policy, Scenario, StepExtras, Target,
+};
+pub use text::group_thousands;
 
 /// Errors of a lab run.
 #[derive(Debug, thiserror::Error)]

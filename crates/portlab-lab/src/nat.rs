@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::nat_tools::{NatSample, UdpFlowReport, WatchEvent};
 use crate::procs::Guarded;
-use crate::sandbox::{Sandbox, SandboxConfig};
+use crate::sandbox::Sandbox;
+use crate::sandbox_config::SandboxConfig;
 use crate::LabError;
 
 /// The client's ephemeral range inside the sandbox: outside any sensible NAT range.
@@ -469,6 +470,7 @@ fn sandbox_config() -> SandboxConfig {
         port_range: CLIENT_RANGE,
         tw_reuse: 0,
         sample_interval_ms: 500,
+        sysctls: Vec::new(),
     }
 }
 
@@ -668,7 +670,7 @@ fn run_to_end(what: &str, cmd: &mut Command) -> Result<(), LabError> {
     } else {
         Err(LabError::Protocol {
             what: what.to_string(),
-            detail: crate::run::one_line(&finished.stderr),
+            detail: crate::text::one_line(&finished.stderr),
         })
     }
 }
@@ -688,7 +690,7 @@ fn apply_rule(sandbox: &Sandbox, scenario: &NatScenario) -> Result<(), LabError>
             if !finished.status.success() {
                 return Err(LabError::NatUnavailable(format!(
                     "the kernel refused the sandbox's NAT rule ({}): reproduce --nat needs nf_tables with NAT (CONFIG_NF_NAT, CONFIG_NFT_NAT) and conntrack",
-                    crate::run::one_line(&finished.stderr)
+                    crate::text::one_line(&finished.stderr)
                 )));
             }
         }
@@ -915,7 +917,7 @@ fn run_flows(
         let text = finished.lines.join("\n");
         let json: LoadJson = serde_json::from_str(&text).map_err(|e| LabError::Protocol {
             what: "load".to_string(),
-            detail: format!("{e}; stderr: {}", crate::run::one_line(&finished.stderr)),
+            detail: format!("{e}; stderr: {}", crate::text::one_line(&finished.stderr)),
         })?;
         out.flows += json.summary.requests;
         out.succeeded += json.summary.succeeded;
@@ -965,7 +967,7 @@ fn run_udp(
     let text = finished.lines.join("\n");
     let r: UdpFlowReport = serde_json::from_str(&text).map_err(|e| LabError::Protocol {
         what: "udp client".to_string(),
-        detail: format!("{e}; stderr: {}", crate::run::one_line(&finished.stderr)),
+        detail: format!("{e}; stderr: {}", crate::text::one_line(&finished.stderr)),
     })?;
     Ok(FlowOutcome {
         flows: r.flows,

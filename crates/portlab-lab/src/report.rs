@@ -8,7 +8,7 @@ use std::net::{IpAddr, SocketAddr};
 use serde::Serialize;
 
 use crate::predict::PredictionSource;
-use crate::sandbox::Isolation;
+use crate::sandbox_config::Isolation;
 use crate::scenario::{Fix, Path, Policy};
 
 /// Failures of one class, as `portlab load` counted them.
@@ -130,6 +130,32 @@ pub struct StepReport {
     /// The load tester's cumulative progress about ten times a second: (ms since its start,
     /// requests done, of which failed) — the sub-second view for plots.
     pub load_progress: Vec<(u64, u64, u64)>,
+    /// Kernel counters of the sandbox over the step (its own network namespace).
+    pub counters: StepCounters,
+    /// Request latency of the answered requests, microseconds: (p50, p99).
+    pub latency_us: (u64, u64),
+    /// Retries the load tester made (`--retry`), counted apart from first attempts.
+    pub retry_attempts: u64,
+    /// Requests the load tester's circuit breaker refused without a connect.
+    pub short_circuited: u64,
+    /// Times the load tester's circuit breaker opened.
+    pub breaker_opened: u64,
+}
+
+/// Kernel counters of a step's sandbox (deltas of `/proc/net/netstat` and `/proc/net/snmp`
+/// inside its namespace, from just before the load to after it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct StepCounters {
+    /// TcpExt ListenOverflows: SYNs or final ACKs dropped because an accept queue was full.
+    pub listen_overflows: u64,
+    /// TcpExt ListenDrops: every drop at a listener (includes ListenOverflows).
+    pub listen_drops: u64,
+    /// TcpExt TWRecycled: TIME_WAIT entries taken over by connect() (`tcp_tw_reuse`).
+    pub tw_recycled: u64,
+    /// Tcp OutRsts: resets sent (by any socket of the sandbox).
+    pub out_rsts: u64,
+    /// Tcp RetransSegs: segments retransmitted (dropped SYNs come back as retransmissions).
+    pub retrans_segs: u64,
 }
 
 /// One second of the load tester's run.

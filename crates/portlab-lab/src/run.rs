@@ -13,11 +13,12 @@ use crate::anchor::{monotonic_ms, Ready, Sample};
 use crate::predict::{Predictor, TIME_WAIT_SECS};
 use crate::procs::Guarded;
 use crate::report::{
-    ErrorCount, LadderReport, LadderSettings, LoadSecond, PoolPeak, StepReport, TimelinePoint,
-    UpstreamReport,
+    ErrorCount, LadderReport, LadderSettings, LoadSecond, PoolPeak, StepCounters, StepReport,
+    TimelinePoint, UpstreamReport,
 };
 use crate::sandbox::Sandbox;
 use crate::scenario::{parse_http_url, LabConfig, Path, Scenario};
+use crate::text::one_line;
 use crate::LabError;
 
 /// Where `portlab serve` listens inside the sandbox (the seed's nginx on 8080). Fixed ports are
@@ -144,9 +145,10 @@ fn run_step_with(
     step: usize,
     predictor: &mut Predictor,
 ) -> Result<(StepReport, Ready), LabError> {
-    let sandbox = Sandbox::create(&config.exe, &config.sandbox)?;
+    let sandbox_config = scenario.extras.sandbox.as_ref().unwrap_or(&config.sandbox);
+    let sandbox = Sandbox::create(&config.exe, sandbox_config)?;
     let ready = sandbox.ready().clone();
-    let (server, server_addr, path) = start_server(&sandbox, config)?;
+    let (server, server_addr, path) = start_server(&sandbox, config, scenario)?;
     let proxy = match scenario.path {
         Path::Direct => None,
         Path::Forwarder | Path::PoolingProxy => {
@@ -159,8 +161,10 @@ fn run_step_with(
         front,
         url: format!("http://{front}{path}"),
     };
+    let counters_before = sandbox.counters();
     let load_start_ms = monotonic_ms();
     let load = run_load(&sandbox, config, scenario, &topology.url)?;
+    let counters = step_counters(counters_before, sandbox.counters());
     let upstream = match proxy {
         Some((proxy, _)) => Some(stop_proxy(proxy)?),
         None => None,
@@ -253,8 +257,35 @@ fn run_step_with(
         timeline: timeline(&window, &topology, scenario.path, load_start_ms),
         load_timeline: load.timeline,
         load_progress: load.telemetry.progress.points,
+        counters,
+        latency_us: (load.latency.p50_us, load.latency.p99_us),
+        retry_attempts: load.retries.attempts,
+        short_circuited: load.summary.short_circuited,
+        breaker_opened: load
+            .circuit_breaker
+            .as_ref()
+            .map_or(0, |b| b.counters.opened),
     };
     Ok((report, ready))
+}
+
+fn step_counters(
+    before: Option<portlab_sockets::Counters>,
+    after: Option<portlab_sockets::Counters>,
+) -> StepCounters {
+    match (before, after) {
+        (Some(b), Some(a)) => {
+            let d = a.delta_since(&b);
+            StepCounters {
+                listen_overflows: d.listen_overflows,
+                listen_drops: d.listen_drops,
+                tw_recycled: d.tw_recycled,
+                out_rsts: d.out_rsts,
+                retrans_segs: d.retrans_segs,
+            }
+        }
+        _ => StepCounters::default(),
+    }
 }
 
 fn ratio(part: u64, whole: u64) -> f64 {
@@ -277,6 +308,7 @@ struct Listening {
 fn start_server(
     sandbox: &Sandbox,
     config: &LabConfig,
+    scenario: &Scenario,
 ) -> Result<(Guarded, SocketAddr, String), LabError> {
     if let Some(target) = &config.target {
         let (addr, path) = parse_http_url(&target.url).ok_or_else(|| LabError::Protocol {
@@ -293,9 +325,13 @@ fn start_server(
         return Ok((server, addr, path));
     }
     let mut cmd = sandbox.command(&config.exe);
-    cmd.args(["serve", "--listen", SERVER_ADDR, "--json"]);
+    cmd.args(["serve", "--listen", SERVER_ADDR, "--json"])
+        .args(&scenario.extras.server_args);
     let server = Guarded::spawn("serve", &mut cmd)?;
-    let addr = read_listening(&server, "serve")?;
+    let addr = match read_listening(&server, "serve") {
+        Ok(addr) => addr,
+        Err(err) => return Err(with_stderr(err, server)),
+    };
     Ok((server, addr, "/".to_string()))
 }
 
@@ -366,6 +402,7 @@ fn start_proxy(
         cmd.args(["--mode", "http", "--pool"])
             .arg(scenario.upstream_pool.to_string());
     }
+    cmd.args(&scenario.extras.proxy_args);
     let proxy = Guarded::spawn("proxy", &mut cmd)?;
     match read_listening(&proxy, "proxy") {
         Ok(addr) => Ok((proxy, addr)),
@@ -392,16 +429,6 @@ fn with_stderr(err: LabError, child: Guarded) -> LabError {
         }
         other => other,
     }
-}
-
-/// A child's stderr on one line (the CLI reports an error on one line).
-pub(crate) fn one_line(stderr: &str) -> String {
-    stderr
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" / ")
 }
 
 /// SIGTERM, then wait for the exit.
@@ -468,6 +495,34 @@ struct LoadJson {
     errors: Vec<LoadError>,
     timeline: Vec<LoadSecond>,
     telemetry: LoadTelemetry,
+    latency: LoadLatency,
+    retries: LoadRetries,
+    circuit_breaker: Option<LoadBreaker>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LoadBreaker {
+    counters: LoadBreakerCounters,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LoadBreakerCounters {
+    opened: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LoadLatency {
+    p50_us: u64,
+    p99_us: u64,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(default)]
+struct LoadRetries {
+    attempts: u64,
 }
 
 /// `telemetry.progress.points` of `portlab load --json`: [ms, done, failed], about 10 Hz.
@@ -489,6 +544,7 @@ struct LoadSummary {
     requests: u64,
     succeeded: u64,
     failed: u64,
+    short_circuited: u64,
     elapsed_secs: f64,
 }
 
@@ -561,6 +617,7 @@ fn run_load(
     if let Some(threads) = config.load_threads {
         cmd.arg("--threads").arg(threads.to_string());
     }
+    cmd.args(&scenario.extras.load_args);
     cmd.arg(url);
     let finished = Guarded::spawn("load", &mut cmd)?.finish(load_timeout(scenario.requests))?;
     // Exit 0: all answered; 1: some failed (expected here); anything else: a real problem.

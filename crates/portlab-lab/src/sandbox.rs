@@ -11,47 +11,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-
 use crate::anchor::{AnchorEvent, Ready, Sample, ANCHOR_SUBCOMMAND};
 use crate::procs::Guarded;
+use crate::sandbox_config::{Isolation, SandboxConfig};
+use crate::text::one_line;
 use crate::LabError;
 
 /// How long the anchor may take to set the namespace up.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How a sandbox isolates its network.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Isolation {
-    /// A network namespace (the lab runs as root).
-    NetworkNamespace,
-    /// A user namespace mapping the caller to root, owning a network namespace (no root needed
-    /// where unprivileged user namespaces are allowed).
-    UserAndNetworkNamespace,
-}
-
-/// The sysctls a sandbox sets inside its namespace, and how often it samples its sockets.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SandboxConfig {
-    /// `net.ipv4.ip_local_port_range` inside the sandbox, (low, high) inclusive.
-    pub port_range: (u16, u16),
-    /// `net.ipv4.tcp_tw_reuse` inside the sandbox: 0 off, 1 on, 2 loopback only.
-    pub tw_reuse: u8,
-    /// Interval between two socket-table samples, in milliseconds.
-    pub sample_interval_ms: u64,
-}
-
-impl Default for SandboxConfig {
-    /// 1,000 ports (40000–40999), no TIME_WAIT reuse, a sample every 20 ms.
-    fn default() -> Self {
-        SandboxConfig {
-            port_range: (40000, 40999),
-            tw_reuse: 0,
-            sample_interval_ms: 20,
-        }
-    }
-}
 
 /// A live sandbox. See the module documentation.
 #[derive(Debug)]
@@ -81,6 +48,9 @@ impl Sandbox {
             .arg(config.tw_reuse.to_string())
             .arg("--sample-ms")
             .arg(config.sample_interval_ms.to_string());
+        for (name, value) in &config.sysctls {
+            cmd.arg("--sysctl").arg(format!("{name}={value}"));
+        }
         let lab_pid = std::process::id();
         // SAFETY: the hook only makes async-signal-safe syscalls.
         unsafe {
@@ -99,7 +69,7 @@ impl Sandbox {
                     what: "sandbox".to_string(),
                     detail: format!(
                         "unexpected first line {first:?}; stderr: {}",
-                        crate::run::one_line(&stderr)
+                        one_line(&stderr)
                     ),
                 });
             }
@@ -130,6 +100,17 @@ impl Sandbox {
     /// How the namespace was made and the sysctls read back inside it.
     pub fn ready(&self) -> &Ready {
         &self.ready
+    }
+
+    /// The kernel counters of the sandbox's namespace (`/proc/<anchor>/net/netstat` and
+    /// `snmp` show the namespace of that process); `None` when they cannot be read.
+    pub fn counters(&self) -> Option<portlab_sockets::Counters> {
+        let pid = self.anchor_pid()?;
+        portlab_sockets::Counters::read_from(
+            Path::new(&format!("/proc/{pid}/net/netstat")),
+            Path::new(&format!("/proc/{pid}/net/snmp")),
+        )
+        .ok()
     }
 
     /// The anchor's PID (its namespaces are `/proc/<pid>/ns/*`).

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::sandbox::SandboxConfig;
+use crate::sandbox_config::SandboxConfig;
 
 /// The way from the load tester to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -170,6 +170,21 @@ pub struct Scenario {
     pub source_ips: Vec<IpAddr>,
     /// Upstream pool size of the pooling proxy.
     pub upstream_pool: usize,
+    /// What this step adds to the defaults (the hypotheses' server and load flags, sysctls).
+    pub extras: StepExtras,
+}
+
+/// Flags and settings one step adds to the lab's defaults. Empty for the incident ladder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Default)]
+pub struct StepExtras {
+    /// Further `portlab serve` flags (`--backlog 33`, `--accept-delay 5ms`, `--close-after 10`).
+    pub server_args: Vec<String>,
+    /// Further `portlab load` flags (`-q 20`, `--retry 3`, `--circuit-breaker …`).
+    pub load_args: Vec<String>,
+    /// Further `portlab proxy` flags.
+    pub proxy_args: Vec<String>,
+    /// This step's own sandbox settings instead of [`LabConfig::sandbox`].
+    pub sandbox: Option<SandboxConfig>,
 }
 
 /// The steps for `config`: one incident step per ladder concurrency (policy `drop` through the
@@ -199,6 +214,7 @@ pub fn plan(config: &LabConfig) -> Vec<Scenario> {
         requests: config.requests,
         source_ips,
         upstream_pool: config.upstream_pool,
+        extras: StepExtras::default(),
     };
     let mut steps: Vec<Scenario> = config
         .ladder
@@ -290,7 +306,7 @@ fn default_source_ips(requests: u64, ports: u64) -> usize {
 
 /// 127.0.0.1 … 127.0.0.N: all of 127.0.0.0/8 is local on Linux's loopback, so no address has
 /// to be added.
-fn source_ips(n: usize) -> Vec<IpAddr> {
+pub(crate) fn source_ips(n: usize) -> Vec<IpAddr> {
     (1..=n.clamp(1, 254))
         .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8)))
         .collect()

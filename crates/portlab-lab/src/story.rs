@@ -7,6 +7,7 @@ use portlab_sockets::PortPoolSettings;
 
 use crate::report::{Diagnosis, LadderReport, LadderSettings, StepReport, Verdict};
 use crate::scenario::{Fix, Path, Policy};
+use crate::text::{group_thousands, percent};
 
 /// Version of the `portlab reproduce --json` shape.
 const SCHEMA_VERSION: u32 = 1;
@@ -44,30 +45,6 @@ pub(crate) fn assemble(
         story,
         verdict,
         elapsed_secs,
-    }
-}
-
-/// `5000` → `5,000` (thousands separated by commas).
-pub fn group_thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let first = match digits.len() % 3 {
-        0 => 3,
-        r => r,
-    };
-    let mut out = String::from(&digits[..first.min(digits.len())]);
-    for chunk in digits.as_bytes()[first.min(digits.len())..].chunks(3) {
-        out.push(',');
-        out.push_str(std::str::from_utf8(chunk).unwrap_or(""));
-    }
-    out
-}
-
-/// A share as a percentage with one decimal (`76.4 %`), or `0 %`.
-pub(crate) fn percent(fraction: f64) -> String {
-    if fraction == 0.0 {
-        "0 %".to_string()
-    } else {
-        format!("{:.1} %", fraction * 100.0)
     }
 }
 
@@ -581,7 +558,7 @@ fn fix_sentence(fix: Fix, s: &StepReport) -> String {
 mod tests {
     use super::*;
     use crate::report::{ErrorCount, PoolPeak, UpstreamReport};
-    use crate::sandbox::Isolation;
+    use crate::sandbox_config::Isolation;
 
     fn settings() -> LadderSettings {
         LadderSettings {
@@ -688,6 +665,11 @@ mod tests {
             timeline: Vec::new(),
             load_timeline: Vec::new(),
             load_progress: Vec::new(),
+            counters: Default::default(),
+            latency_us: (0, 0),
+            retry_attempts: 0,
+            short_circuited: 0,
+            breaker_opened: 0,
         }
     }
 
@@ -741,20 +723,5 @@ mod tests {
         let r = assemble(settings(), &pool_settings(), steps, 3.0);
         assert!(r.verdict.incident_reproduced);
         assert!(!r.verdict.fixes_hold);
-    }
-
-    #[test]
-    fn groups_thousands() {
-        assert_eq!(group_thousands(0), "0");
-        assert_eq!(group_thousands(999), "999");
-        assert_eq!(group_thousands(5000), "5,000");
-        assert_eq!(group_thousands(1234567), "1,234,567");
-    }
-
-    #[test]
-    fn percent_has_one_decimal() {
-        assert_eq!(percent(0.0), "0 %");
-        assert_eq!(percent(0.76), "76.0 %");
-        assert_eq!(percent(0.1234), "12.3 %");
     }
 }

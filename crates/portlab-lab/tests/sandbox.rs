@@ -24,6 +24,7 @@ fn config() -> SandboxConfig {
         port_range: (41000, 41099),
         tw_reuse: 0,
         sample_interval_ms: 10,
+        sysctls: Vec::new(),
     }
 }
 
@@ -202,6 +203,7 @@ fn anchor_mode(args: &[String]) -> ExitCode {
         port_range: (low.parse().unwrap_or(0), high.parse().unwrap_or(0)),
         tw_reuse: value("--tw-reuse").parse().unwrap_or(0),
         sample_interval_ms: value("--sample-ms").parse().unwrap_or(20),
+        sysctls: Vec::new(),
     };
     match portlab_lab::anchor::run(&config, std::io::stdin(), std::io::stdout().lock()) {
         Ok(()) => ExitCode::SUCCESS,

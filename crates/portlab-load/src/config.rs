@@ -98,6 +98,9 @@ pub struct LoadConfig {
     /// Base of the exponential backoff between attempts (`--backoff`); the n-th retry waits
     /// `base * 2^(n-1)`, jittered to 50–100 %.
     pub backoff: Duration,
+    /// `--circuit-breaker`: refuse attempts at once while too many recent ones failed
+    /// ([`crate::breaker`]); one breaker per engine thread.
+    pub circuit_breaker: Option<crate::breaker::BreakerConfig>,
     /// Skip TLS certificate verification (`--insecure`).
     pub insecure: bool,
     /// Keep each connection open this long after its response before the policy applies
@@ -135,6 +138,7 @@ impl Default for LoadConfig {
             source_ips: Vec::new(),
             retries: 0,
             backoff: Duration::from_millis(100),
+            circuit_breaker: None,
             insecure: false,
             hold: None,
             proxy: None,

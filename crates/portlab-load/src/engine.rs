@@ -19,6 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::{timeout_at, Instant};
 
+use crate::breaker::{Admission, CircuitBreaker};
 use crate::config::{ConnectionPolicy, Plan, RateLimit};
 use crate::error::{ErrorClass, Phase};
 use crate::http::{Response, ResponseParser, Step};
@@ -468,6 +469,8 @@ struct Worker {
     /// `-o csv`: where record batches go, and the batch being filled.
     records_tx: Option<mpsc::SyncSender<Vec<RequestRecord>>>,
     records: RefCell<Vec<RequestRecord>>,
+    /// `--circuit-breaker`: this thread's breaker.
+    breaker: Option<RefCell<CircuitBreaker>>,
 }
 
 /// How one request attempt ended.
@@ -521,6 +524,9 @@ impl Worker {
             _ => None,
         };
         let deadline = c.duration.map(|d| s.start + d);
+        let breaker = c
+            .circuit_breaker
+            .map(|b| RefCell::new(CircuitBreaker::new(b)));
         Self {
             index: s.index,
             schedule_interval_secs: s.share.global_rate.map(|r| 1.0 / r),
@@ -546,6 +552,7 @@ impl Worker {
                 Vec::new()
             }),
             records_tx: s.records_tx,
+            breaker,
         }
     }
 
@@ -961,6 +968,26 @@ impl Worker {
         s.retried_errors.add(fail.class, fail.phase);
     }
 
+    /// Asks the breaker (if any) for an attempt now.
+    fn admit(&self) -> Option<Admission> {
+        self.breaker
+            .as_ref()
+            .map(|b| b.borrow_mut().admit(std::time::Instant::now()))
+    }
+
+    /// Tells the breaker how an attempt it admitted ended.
+    fn breaker_record(&self, admission: Option<Admission>, success: bool) {
+        if let (Some(b), Some(a)) = (&self.breaker, admission) {
+            b.borrow_mut().record(std::time::Instant::now(), a, success);
+        }
+    }
+
+    /// A request refused by the breaker: counted apart from failures, no network attempt.
+    fn record_short_circuited(&self) {
+        self.stats.borrow_mut().short_circuited += 1;
+        self.completed();
+    }
+
     fn record_cancelled(&self) {
         self.stats.borrow_mut().cancelled_at_deadline += 1;
     }
@@ -977,7 +1004,10 @@ impl Worker {
     fn publish(&self) {
         let s = self.stats.borrow();
         let c = &self.counters[self.index];
-        c.done.store(s.succeeded + s.failed, Ordering::Relaxed);
+        c.done.store(
+            s.succeeded + s.failed + s.short_circuited,
+            Ordering::Relaxed,
+        );
         c.failed.store(s.failed, Ordering::Relaxed);
     }
 
@@ -996,7 +1026,10 @@ impl Worker {
         let last = std::mem::replace(&mut *self.bucket.borrow_mut(), SecondBucket::new(0));
         let _ = self.tx.send(Msg::Second(self.index, Box::new(last)));
         if !self.panicked.get() {
-            let stats = std::mem::replace(&mut *self.stats.borrow_mut(), Stats::new());
+            let mut stats = std::mem::replace(&mut *self.stats.borrow_mut(), Stats::new());
+            if let Some(b) = &self.breaker {
+                stats.breaker = b.borrow().counters();
+            }
             let _ = self.tx.send(Msg::Done(self.index, Box::new(stats)));
         }
     }
@@ -1028,8 +1061,16 @@ async fn connection_slot(w: Rc<Worker>) {
         let began = intended.unwrap_or_else(Instant::now);
         let mut retry = 0u32;
         loop {
+            let admission = w.admit();
+            if admission == Some(Admission::ShortCircuited) {
+                w.record_short_circuited();
+                // Refusing takes no time: let the other connections and the ticker run.
+                tokio::task::yield_now().await;
+                break;
+            }
             match w.attempt(&mut conn, &mut io).await {
                 Attempt::Ok(resp, done_at, timing) => {
+                    w.breaker_record(admission, true);
                     w.record_ok(began, resp, done_at, retry > 0);
                     w.record_request(began, &resp, done_at, &timing);
                     break;
@@ -1039,6 +1080,7 @@ async fn connection_slot(w: Rc<Worker>) {
                     return;
                 }
                 Attempt::Failed(fail) if retry < retries => {
+                    w.breaker_record(admission, false);
                     w.record_retried(fail);
                     retry += 1;
                     if !w.backoff(retry).await {
@@ -1047,6 +1089,7 @@ async fn connection_slot(w: Rc<Worker>) {
                     }
                 }
                 Attempt::Failed(fail) => {
+                    w.breaker_record(admission, false);
                     w.record_failure(fail);
                     break;
                 }

@@ -35,6 +35,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod breaker;
 mod config;
 mod engine;
 mod error;
@@ -45,13 +46,14 @@ pub mod segment;
 mod stats;
 mod tls;
 
+pub use breaker::{BreakerConfig, BreakerCounters, CircuitBreaker};
 pub use config::{ConfigError, ConnectionPolicy, LoadConfig, Plan, ProxyTarget, RateLimit, Target};
 pub use engine::{run, run_with_records, LoadError, Progress, RequestRecord};
 pub use error::{ErrorClass, Phase, Side};
 pub use merge::{MergeError, ReportMerger};
 pub use report::{
-    AddressReport, ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport, LoadReport,
-    Percentiles, ProxyReport, RetryReport, SettingsReport, Summary, TargetReport, TimelineSecond,
-    SCHEMA_VERSION,
+    AddressReport, BreakerReport, ConnectionReport, ErrorEntry, HistogramBucket, LatencyReport,
+    LoadReport, Percentiles, ProxyReport, RetryReport, SettingsReport, Summary, TargetReport,
+    TimelineSecond, SCHEMA_VERSION,
 };
 pub use segment::{Segment, SegmentError};

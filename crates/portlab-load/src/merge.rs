@@ -17,8 +17,8 @@ use serde::Deserialize;
 use crate::config::RateLimit;
 use crate::error::{ErrorClass, Phase};
 use crate::report::{
-    encode_histogram, latency_report, percentiles, ConnectionReport, ErrorEntry, LoadReport,
-    RetryReport, SettingsReport, Summary, TimelineSecond, SCHEMA_VERSION,
+    encode_histogram, latency_report, percentiles, AddressReport, BreakerReport, ConnectionReport,
+    ErrorEntry, LoadReport, RetryReport, SettingsReport, Summary, TimelineSecond, SCHEMA_VERSION,
 };
 use crate::stats::latency_histogram;
 
@@ -143,6 +143,10 @@ pub struct ReportMerger {
     retry_attempts: u64,
     retry_succeeded: u64,
     timeline: BTreeMap<i64, SecondAccum>,
+    /// The first report's breaker settings, every report's counters summed.
+    breaker: Option<BreakerReport>,
+    /// Connect outcomes per address, summed over reports (first-seen order).
+    addresses: Vec<AddressReport>,
 }
 
 impl Default for ReportMerger {
@@ -178,6 +182,7 @@ impl ReportMerger {
                 requests: 0,
                 succeeded: 0,
                 failed: 0,
+                short_circuited: 0,
                 cancelled_at_deadline: 0,
                 non_success_status: 0,
                 elapsed_secs: 0.0,
@@ -203,6 +208,8 @@ impl ReportMerger {
             retry_attempts: 0,
             retry_succeeded: 0,
             timeline: BTreeMap::new(),
+            breaker: None,
+            addresses: Vec::new(),
         }
     }
 
@@ -248,6 +255,8 @@ impl ReportMerger {
         push_errors(&mut self.retried_errors, &r.retries.retried_errors, start);
         self.retry_attempts += r.retries.attempts;
         self.retry_succeeded += r.retries.succeeded;
+        self.push_breaker(r.circuit_breaker.as_ref());
+        self.push_addresses(&r.target.addresses);
         for t in &r.timeline {
             let s = self
                 .timeline
@@ -292,9 +301,32 @@ impl ReportMerger {
         m.requests += s.requests;
         m.succeeded += s.succeeded;
         m.failed += s.failed;
+        m.short_circuited += s.short_circuited;
         m.cancelled_at_deadline += s.cancelled_at_deadline;
         m.non_success_status += s.non_success_status;
         m.body_bytes += s.body_bytes;
+    }
+
+    fn push_breaker(&mut self, b: Option<&BreakerReport>) {
+        match (&mut self.breaker, b) {
+            (Some(into), Some(b)) => into.counters.merge(&b.counters),
+            (None, Some(b)) => self.breaker = Some(b.clone()),
+            (_, None) => {}
+        }
+    }
+
+    fn push_addresses(&mut self, addresses: &[AddressReport]) {
+        for a in addresses {
+            match self.addresses.iter_mut().find(|m| m.address == a.address) {
+                Some(m) => {
+                    m.connects += a.connects;
+                    for (class, n) in &a.failures {
+                        *m.failures.entry(*class).or_default() += n;
+                    }
+                }
+                None => self.addresses.push(a.clone()),
+            }
+        }
     }
 
     fn push_connections(&mut self, c: &ConnectionReport) {
@@ -358,6 +390,8 @@ impl ReportMerger {
             retried_errors: error_entries(self.retried_errors, start),
         };
         out.timeline = timeline(self.timeline, start);
+        out.circuit_breaker = self.breaker;
+        out.target.addresses = self.addresses;
         Ok(out)
     }
 }
@@ -502,7 +536,10 @@ mod tests {
 
     #[test]
     fn class_names_read_back() {
-        for c in ErrorClass::ALL.into_iter().filter(|c| !matches!(c, ErrorClass::Other(_))) {
+        for c in ErrorClass::ALL
+            .into_iter()
+            .filter(|c| !matches!(c, ErrorClass::Other(_)))
+        {
             assert_eq!(class_from_name(c.name(), c.errno()), Some(c));
         }
         assert_eq!(

@@ -44,6 +44,8 @@ pub struct LoadReport {
     pub errors: Vec<ErrorEntry>,
     /// Retries, reported apart from first attempts.
     pub retries: RetryReport,
+    /// The circuit breaker's settings and what it did (absent without `--circuit-breaker`).
+    pub circuit_breaker: Option<BreakerReport>,
     /// One entry per second of the run, from second 0.
     pub timeline: Vec<TimelineSecond>,
     /// `-x`: the HTTP proxy every connection went to (absent without one).
@@ -126,7 +128,19 @@ pub struct SettingsReport {
     pub streams_per_connection: usize,
 }
 
-/// Counts and rates. Accounting: `requests = succeeded + failed + cancelled_at_deadline`.
+/// The circuit breaker of a run (one per engine thread, counters summed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BreakerReport {
+    /// Its knobs.
+    pub settings: crate::breaker::BreakerConfig,
+    /// Attempts allowed, probes, attempts short-circuited, times opened and closed again.
+    /// `short_circuited` here counts refused attempts; `summary.short_circuited` the requests
+    /// that ended refused (a retry refused after a failed first try ends its request too).
+    pub counters: crate::breaker::BreakerCounters,
+}
+
+/// Counts and rates. Accounting:
+/// `requests = succeeded + failed + short_circuited + cancelled_at_deadline`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     /// Requests started (each counted once, whatever its number of attempts).
@@ -138,6 +152,8 @@ pub struct Summary {
     /// Duration mode only: requests in flight when the deadline came, abandoned uncounted in
     /// latency (neither success nor failure).
     pub cancelled_at_deadline: u64,
+    /// Requests the circuit breaker refused without a network attempt (`--circuit-breaker`).
+    pub short_circuited: u64,
     /// Responses with status 400 or above (included in `succeeded`).
     pub non_success_status: u64,
     /// Wall time of the run, seconds.
@@ -367,10 +383,14 @@ pub(crate) fn build(
             streams_per_connection: if c.http2 { c.streams } else { 1 },
         },
         summary: Summary {
-            requests: stats.succeeded + stats.failed + stats.cancelled_at_deadline,
+            requests: stats.succeeded
+                + stats.failed
+                + stats.short_circuited
+                + stats.cancelled_at_deadline,
             succeeded: stats.succeeded,
             failed: stats.failed,
             cancelled_at_deadline: stats.cancelled_at_deadline,
+            short_circuited: stats.short_circuited,
             non_success_status,
             elapsed_secs: secs,
             requests_per_sec: stats.succeeded as f64 / secs,
@@ -401,6 +421,10 @@ pub(crate) fn build(
             succeeded: stats.retry_succeeded,
             retried_errors: error_entries(&stats.retried_errors, proxied),
         },
+        circuit_breaker: c.circuit_breaker.map(|settings| BreakerReport {
+            settings,
+            counters: stats.breaker,
+        }),
         timeline,
         proxy: plan.target.proxy.as_ref().map(|p| ProxyReport {
             url: p.url.clone(),
@@ -536,4 +560,3 @@ fn error_entries(errors: &ErrorCounts, proxied: bool) -> Vec<ErrorEntry> {
     out.sort_by(|a, b| b.count.cmp(&a.count).then(a.class.cmp(&b.class)));
     out
 }
-

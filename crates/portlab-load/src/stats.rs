@@ -76,6 +76,10 @@ pub(crate) struct Stats {
     pub succeeded: u64,
     pub failed: u64,
     pub cancelled_at_deadline: u64,
+    /// Requests the circuit breaker refused (no network attempt for their last try).
+    pub short_circuited: u64,
+    /// What the thread's circuit breaker did.
+    pub breaker: crate::breaker::BreakerCounters,
     /// Final failures (after retries), by class and phase.
     pub errors: ErrorCounts,
     /// Attempts that were retries (second and later attempts of a request).
@@ -123,6 +127,8 @@ impl Stats {
             succeeded: 0,
             failed: 0,
             cancelled_at_deadline: 0,
+            short_circuited: 0,
+            breaker: crate::breaker::BreakerCounters::default(),
             errors: ErrorCounts::default(),
             retry_attempts: 0,
             retry_succeeded: 0,
@@ -154,6 +160,8 @@ impl Stats {
         self.succeeded += o.succeeded;
         self.failed += o.failed;
         self.cancelled_at_deadline += o.cancelled_at_deadline;
+        self.short_circuited += o.short_circuited;
+        self.breaker.merge(&o.breaker);
         self.errors.merge(&o.errors);
         self.retry_attempts += o.retry_attempts;
         self.retry_succeeded += o.retry_succeeded;

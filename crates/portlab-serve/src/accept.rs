@@ -37,12 +37,14 @@ impl Drop for ActiveConn {
 }
 
 /// Accepts connections until `shutdown` completes, running `handle(stream, peer, number)` for
-/// each (number counts from 1 in accept order), at most `max_conns` at once. Counts accepted,
+/// each (number counts from 1 in accept order), at most `max_conns` at once, pausing
+/// `accept_delay` after each accept (a slow acceptor: the rest wait in the backlog). Counts accepted,
 /// active and failed accepts in `conns`; on fd or memory exhaustion the loop pauses briefly
 /// instead of spinning.
 pub(crate) async fn accept_loop<S, H, Fut>(
     listener: TcpListener,
     max_conns: Option<usize>,
+    accept_delay: Option<Duration>,
     shutdown: S,
     conns: &Arc<ConnCounters>,
     mut handle: H,
@@ -92,6 +94,13 @@ pub(crate) async fn accept_loop<S, H, Fut>(
             drop((permit, active));
         });
         while tasks.try_join_next().is_some() {}
+        if let Some(pause) = accept_delay {
+            tokio::select! {
+                biased;
+                () = &mut shutdown => break,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
     }
     drop(listener);
     tasks.shutdown().await;

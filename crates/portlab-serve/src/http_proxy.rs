@@ -16,7 +16,7 @@ use std::io;
 use std::mem::MaybeUninit;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -35,6 +35,13 @@ use crate::net::{add, load};
 use crate::pool::{CheckoutError, Lease, Pool, Upstream};
 use crate::watchdog::Watchdog;
 use crate::UpstreamErrorClass;
+use portlab_load::breaker::{Admission, BreakerConfig, BreakerCounters, CircuitBreaker};
+
+/// The breaker's lock; a panic while holding it cannot leave the machine half-updated in a
+/// way that matters (it is counters and a state), so a poisoned lock is used as is.
+fn lock(b: &Mutex<CircuitBreaker>) -> MutexGuard<'_, CircuitBreaker> {
+    b.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// Read-buffer growth step while streaming a body, bytes.
 const STREAM_CHUNK_BYTES: usize = 64 * 1024;
@@ -58,6 +65,10 @@ pub struct HttpProxyConfig {
     /// Close a client connection that sends nothing for this long between or inside request
     /// heads (`--client-timeout`; nginx's `keepalive_timeout` is 75 s).
     pub client_idle_timeout: Duration,
+    /// A circuit breaker toward the upstream (`--circuit-breaker`, portlab-load's): while
+    /// open, requests are answered 503 at once without touching the pool; 502 and 504 count
+    /// as failed upstream attempts.
+    pub circuit_breaker: Option<BreakerConfig>,
 }
 
 impl HttpProxyConfig {
@@ -72,6 +83,7 @@ impl HttpProxyConfig {
             connect_timeout: Duration::from_secs(10),
             max_conns: None,
             client_idle_timeout: Duration::from_secs(60),
+            circuit_breaker: None,
         }
     }
 
@@ -154,6 +166,10 @@ pub struct HttpProxyStats {
     pub response_body_bytes: u64,
     /// accept() failures.
     pub accept_errors: u64,
+    /// 503 answers of the open circuit breaker (requests that never reached the pool).
+    pub short_circuited: u64,
+    /// What the circuit breaker did (absent without `--circuit-breaker`).
+    pub circuit_breaker: Option<BreakerCounters>,
 }
 
 #[derive(Debug, Default)]
@@ -170,6 +186,7 @@ struct Counters {
     upstream_aborts: AtomicU64,
     request_body_bytes: AtomicU64,
     response_body_bytes: AtomicU64,
+    short_circuited: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -182,6 +199,8 @@ struct Shared {
     upstream_host: String,
     /// The coarse clock behind `upstream_timeout`.
     watchdog: Watchdog,
+    /// The upstream's circuit breaker; the lock is held only for admit/record.
+    breaker: Option<Mutex<CircuitBreaker>>,
 }
 
 /// The pooling HTTP reverse proxy. Cheap to clone; clones share counters and the pool.
@@ -212,6 +231,9 @@ impl HttpProxy {
                 (config.upstream_timeout.min(config.client_idle_timeout) / 10)
                     .min(Duration::from_millis(100)),
             ),
+            breaker: config
+                .circuit_breaker
+                .map(|b| Mutex::new(CircuitBreaker::new(b))),
             config,
             counters: Counters::default(),
         };
@@ -245,6 +267,8 @@ impl HttpProxy {
             request_body_bytes: load(&c.request_body_bytes),
             response_body_bytes: load(&c.response_body_bytes),
             accept_errors: load(&c.conns.accept_errors),
+            short_circuited: load(&c.short_circuited),
+            circuit_breaker: self.shared.breaker.as_ref().map(|b| lock(b).counters()),
         }
     }
 
@@ -263,6 +287,7 @@ impl HttpProxy {
         accept_loop(
             listener,
             shared.config.max_conns,
+            None,
             shutdown,
             &shared.counters.conns,
             |client, _peer: SocketAddr, _n| {
@@ -298,6 +323,7 @@ async fn serve_client(client: TcpStream, shared: Arc<Shared>) {
         ubuf: BytesMut::with_capacity(8 * 1024),
         req_head: Vec::with_capacity(1024),
         out: Vec::with_capacity(8 * 1024),
+        upstream_failed: false,
     };
     let _ = conn.run().await;
 }
@@ -343,6 +369,8 @@ struct ClientConn<'a> {
     req_head: Vec<u8>,
     /// Output being assembled (response head, batched body bytes).
     out: Vec<u8>,
+    /// The current request ended in a 502 or 504 (a failed upstream attempt for the breaker).
+    upstream_failed: bool,
 }
 
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -460,8 +488,29 @@ impl ClientConn<'_> {
         }))
     }
 
-    /// Forwards one request and its response.
+    /// Forwards one request and its response, through the circuit breaker when there is one.
     async fn proxy(&mut self, request: &Request) -> Outcome {
+        let Some(breaker) = &self.shared.breaker else {
+            return self.proxy_upstream(request).await;
+        };
+        let admission = lock(breaker).admit(std::time::Instant::now());
+        if admission == Admission::ShortCircuited {
+            add(&self.shared.counters.short_circuited, 1);
+            let body = format!(
+                "portlab proxy: circuit breaker open toward {}: too many recent upstream failures\n",
+                self.shared.config.upstream
+            );
+            self.answer(503, "Service Unavailable", &body).await;
+            return Outcome::Close;
+        }
+        self.upstream_failed = false;
+        let outcome = self.proxy_upstream(request).await;
+        lock(breaker).record(std::time::Instant::now(), admission, !self.upstream_failed);
+        outcome
+    }
+
+    /// Forwards one request and its response over the pool.
+    async fn proxy_upstream(&mut self, request: &Request) -> Outcome {
         let deadline = Instant::now() + self.shared.config.upstream_timeout;
         let mut fresh = false;
         loop {
@@ -622,6 +671,7 @@ impl ClientConn<'_> {
     }
 
     async fn bad_gateway(&mut self, reason: &str) -> Outcome {
+        self.upstream_failed = true;
         add(&self.shared.counters.bad_gateway, 1);
         let body = format!(
             "portlab proxy: upstream {} unreachable: {reason}\n",
@@ -632,6 +682,7 @@ impl ClientConn<'_> {
     }
 
     async fn gateway_timeout(&mut self) -> Outcome {
+        self.upstream_failed = true;
         add(&self.shared.counters.gateway_timeout, 1);
         let body = format!(
             "portlab proxy: upstream {} did not answer within {} ms\n",

@@ -55,6 +55,21 @@ pub struct ServerConfig {
     pub max_conns: Option<usize>,
     /// Send the body with `Transfer-Encoding: chunked` instead of `Content-Length`.
     pub chunked: bool,
+    /// Pause this long after each accept() (`--accept-delay`): a slow acceptor, so a burst of
+    /// connects overflows a small listen backlog (ListenOverflows; the client's SYN is dropped
+    /// and retransmitted after 1 s, 3 s, …, or reset with `tcp_abort_on_overflow=1`).
+    #[serde(serialize_with = "serialize_opt_ms")]
+    pub accept_delay: Option<std::time::Duration>,
+}
+
+fn serialize_opt_ms<S: serde::Serializer>(
+    d: &Option<std::time::Duration>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_secs_f64() * 1e3)),
+        None => s.serialize_none(),
+    }
 }
 
 impl Default for ServerConfig {
@@ -68,6 +83,7 @@ impl Default for ServerConfig {
             seed: 0,
             max_conns: None,
             chunked: false,
+            accept_delay: None,
         }
     }
 }
@@ -290,6 +306,7 @@ impl Server {
         accept_loop(
             listener,
             shared.config.max_conns,
+            shared.config.accept_delay,
             shutdown,
             &shared.counters.conns,
             |stream, _peer: SocketAddr, number| {

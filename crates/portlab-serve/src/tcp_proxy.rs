@@ -139,6 +139,7 @@ impl TcpProxy {
         accept_loop(
             listener,
             shared.config.max_conns,
+            None,
             shutdown,
             &shared.counters.conns,
             |client, _peer: SocketAddr, _n| {

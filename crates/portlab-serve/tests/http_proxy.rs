@@ -427,3 +427,41 @@ async fn silent_clients_are_closed_after_the_idle_timeout() {
     assert_eq!(stats.client_timeouts, 1);
     server.stop().await;
 }
+
+/// The proxy's circuit breaker toward a dead upstream: after `min` failed attempts (502) it
+/// opens and answers 503 without touching the pool, so the upstream sees no further connect;
+/// once the open interval is over, one probe goes through and, failing, reopens it. Every
+/// request is answered once: requests = 502s + 503s.
+#[tokio::test]
+async fn breaker_answers_503_without_connecting_while_open() {
+    let mut config = HttpProxyConfig::new(closed_port(), 2);
+    config.circuit_breaker = Some(
+        portlab_load::BreakerConfig::parse("ratio=0.5,window=10s,min=5,open=200ms,probes=1")
+            .expect("spec"),
+    );
+    let proxy = start_http_proxy("127.0.0.1:0", config);
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(get_once(proxy.addr, "/").await.expect("response").status);
+    }
+    assert_eq!(&statuses[..5], &[502; 5]);
+    assert!(statuses[5..].iter().all(|&s| s == 503), "{statuses:?}");
+    let before_probe = proxy.handle.stats();
+    let connects =
+        |s: &portlab_serve::HttpProxyStats| -> u64 { s.upstream_connect_failures.values().sum() };
+    assert_eq!(connects(&before_probe), 5);
+    // After the open interval: one probe reaches the (still dead) upstream and reopens.
+    let mut probed = false;
+    let deadline = std::time::Instant::now() + WAIT;
+    while std::time::Instant::now() < deadline && !probed {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        probed = get_once(proxy.addr, "/").await.expect("response").status == 502;
+    }
+    assert!(probed, "no probe after the open interval");
+    let stats = proxy.stop().await;
+    assert_eq!(stats.requests, stats.bad_gateway + stats.short_circuited);
+    assert_eq!(connects(&stats), 6);
+    let b = stats.circuit_breaker.expect("breaker counters");
+    assert_eq!((b.opened, b.probes, b.closed), (2, 1, 0));
+    assert_eq!(b.short_circuited, stats.short_circuited);
+}

@@ -566,3 +566,77 @@ fn without_user_namespaces_as_nobody(cmd: &mut Command) {
     std::mem::forget(r);
     std::thread::spawn(move || helper.join());
 }
+
+/// The must-hold for `--hypotheses`: some mechanism fails nothing at c=10 and more
+/// than 5 % at c=50, and every measured share is within 5 points of its prediction; the host
+/// is left as it was.
+#[test]
+fn hypotheses_reproduce_the_seeds_pattern_as_predicted() {
+    let mark = marker("hypotheses");
+    let before = host_state();
+    let output = reproduce(&mark, &["--hypotheses", "--ladder", "10,50", "--json"])
+        .output()
+        .expect("run portlab reproduce --hypotheses");
+    let report = json_of(&output);
+    let mechanisms = report["mechanisms"].as_array().expect("mechanisms");
+    assert_eq!(mechanisms.len(), 5, "{report:#}");
+    for m in mechanisms {
+        for s in m["steps"].as_array().expect("steps") {
+            let measured = s["failure_fraction"].as_f64().expect("measured");
+            let predicted = s["predicted_failure_fraction"].as_f64().expect("predicted");
+            assert!(
+                (measured - predicted).abs() <= 0.05,
+                "{}: measured {measured}, predicted {predicted}: {s:#}",
+                m["label"]
+            );
+        }
+    }
+    let rate = &mechanisms[0];
+    assert_eq!(rate["mechanism"], "rate_limited_exhaustion");
+    assert_eq!(rate["steps"][0]["failed"], 0, "{rate:#}");
+    assert!(rate["steps"][1]["failure_fraction"].as_f64().expect("f") > 0.05);
+    assert_eq!(rate["dominant_error"], "AddrNotAvailable");
+    assert_eq!(rate["matches_seed_pattern"], true);
+    // The backlog overflow at c=50 shows as dropped SYNs and slow connects, not failures.
+    let backlog = &mechanisms[1];
+    assert!(
+        backlog["steps"][1]["listen_overflows"]
+            .as_u64()
+            .expect("lo")
+            > 0
+    );
+    assert!(backlog["steps"][1]["slow_connects"].as_u64().expect("slow") > 0);
+    let upstream = &mechanisms[3];
+    assert_eq!(
+        upstream["dominant_error"], "ConnectionReset",
+        "{upstream:#}"
+    );
+    // The remedy steps count every request once, and the breaker spares the pool.
+    let remedies = report["remedies"].as_array().expect("remedies");
+    assert_eq!(remedies.len(), 4);
+    let n = |s: &Value, k: &str| s[k].as_u64().expect(k);
+    for s in remedies {
+        assert_eq!(
+            n(s, "requests"),
+            n(s, "succeeded") + n(s, "failed") + n(s, "short_circuited"),
+            "{s:#}"
+        );
+    }
+    let (none, long_backoff, breaker) = (&remedies[0], &remedies[2], &remedies[3]);
+    assert!(
+        n(long_backoff, "failed") < n(none, "failed"),
+        "{remedies:#?}"
+    );
+    assert!(n(breaker, "short_circuited") > 0, "{breaker:#}");
+    assert!(
+        n(breaker, "pool_failures") < n(none, "pool_failures"),
+        "{remedies:#?}"
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(host_state(), before, "the host changed");
+    assert_no_leftovers(&mark);
+}

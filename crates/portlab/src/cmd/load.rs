@@ -44,7 +44,7 @@ pub enum OutputArg {
 -disable-keepalive, -h2, -host, -cpus, -o csv, -x ... A single-dash word that is no flag of \
 portlab load is refused (exit 2) rather than read as a short flag with a value.\n\n\
 Exit status: 0 when every request got a response, 1 when any request \
-failed (see \"Errors by class\"), 2 for bad input.\n\nExamples:\n  portlab load -n 10000 -c 50 \
+failed (see \"Errors by class\") or was short-circuited by --circuit-breaker, 2 for bad input.\n\nExamples:\n  portlab load -n 10000 -c 50 \
 http://127.0.0.1:8080/\n  portlab load -z 30s -c 100 --connection drop http://127.0.0.1:8080/\n  \
 portlab load -z 10s --rate 5000 --json http://127.0.0.1:8080/ > run.json\n  \
 portlab load -n 1000 -c 10 -disable-keepalive -host example.com http://127.0.0.1:8080/"
@@ -140,6 +140,17 @@ pub struct Args {
     /// Backoff base in milliseconds: the k-th retry waits BASE·2^(k-1), jittered to 50–100 %.
     #[arg(long = "backoff", default_value_t = 100)]
     pub backoff_ms: u64,
+    /// Circuit breaker: refuse requests at once (short-circuited, no connect) while too many
+    /// recent attempts failed. SPEC: ratio=0.5,window=1s,min=20,open=1s,probes=3 (any
+    /// subset; these are the defaults). One breaker per engine thread.
+    #[arg(
+        long = "circuit-breaker",
+        value_name = "SPEC",
+        num_args = 0..=1,
+        default_missing_value = "",
+        value_parser = parse_breaker
+    )]
+    pub circuit_breaker: Option<portlab_load::BreakerConfig>,
     /// Skip TLS certificate verification.
     #[arg(long = "insecure")]
     pub insecure: bool,
@@ -227,11 +238,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         load_telemetry::push_text(&mut text, &telemetry, painter);
         crate::exit::emit(&text)?;
     }
-    Ok(if report.summary.failed > 0 {
-        ExitCode::from(exit::FAILURE)
-    } else {
-        ExitCode::SUCCESS
-    })
+    Ok(
+        if report.summary.failed + report.summary.short_circuited > 0 {
+            ExitCode::from(exit::FAILURE)
+        } else {
+            ExitCode::SUCCESS
+        },
+    )
 }
 
 fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
@@ -296,12 +309,17 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
         source_ips: args.source_ip,
         retries: args.retry,
         backoff: Duration::from_millis(args.backoff_ms),
+        circuit_breaker: args.circuit_breaker,
         insecure: args.insecure,
         hold: args.hold,
         proxy: args.proxy,
         http2: args.h2,
         streams: args.streams,
     })
+}
+
+fn parse_breaker(spec: &str) -> Result<portlab_load::BreakerConfig, String> {
+    portlab_load::BreakerConfig::parse(spec).map_err(|e| e.to_string())
 }
 
 /// Parses `30s`, `500ms`, `2m`, `1h30m`, `1.5s` or a bare number of seconds (the shared
@@ -506,6 +524,19 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
         paint.good(&outcome)
     };
     let _ = writeln!(o, "  {outcome}");
+    if let Some(b) = &r.circuit_breaker {
+        let c = &b.counters;
+        let note = format!(
+            "{} short-circuited by the circuit breaker (no connect); it opened {} times, \
+             closed {} times after {} probes; {} attempts went through",
+            s.short_circuited,
+            c.opened,
+            c.closed,
+            c.probes,
+            c.allowed + c.probes
+        );
+        let _ = writeln!(o, "  {}", paint.warn(&note));
+    }
     if s.cancelled_at_deadline > 0 {
         let note = format!(
             "{} in flight at the deadline, cancelled (not counted as failures)",

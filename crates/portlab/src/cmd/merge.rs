@@ -20,10 +20,10 @@ use serde::{Deserialize, Serialize};
 use crate::cmd::load::render_text;
 use crate::cmd::load_agent::AgentIdentity;
 use crate::cmd::load_telemetry::{self, TelemetryReport};
-use portlab_pipeline::load::{JoinedSecond, ProgressSeries};
 use crate::exit;
 use crate::render::fmt_int;
 use crate::style::Painter;
+use portlab_pipeline::load::{JoinedSecond, ProgressSeries};
 
 /// Flags of `portlab merge`.
 #[derive(Debug, clap::Args)]

@@ -68,6 +68,17 @@ pub struct Args {
     /// Connections, backlog, threads, JSON (shared with `portlab serve`).
     #[command(flatten)]
     listener: serving::ListenerArgs,
+    /// http mode: circuit breaker toward the upstream: while open, answer 503 at once without
+    /// touching the pool. SPEC as for `portlab load --circuit-breaker`
+    /// (ratio=0.5,window=1s,min=20,open=1s,probes=3); 502 and 504 count as failures.
+    #[arg(
+        long = "circuit-breaker",
+        value_name = "SPEC",
+        num_args = 0..=1,
+        default_missing_value = "",
+        value_parser = parse_breaker
+    )]
+    circuit_breaker: Option<portlab_load::BreakerConfig>,
 }
 
 /// Either proxy, behind one interface for the run loop.
@@ -115,6 +126,11 @@ fn build(args: &Args) -> anyhow::Result<Proxy> {
             )));
         }
     }
+    if args.mode == Mode::Tcp && args.circuit_breaker.is_some() {
+        return Err(crate::exit::usage(
+            "--circuit-breaker needs --mode http (a TCP forwarder cannot answer 503)",
+        ));
+    }
     Ok(match args.mode {
         Mode::Tcp => Proxy::Tcp(TcpProxy::new(TcpProxyConfig {
             upstream: args.connect,
@@ -131,6 +147,7 @@ fn build(args: &Args) -> anyhow::Result<Proxy> {
                 connect_timeout,
                 max_conns: args.listener.max_conns(),
                 client_idle_timeout: args.client_timeout,
+                circuit_breaker: args.circuit_breaker,
             };
             Proxy::Http(HttpProxy::new(config).map_err(|e| crate::exit::usage(e.to_string()))?)
         }
@@ -234,7 +251,18 @@ fn render_http(s: &HttpProxyStats) -> String {
         s.upstream_aborts
     ));
     push_failures(&mut text, &s.upstream_connect_failures);
+    if let Some(b) = &s.circuit_breaker {
+        text.push_str(&format!(
+            "  circuit breaker: {} requests answered 503 without the pool; opened {} times, \
+             closed {} times after {} probes\n",
+            s.short_circuited, b.opened, b.closed, b.probes
+        ));
+    }
     text
+}
+
+fn parse_breaker(spec: &str) -> Result<portlab_load::BreakerConfig, String> {
+    portlab_load::BreakerConfig::parse(spec).map_err(|e| e.to_string())
 }
 
 fn push_failures(

@@ -12,6 +12,7 @@ use portlab_lab::{LabConfig, LabError, LabEvent, LadderReport, SandboxConfig, St
 use crate::exit;
 use crate::style::Painter;
 
+mod hypotheses;
 mod plot;
 
 /// Exit code after SIGINT/SIGTERM (128 + SIGINT, as shells report it).
@@ -105,6 +106,12 @@ pub struct Args {
     /// Run only these steps of --nat, numbered as its table numbers them (e.g. 4,5).
     #[arg(long, value_delimiter = ',', value_name = "N,N,...")]
     nat_steps: Vec<usize>,
+    /// Instead of the incident ladder: test each mechanism that makes failures depend on
+    /// concurrency (rate-limited exhaustion, backlog overflow, the forwarder's upstream leg,
+    /// a server closing after N requests) on the --ladder, each step in its own sandbox and
+    /// paced at 20 requests/s per worker for 2 s; -n, --range and --tw-reuse do not apply.
+    #[arg(long, conflicts_with_all = ["target", "plot"])]
+    hypotheses: bool,
 }
 
 impl Args {
@@ -200,16 +207,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("{}", progress_line(event));
         }
     };
+    if args.hypotheses {
+        return hypotheses::run(&config, args.json, &mut on_event);
+    }
     let report = match portlab_lab::run_ladder(&config, &scenarios, &mut on_event) {
         Ok(report) => report,
-        Err(LabError::Interrupted) => {
-            eprintln!("portlab: {}", LabError::Interrupted);
-            return Ok(ExitCode::from(INTERRUPTED));
-        }
-        Err(err @ LabError::Sandbox(portlab_lab::AnchorError::NamespacesUnavailable { .. })) => {
-            return Err(exit::usage(err.to_string()));
-        }
-        Err(err) => return Err(anyhow::Error::new(err).context("reproduce")),
+        Err(err) => return lab_failure(err),
     };
     let plots = match &args.plot {
         Some(dir) => plot::write_all(&report.steps, dir)?,
@@ -230,6 +233,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(exit::FAILURE)
     })
+}
+
+/// The exit for a lab error: 130 after Ctrl-C, 2 when no namespace can be made, else the error.
+fn lab_failure(err: LabError) -> anyhow::Result<ExitCode> {
+    match err {
+        LabError::Interrupted => {
+            eprintln!("portlab: {}", LabError::Interrupted);
+            Ok(ExitCode::from(INTERRUPTED))
+        }
+        err @ LabError::Sandbox(portlab_lab::AnchorError::NamespacesUnavailable { .. }) => {
+            Err(exit::usage(err.to_string()))
+        }
+        err => Err(anyhow::Error::new(err).context("reproduce")),
+    }
 }
 
 /// SIGINT and SIGTERM go to one thread that stops every child of the lab; the ladder then
@@ -279,6 +296,14 @@ pub fn run_anchor(args: AnchorArgs) -> anyhow::Result<ExitCode> {
         port_range: parse_range(&args.range)?,
         tw_reuse: args.tw_reuse,
         sample_interval_ms: args.sample_ms,
+        sysctls: args
+            .sysctl
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                (k.to_string(), v.to_string())
+            })
+            .collect(),
     };
     let stdin = std::io::stdin();
     let stdout = std::io::stdout().lock();
@@ -301,6 +326,9 @@ pub struct AnchorArgs {
     /// Milliseconds between socket-table samples.
     #[arg(long, default_value_t = 20)]
     sample_ms: u64,
+    /// Further net.ipv4 sysctl to set inside the namespace, NAME=VALUE (repeatable).
+    #[arg(long)]
+    sysctl: Vec<String>,
 }
 
 use crate::render::{fmt_int as group, push_findings, wrap, Detail};

@@ -45,9 +45,18 @@ pub struct Args {
     /// Seed for faults and delays: the same seed gives the same faults on the same requests.
     #[arg(long, value_name = "N", default_value_t = 0)]
     seed: u64,
+    /// Pause after each accept (e.g. 5ms): a slow acceptor, so a burst of connects overflows
+    /// a small --backlog.
+    #[arg(long, value_name = "DURATION", value_parser = parse_ms_duration)]
+    accept_delay: Option<std::time::Duration>,
     /// Connections, backlog, threads, JSON (shared with `portlab proxy`).
     #[command(flatten)]
     listener: serving::ListenerArgs,
+}
+
+/// A duration; a bare number is milliseconds.
+fn parse_ms_duration(text: &str) -> Result<std::time::Duration, String> {
+    crate::duration::parse(text, crate::duration::Unit::Millis)
 }
 
 impl Args {
@@ -74,6 +83,7 @@ impl Args {
             seed: self.seed,
             max_conns: self.listener.max_conns(),
             chunked: self.chunked,
+            accept_delay: self.accept_delay,
         };
         config.validate().map_err(|e| usage(&e))?;
         Ok(config)

@@ -26,35 +26,31 @@ pub fn write_all(steps: &[StepReport], dir: &Path) -> anyhow::Result<Vec<PathBuf
 }
 
 fn timeline(step: &StepReport) -> Timeline {
-    // Per-second counts as rates over the part of each second the load ran, at its middle:
-    // most steps last under a second, where "per second" would otherwise be one point at 1 s.
     let elapsed = step.elapsed_secs.max(1e-3);
     let per_second = |get: fn(&portlab_lab::LoadSecond) -> u64| -> Vec<(f64, f64)> {
-        step.load_timeline
+        let buckets: Vec<(u64, u64)> = step
+            .load_timeline
             .iter()
-            .filter_map(|s| {
-                let start = s.second as f64;
-                let len = (start + 1.0).min(elapsed) - start;
-                (len > 0.0).then(|| (start + len / 2.0, get(s) as f64 / len))
-            })
-            .collect()
+            .map(|s| (s.second, get(s)))
+            .collect();
+        second_steps(&buckets, elapsed)
     };
-    // Rates between the load's progress points (about 10 Hz) when it reported them.
     let progress_rate = |failed: bool| -> Vec<(f64, f64)> {
-        step.load_progress
-            .windows(2)
-            .filter_map(|w| {
-                let dt = w[1].0.checked_sub(w[0].0).filter(|d| *d > 0)? as f64 / 1000.0;
-                let fails = w[1].2.saturating_sub(w[0].2) as f64;
-                let done = w[1].1.saturating_sub(w[0].1) as f64;
-                let v = if failed {
-                    fails
-                } else {
-                    (done - fails).max(0.0)
-                };
-                Some((w[1].0 as f64 / 1000.0, v / dt))
+        let points: Vec<(u64, u64)> = step
+            .load_progress
+            .iter()
+            .map(|&(ms, done, fails)| {
+                (
+                    ms,
+                    if failed {
+                        fails
+                    } else {
+                        done.saturating_sub(fails)
+                    },
+                )
             })
-            .collect()
+            .collect();
+        progress_steps(&points)
     };
     let fine = step.load_progress.len() > 2;
     let samples: Vec<&TimelinePoint> = step.timeline.iter().filter(|p| p.t_ms >= 0).collect();
@@ -127,5 +123,116 @@ fn timeline(step: &StepReport) -> Timeline {
         marker: step
             .pool_full_after_secs
             .map(|t| ("pool full".to_string(), t)),
+    }
+}
+
+/// Per-second counts as a step line over the whole run: each second's count divided by the
+/// part of that second the load ran, drawn from its start to its end — a run shorter than a
+/// second is one level from 0 to its end, not one point. A last second covering under a tenth
+/// of a second is merged into the one before (its rate would rest on a handful of requests).
+fn second_steps(buckets: &[(u64, u64)], elapsed_secs: f64) -> Vec<(f64, f64)> {
+    let mut spans: Vec<(f64, f64, f64)> = Vec::new(); // (start, end, count)
+    for &(second, count) in buckets {
+        let start = second as f64;
+        let end = (start + 1.0).min(elapsed_secs);
+        if end <= start {
+            // Counted after the measured end (the last completions): add to the last span.
+            if let Some(last) = spans.last_mut() {
+                last.2 += count as f64;
+            }
+            continue;
+        }
+        spans.push((start, end, count as f64));
+    }
+    if spans.len() > 1 {
+        if let Some(&(start, end, count)) = spans.last() {
+            if end - start < 0.1 {
+                spans.pop();
+                if let Some(prev) = spans.last_mut() {
+                    prev.1 = end;
+                    prev.2 += count;
+                }
+            }
+        }
+    }
+    spans
+        .iter()
+        .flat_map(|&(start, end, count)| {
+            let rate = count / (end - start);
+            [(start, rate), (end, rate)]
+        })
+        .collect()
+}
+
+/// Rates between cumulative progress points `(ms, count)` (about 10 Hz), as a step line from
+/// each window's start to its end. The load publishes its last completions at its end, so a last window much
+/// shorter than the others would spike: it is merged into the window before.
+fn progress_steps(points: &[(u64, u64)]) -> Vec<(f64, f64)> {
+    let mut windows: Vec<(u64, u64, u64)> = points
+        .windows(2)
+        .filter(|w| w[1].0 > w[0].0)
+        .map(|w| (w[0].0, w[1].0, w[1].1.saturating_sub(w[0].1)))
+        .collect();
+    if windows.len() > 2 {
+        let mut lengths: Vec<u64> = windows.iter().map(|w| w.1 - w.0).collect();
+        lengths.sort_unstable();
+        let median = lengths[lengths.len() / 2];
+        if let Some(&(start, end, count)) = windows.last() {
+            if (end - start) * 2 < median {
+                // Merged: the window before now ends at `end` and carries both counts.
+                windows.pop();
+                if let Some(prev) = windows.last_mut() {
+                    prev.1 = end;
+                    prev.2 += count;
+                }
+            }
+        }
+    }
+    windows
+        .iter()
+        .flat_map(|&(start, end, count)| {
+            let rate = count as f64 / ((end - start) as f64 / 1000.0);
+            [(start as f64 / 1000.0, rate), (end as f64 / 1000.0, rate)]
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sub_second_run_is_one_level_over_the_whole_run() {
+        let steps = second_steps(&[(0, 400)], 0.5);
+        assert_eq!(steps, vec![(0.0, 800.0), (0.5, 800.0)]);
+    }
+
+    #[test]
+    fn a_sliver_of_a_last_second_joins_the_one_before() {
+        // 2.05 s: the third bucket covers 0.05 s with 30 requests (600/s if scaled alone).
+        let steps = second_steps(&[(0, 1000), (1, 1000), (2, 30)], 2.05);
+        assert_eq!(steps.len(), 4);
+        let (end, rate) = steps[3];
+        assert!((end - 2.05).abs() < 1e-9);
+        assert!((rate - 1030.0 / 1.05).abs() < 1e-6, "{rate}");
+    }
+
+    #[test]
+    fn counts_after_the_end_go_to_the_last_second() {
+        let steps = second_steps(&[(0, 100), (1, 5)], 1.0);
+        assert_eq!(steps, vec![(0.0, 105.0), (1.0, 105.0)]);
+    }
+
+    #[test]
+    fn a_short_last_progress_window_does_not_spike() {
+        // 100 ms windows at 1,000/s, then 10 ms holding 50 completions published at the end.
+        let points = [(0, 0), (100, 100), (200, 200), (300, 300), (310, 350)];
+        let rates = progress_steps(&points);
+        assert_eq!(rates.len(), 6);
+        assert_eq!(rates[0], (0.0, 1000.0));
+        let (t, last) = rates[5];
+        assert!((t - 0.31).abs() < 1e-9);
+        assert!((last - 150.0 / 0.11).abs() < 1e-6, "{last}");
+        assert!(rates.iter().all(|&(_, r)| r < 1400.0), "{rates:?}");
     }
 }
