@@ -80,6 +80,24 @@ fn sandbox_has_only_loopback_and_it_is_up() {
     assert!(addrs.contains("127.0.0.1/8"), "{addrs}");
 }
 
+/// Waits up to 10 s until this thread's network namespace holds `n` TIME_WAIT sockets
+/// (`/proc/thread-self/net/tcp`, state 06).
+fn wait_for_time_wait(n: usize) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        let table = std::fs::read_to_string("/proc/thread-self/net/tcp").unwrap_or_default();
+        let time_wait = table
+            .lines()
+            .skip(1)
+            .filter(|l| l.split_whitespace().nth(3) == Some("06"))
+            .count();
+        if time_wait >= n {
+            return;
+        }
+        std::thread::yield_now();
+    }
+}
+
 fn samples_see_time_wait_made_inside_the_sandbox() {
     const CLOSED_BY_CLIENT: usize = 30;
     let sandbox = Sandbox::create(&exe(), &config()).expect("sandbox");
@@ -97,6 +115,9 @@ fn samples_see_time_wait_made_inside_the_sandbox() {
             let mut buf = [0u8; 1];
             let _ = server_side.read(&mut buf)?; // read the FIN, then close
         }
+        // The server's FIN reaches the client sockets in softirq context, which a loaded
+        // machine defers: wait (with a deadline) until all of them are in TIME_WAIT.
+        wait_for_time_wait(CLOSED_BY_CLIENT);
         Ok(addr)
     })
     .join()

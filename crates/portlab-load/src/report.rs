@@ -45,11 +45,12 @@ pub struct LoadReport {
     /// Retries, reported apart from first attempts.
     pub retries: RetryReport,
     /// The circuit breaker's settings and what it did (absent without `--circuit-breaker`).
+    #[serde(default)]
     pub circuit_breaker: Option<BreakerReport>,
     /// One entry per second of the run, from second 0.
     pub timeline: Vec<TimelineSecond>,
     /// `-x`: the HTTP proxy every connection went to (absent without one).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proxy: Option<ProxyReport>,
 }
 
@@ -82,6 +83,7 @@ pub struct TargetReport {
     pub connected_to: SocketAddr,
     /// Every address connects tried, in dial order (RFC 8305 §4 with `--source-ip` families
     /// only; the proxy alone with `-x`), with what happened there.
+    #[serde(default)]
     pub addresses: Vec<AddressReport>,
 }
 
@@ -123,8 +125,10 @@ pub struct SettingsReport {
     /// `--backoff` in milliseconds.
     pub backoff_ms: u64,
     /// HTTP version spoken: `"1.1"`, or `"2"` with `-h2`.
+    #[serde(default = "http_1_1")]
     pub http_version: String,
     /// Requests in flight per connection: `-p` with `-h2` (HTTP/2 streams), 1 for HTTP/1.1.
+    #[serde(default = "one_stream")]
     pub streams_per_connection: usize,
 }
 
@@ -153,6 +157,7 @@ pub struct Summary {
     /// latency (neither success nor failure).
     pub cancelled_at_deadline: u64,
     /// Requests the circuit breaker refused without a network attempt (`--circuit-breaker`).
+    #[serde(default)]
     pub short_circuited: u64,
     /// Responses with status 400 or above (included in `succeeded`).
     pub non_success_status: u64,
@@ -559,4 +564,14 @@ fn error_entries(errors: &ErrorCounts, proxied: bool) -> Vec<ErrorEntry> {
         .collect();
     out.sort_by(|a, b| b.count.cmp(&a.count).then(a.class.cmp(&b.class)));
     out
+}
+
+/// `settings.http_version` of a report written before HTTP/2 existed.
+fn http_1_1() -> String {
+    "1.1".to_string()
+}
+
+/// `settings.streams_per_connection` of a report written before HTTP/2 existed.
+fn one_stream() -> usize {
+    1
 }
