@@ -107,8 +107,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// Runs `portlab exporter`, encoding `extra` collectors into every scrape after portlab's own
 /// metrics. This is the seam for other in-process sources (e.g. `portlab trace`'s connect()
-/// outcomes): they are built by the caller after the namespace switch is known, and must name
-/// their metrics `portlab_…` without clashing with the ones documented in docs/exporter.md.
+/// outcomes): the caller builds them before this call, i.e. in the caller's network namespace
+/// (a source that must see the `--netns` namespace opens its kernel handles on its first
+/// `encode`, which runs on the thread that switched); they keep their own state between scrapes
+/// (interior mutability: `encode` takes `&self`), bound their own label values, and name their
+/// metrics `portlab_…` without clashing with the ones documented in docs/exporter.md.
 pub fn run_with(args: Args, extra: Vec<ExtraCollector>) -> anyhow::Result<ExitCode> {
     let listener = bind(args.listen)?;
     let local = listener.local_addr().context("reading the bound address")?;
