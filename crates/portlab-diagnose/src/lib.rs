@@ -33,6 +33,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod captured;
 pub mod evidence;
 pub mod remedies;
 mod rules;
