@@ -360,7 +360,7 @@ impl Reader {
             || (lower.contains("port") && lower.contains("tcp") && tokens.len() <= 8 && !lower.contains(':'))
             // Column headers of netsh's tables, in any language: words only, one says port.
             || (tokens.len() <= 8
-                && !t.chars().any(|c| c.is_ascii_digit() || c == ':')
+                && !t.chars().any(|c| c.is_ascii_digit() || matches!(c, ':' | '"' | ','))
                 && ["port", "puerto", "porta", "порт"].iter().any(|w| lower.contains(w)))
     }
 

@@ -169,6 +169,9 @@ pub struct SnapshotReport {
     pub destinations: Vec<DestinationReport>,
     /// Owning processes with the most sockets (Windows).
     pub processes: Vec<ProcessReport>,
+    /// Local ports with a listener.
+    #[serde(skip)]
+    pub listening_ports: Vec<u16>,
 }
 
 /// One point of the timeline.
@@ -555,6 +558,7 @@ fn snapshot_report(
             pools,
             destinations,
             processes,
+            listening_ports: (0..=u16::MAX).filter(|p| t.ports_listen.contains(*p)).collect(),
         },
         linux,
     )
@@ -677,7 +681,11 @@ fn summarise_errors(hits: Vec<(crate::errors::ErrorHit, String)>) -> Vec<ErrorSu
             lines: 0,
             destination: destination_in(&line),
             ipv6_loopback: hit.ipv6_loopback,
-            example: line.chars().take(300).collect(),
+            example: crate::errors::distribution_count(&line)
+                .map_or(line.as_str(), |(_, rest)| rest)
+                .chars()
+                .take(300)
+                .collect(),
         });
         e.count += hit.count;
         e.lines += 1;

@@ -163,10 +163,15 @@ impl CapturedTable {
             }
         }
         let port = row.local.port();
+        if row.state == CapState::Listen {
+            self.ports_listen.insert(port);
+        }
+        if self.format.os() == crate::SourceOs::Linux {
+            return;
+        }
         self.ports_any.insert(port);
         match row.state {
             CapState::TimeWait => self.ports_time_wait.insert(port),
-            CapState::Listen => self.ports_listen.insert(port),
             CapState::Bound => self.ports_bound.insert(port),
             _ => {}
         }

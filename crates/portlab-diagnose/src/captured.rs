@@ -448,7 +448,7 @@ fn refused(e: &CapturedEvidence) -> Option<Finding> {
         evidence,
         remedies: refused_remedies(e.os, !e.portproxy.is_empty()),
         corrections: vec![Correction {
-            claim: "\"actively refused\" under load means the client ran out of ports",
+            claim: "Actively refused under load means the client ran out of ports",
             truth: "a refusal is a reset from the listener: the client had its port. Windows reports exhaustion as 10055 WSAENOBUFS or 10048 WSAEADDRINUSE, Linux as EADDRNOTAVAIL",
             source: "Winsock listen() reference (WSAECONNREFUSED when the queue is full); KB 196271 (WSAENOBUFS 10055)",
         }],
@@ -543,7 +543,7 @@ fn os_remedies(os: Os, portproxy: bool) -> Vec<Remedy> {
                 os: Os::Windows,
                 action: "Replace netsh portproxy with a reverse proxy that pools upstream connections".to_string(),
                 command: Some("netsh interface portproxy delete v4tov4 listenport=<port> listenaddress=<addr>  (then nginx/HAProxy with upstream keepalive on that port)".to_string()),
-                effect: "portproxy opens one new upstream connection, and so takes one more dynamic port, for every client connection; a pooling proxy carries many requests on a few".to_string(),
+                effect: "portproxy opens one new upstream connection, and so takes one more dynamic port, for every client connection; a pooling proxy carries many requests on a few.".to_string(),
                 caveat: "The clients' own connections still take ports on the client host; keep-alive there is the real fix.".to_string(),
                 source: MS_PORTPROXY,
             },
@@ -557,8 +557,8 @@ fn refused_remedies(os: Os, portproxy: bool) -> Vec<Remedy> {
         os: Os::Any,
         action: "Raise the listener's accept backlog, or make it accept faster".to_string(),
         command: Some("nginx: listen 8080 backlog=4096;  (apps: listen(fd, SOMAXCONN) and a non-blocking accept loop)".to_string()),
-        effect: "Bursts of connects wait in the queue instead of being refused".to_string(),
-        caveat: "Linux also caps it with net.core.somaxconn; a slow accept loop fills any queue".to_string(),
+        effect: "Bursts of connects wait in the queue instead of being refused.".to_string(),
+        caveat: "Linux also caps it with net.core.somaxconn; a slow accept loop fills any queue.".to_string(),
         source: MS_LISTEN,
     }];
     if os == Os::Windows && portproxy {
@@ -566,8 +566,8 @@ fn refused_remedies(os: Os, portproxy: bool) -> Vec<Remedy> {
             os: Os::Windows,
             action: "Take netsh portproxy out of the path: point the load at the server, or use a reverse proxy".to_string(),
             command: Some("netsh interface portproxy show all   (then target the connect address directly, or run nginx/HAProxy in its place)".to_string()),
-            effect: "One listener fewer that can refuse, and no second connection per client".to_string(),
-            caveat: "Needs the server reachable directly (firewall, binding address)".to_string(),
+            effect: "One listener fewer that can refuse, and no second connection per client.".to_string(),
+            caveat: "Needs the server reachable directly (firewall, binding address).".to_string(),
             source: MS_PORTPROXY,
         });
     }
@@ -575,8 +575,8 @@ fn refused_remedies(os: Os, portproxy: bool) -> Vec<Remedy> {
         os: Os::Any,
         action: "Lower the concurrency to below what the listener accepts".to_string(),
         command: Some("hey -c 10 …  (or portlab load -c 10 …)".to_string()),
-        effect: "Fewer simultaneous connects than the backlog holds".to_string(),
-        caveat: "Treats the symptom".to_string(),
+        effect: "Fewer simultaneous connects than the backlog holds.".to_string(),
+        caveat: "Treats the symptom.".to_string(),
         source: MS_LISTEN,
     });
     list.retain(|r| r.os == Os::Any || r.os == os);

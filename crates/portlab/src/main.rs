@@ -52,6 +52,9 @@ enum Command {
     /// Run a TCP port forwarder (portproxy equivalent) or, with --mode http, a reverse proxy
     /// with an upstream connection pool.
     Proxy(cmd::proxy::Args),
+    /// Read text captured on a Windows, macOS or Linux host (netstat, Get-NetTCPConnection,
+    /// netsh, ss, load-tester errors): the pool report and the diagnosis for that OS.
+    Analyze(cmd::analyze::Args),
     /// Internal: the process that holds a `reproduce` sandbox's namespaces.
     #[command(name = "__sandbox-anchor", hide = true)]
     SandboxAnchor(cmd::reproduce::AnchorArgs),
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => cmd::proxy::run(args),
         Command::Model(args) => cmd::model::run(args),
         Command::Simulate(args) => cmd::simulate::run(args),
+        Command::Analyze(args) => cmd::analyze::run(args),
     };
     match result {
         Ok(code) => code,
