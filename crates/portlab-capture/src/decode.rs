@@ -20,8 +20,7 @@ const CHUNK_BYTES: usize = 256 * 1024;
 pub const MAX_LINE_CHARS: usize = 64 * 1024;
 
 /// The text encoding of a capture.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TextEncoding {
     /// UTF-8 without a byte-order mark (PowerShell 6+, macOS, Linux).
     Utf8,
@@ -65,6 +64,12 @@ impl TextEncoding {
             TextEncoding::Cp437 => "cp437",
             TextEncoding::Cp866 => "cp866",
         }
+    }
+}
+
+impl Serialize for TextEncoding {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
     }
 }
 
