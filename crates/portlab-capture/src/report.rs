@@ -572,11 +572,7 @@ fn host_pool(s: &ResolvedSettings, t: &CapturedTable) -> PoolReport {
             excluded.insert(p);
         }
     }
-    let count = |bits: &PortBits| {
-        (low..=high)
-            .filter(|p| bits.contains(*p) && !excluded.contains(*p))
-            .count() as u64
-    };
+    let count = |bits: &PortBits| bits.count_in_except(&excluded, low, high);
     let in_use = count(&t.ports_any);
     let time_wait = count(&t.ports_time_wait);
     let size = s.usable_ports;

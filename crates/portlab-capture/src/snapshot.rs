@@ -46,7 +46,27 @@ impl PortBits {
 
     /// Marked ports in `low..=high`.
     pub fn count_in(&self, low: u16, high: u16) -> u64 {
-        (low..=high).filter(|p| self.contains(*p)).count() as u64
+        self.count_in_except(&PortBits::default(), low, high)
+    }
+
+    /// Marked ports in `low..=high` that are not marked in `except`.
+    pub fn count_in_except(&self, except: &PortBits, low: u16, high: u16) -> u64 {
+        if low > high {
+            return 0;
+        }
+        let (first, last) = (usize::from(low / 64), usize::from(high / 64));
+        (first..=last)
+            .map(|w| {
+                let mut mask = u64::MAX;
+                if w == first {
+                    mask &= u64::MAX << (low % 64);
+                }
+                if w == last {
+                    mask &= u64::MAX >> (63 - high % 64);
+                }
+                u64::from((self.0[w] & !except.0[w] & mask).count_ones())
+            })
+            .sum()
     }
 }
 
@@ -212,5 +232,26 @@ impl CapturedTable {
             CapState::TimeWait => d.time_wait += 1,
             _ => d.other += 1,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_ranges_across_words() {
+        let mut bits = PortBits::default();
+        let mut except = PortBits::default();
+        for p in [0u16, 63, 64, 1000, 49152, 65535] {
+            bits.insert(p);
+        }
+        except.insert(1000);
+        assert_eq!(bits.count_in(0, u16::MAX), 6);
+        assert_eq!(bits.count_in(63, 64), 2);
+        assert_eq!(bits.count_in(64, 65534), 3);
+        assert_eq!(bits.count_in_except(&except, 0, u16::MAX), 5);
+        assert_eq!(bits.count_in(65535, 65535), 1);
+        assert_eq!(bits.count_in(2, 1), 0);
     }
 }
