@@ -188,7 +188,9 @@ enum Decoder {
 
 impl Decoder {
     fn new(encoding: TextEncoding) -> Self {
-        use oem_cp::code_table::{DECODING_TABLE_CP437, DECODING_TABLE_CP850, DECODING_TABLE_CP866};
+        use oem_cp::code_table::{
+            DECODING_TABLE_CP437, DECODING_TABLE_CP850, DECODING_TABLE_CP866,
+        };
         match encoding {
             TextEncoding::Utf8 | TextEncoding::Utf8Bom => {
                 Decoder::Unicode(encoding_rs::UTF_8.new_decoder_with_bom_removal())

@@ -87,7 +87,12 @@ const WINDOWS_RULES: &[Rule] = &[
         code: Some(10048),
     },
     Rule {
-        needles: &["not valid in its context", "wsaeaddrnotavail", "10049", "-4090"],
+        needles: &[
+            "not valid in its context",
+            "wsaeaddrnotavail",
+            "10049",
+            "-4090",
+        ],
         class: ErrorClass::AddrNotAvailable,
         os: W,
         code: Some(10049),
@@ -179,7 +184,12 @@ const UNIX_RULES: &[(&[&str], ErrorClass)] = &[
         ErrorClass::AddrInUse,
     ),
     (
-        &["too many open files", "no file descriptors available", "emfile", "enfile"],
+        &[
+            "too many open files",
+            "no file descriptors available",
+            "emfile",
+            "enfile",
+        ],
         ErrorClass::TooManyOpenFiles,
     ),
     (
@@ -272,8 +282,22 @@ fn unix_codes(class: ErrorClass) -> Option<(i32, i32)> {
 /// Whether a line reads like an error at all (for counting the ones not classified).
 pub fn looks_like_error(lower: &str) -> bool {
     const WORDS: &[&str] = &[
-        "error", "exception", "failed", "failure", "errno", "refused", "timeout", "timed out",
-        "unable to", "cannot", "can't", "wsa", "[crit]", "[alert]", "[emerg]", "panic",
+        "error",
+        "exception",
+        "failed",
+        "failure",
+        "errno",
+        "refused",
+        "timeout",
+        "timed out",
+        "unable to",
+        "cannot",
+        "can't",
+        "wsa",
+        "[crit]",
+        "[alert]",
+        "[emerg]",
+        "panic",
     ];
     WORDS.iter().any(|w| lower.contains(w))
 }
@@ -380,11 +404,9 @@ fn contains_token(hay: &str, needle: &str) -> bool {
 }
 
 fn call_of(lower: &str) -> Option<Call> {
-    if lower.contains("listen") || lower.contains("jvm_bind") || lower.contains("bind on address")
-    {
+    if lower.contains("listen") || lower.contains("jvm_bind") || lower.contains("bind on address") {
         Some(Call::Listen)
-    } else if lower.contains("bind:") || lower.contains("bind local") || lower.contains("bind(")
-    {
+    } else if lower.contains("bind:") || lower.contains("bind local") || lower.contains("bind(") {
         Some(Call::Bind)
     } else if lower.contains("connect") {
         Some(Call::Connect)
@@ -452,32 +474,60 @@ mod tests {
     fn the_seed_line_is_a_windows_refusal() {
         let h = hit("  [4879]\tGet \"http://127.0.0.1:8080/\": dial tcp 127.0.0.1:8080: connectex: No connection could be made because the target machine actively refused it.");
         assert_eq!(h.class, ErrorClass::ConnectionRefused);
-        assert_eq!((h.os, h.os_code, h.count), (Some(SourceOs::Windows), Some(10061), 4879));
+        assert_eq!(
+            (h.os, h.os_code, h.count),
+            (Some(SourceOs::Windows), Some(10061), 4879)
+        );
         assert_eq!(h.call, Some(Call::Connect));
     }
 
     #[test]
     fn windows_exhaustion_signatures() {
         let h = hit("dial tcp 192.168.1.2:80: bind: An operation on a socket could not be performed because the system lacked sufficient buffer space or because a queue was full.");
-        assert_eq!((h.class, h.os_code, h.call), (ErrorClass::NoBufferSpace, Some(10055), Some(Call::Bind)));
+        assert_eq!(
+            (h.class, h.os_code, h.call),
+            (ErrorClass::NoBufferSpace, Some(10055), Some(Call::Bind))
+        );
         let h = hit("System.Net.Sockets.SocketException (10048): Only one usage of each socket address (protocol/network address/port) is normally permitted.");
         assert_eq!((h.class, h.os_code), (ErrorClass::AddrInUse, Some(10048)));
         let h = hit("java.net.BindException: Address already in use: connect");
-        assert_eq!((h.class, h.os), (ErrorClass::AddrInUse, Some(SourceOs::Windows)));
-        let h = hit("Error: connect ENOBUFS 127.0.0.1:443 - Local (undefined:undefined) errno: -4060");
-        assert_eq!((h.class, h.os), (ErrorClass::NoBufferSpace, Some(SourceOs::Windows)));
-        let h = hit("Failed to listen: The requested address is not valid in its context. (os error 10049)");
-        assert_eq!((h.class, h.call), (ErrorClass::AddrNotAvailable, Some(Call::Listen)));
+        assert_eq!(
+            (h.class, h.os),
+            (ErrorClass::AddrInUse, Some(SourceOs::Windows))
+        );
+        let h =
+            hit("Error: connect ENOBUFS 127.0.0.1:443 - Local (undefined:undefined) errno: -4060");
+        assert_eq!(
+            (h.class, h.os),
+            (ErrorClass::NoBufferSpace, Some(SourceOs::Windows))
+        );
+        let h = hit(
+            "Failed to listen: The requested address is not valid in its context. (os error 10049)",
+        );
+        assert_eq!(
+            (h.class, h.call),
+            (ErrorClass::AddrNotAvailable, Some(Call::Listen))
+        );
     }
 
     #[test]
     fn unix_numbers_tell_the_os() {
         let h = hit("dial tcp 127.0.0.1:31363: connect: cannot assign requested address");
-        assert_eq!((h.class, h.os, h.os_code), (ErrorClass::AddrNotAvailable, Some(SourceOs::Linux), Some(99)));
+        assert_eq!(
+            (h.class, h.os, h.os_code),
+            (
+                ErrorClass::AddrNotAvailable,
+                Some(SourceOs::Linux),
+                Some(99)
+            )
+        );
         let h = hit("dial tcp 127.0.0.1:10088: connect: can't assign requested address");
         assert_eq!((h.os, h.os_code), (Some(SourceOs::Macos), Some(49)));
         let h = hit("  [200] Connection refused (os error 61)");
-        assert_eq!((h.class, h.os, h.count), (ErrorClass::ConnectionRefused, Some(SourceOs::Macos), 200));
+        assert_eq!(
+            (h.class, h.os, h.count),
+            (ErrorClass::ConnectionRefused, Some(SourceOs::Macos), 200)
+        );
         let h = hit("apr_socket_connect(): Cannot assign requested address (99)");
         assert_eq!(h.os_code, Some(99));
         let h = hit("curl: (7) Failed to connect to 127.0.0.1 port 20170: Connection refused");

@@ -61,7 +61,10 @@ pub struct FileCapture {
 enum Section {
     None,
     /// After a netsh title and a one-group dash line: the next two `…: N` lines.
-    DynamicPort { ipv6: bool, start: Option<u16> },
+    DynamicPort {
+        ipv6: bool,
+        start: Option<u16>,
+    },
     Excluded,
     PortProxy,
 }
@@ -275,7 +278,7 @@ impl Reader {
     fn table_for(&mut self, format: Format) -> &mut CapturedTable {
         let start_new = match &self.current {
             None => true,
-            Some(c) => (self.gap && c.rows > 0) || (c.format != format && c.rows > 0),
+            Some(c) => c.rows > 0 && (self.gap || c.format != format),
         };
         if start_new {
             if let Some(done) = self.current.take() {
@@ -287,7 +290,9 @@ impl Reader {
             self.current = Some(CapturedTable::new(&self.out.file, format, time));
         }
         self.gap = false;
-        let table = self.current.get_or_insert_with(|| CapturedTable::new("", format, None));
+        let table = self
+            .current
+            .get_or_insert_with(|| CapturedTable::new("", format, None));
         table.format = format;
         table
     }
@@ -628,7 +633,8 @@ mod tests {
         let c = read(&text);
         assert_eq!(c.tables.len(), 2);
         assert_eq!(c.tables[1].rows, 2);
-        let dt = c.tables[1].taken_at_secs.unwrap_or(0.0) - c.tables[0].taken_at_secs.unwrap_or(0.0);
+        let dt =
+            c.tables[1].taken_at_secs.unwrap_or(0.0) - c.tables[0].taken_at_secs.unwrap_or(0.0);
         assert!((dt - 30.0).abs() < 1e-6, "{dt}");
     }
 

@@ -81,6 +81,8 @@ pub struct ResolvedSettings {
     pub usable_ports: u64,
     /// How long a closed connection's port stays blocked, s.
     pub time_wait_secs: u32,
+    /// Whether `time_wait_secs` is an assumption (nothing captured said it).
+    pub time_wait_assumed: bool,
     /// Where each number came from, or what was assumed, one line each.
     pub notes: Vec<String>,
     /// portproxy rules (Windows).
@@ -258,7 +260,10 @@ pub struct Analysis {
 ///
 /// # Errors
 /// None today beyond an empty input list, reported as [`CaptureError::Empty`].
-pub fn analyze(files: Vec<FileCapture>, options: &AnalyzeOptions) -> Result<Analysis, CaptureError> {
+pub fn analyze(
+    files: Vec<FileCapture>,
+    options: &AnalyzeOptions,
+) -> Result<Analysis, CaptureError> {
     if files.is_empty() {
         return Err(CaptureError::Empty { file: "-".into() });
     }
@@ -308,7 +313,10 @@ pub fn analyze(files: Vec<FileCapture>, options: &AnalyzeOptions) -> Result<Anal
         }
         snapshots.push(report);
     }
-    let pools = snapshots.last().map(|s| s.pools.clone()).unwrap_or_default();
+    let pools = snapshots
+        .last()
+        .map(|s| s.pools.clone())
+        .unwrap_or_default();
     let timeline = timeline(&snapshots, &settings);
     Ok(Analysis {
         os,
@@ -338,7 +346,11 @@ fn detect_os(files: &[FileCapture], forced: Option<SourceOs>) -> (SourceOs, Stri
             let v = votes.entry(t.format.os()).or_insert((0, t.format));
             v.0 += 1_000_000 + t.rows;
         }
-        for fmt in f.formats.iter().filter(|x| **x != Format::ErrorLines && !x.is_table()) {
+        for fmt in f
+            .formats
+            .iter()
+            .filter(|x| **x != Format::ErrorLines && !x.is_table())
+        {
             let v = votes.entry(fmt.os()).or_insert((0, *fmt));
             v.0 += 1000;
         }
@@ -348,10 +360,11 @@ fn detect_os(files: &[FileCapture], forced: Option<SourceOs>) -> (SourceOs, Stri
             }
         }
     }
-    match votes.into_iter().max_by_key(|(os, (n, _))| (*n, *os == SourceOs::Windows)) {
-        Some((os, (_, fmt))) if fmt == Format::ErrorLines => {
-            (os, "the error numbers and texts".to_string())
-        }
+    match votes
+        .into_iter()
+        .max_by_key(|(os, (n, _))| (*n, *os == SourceOs::Windows))
+    {
+        Some((os, (_, Format::ErrorLines))) => (os, "the error numbers and texts".to_string()),
         Some((os, (_, fmt))) => (os, format!("{} output", fmt.name())),
         None => (
             SourceOs::Windows,
@@ -362,6 +375,7 @@ fn detect_os(files: &[FileCapture], forced: Option<SourceOs>) -> (SourceOs, Stri
 
 fn resolve_settings(os: SourceOs, c: &CapturedSettings, o: &AnalyzeOptions) -> ResolvedSettings {
     let mut notes = Vec::new();
+    let mut time_wait_assumed = false;
     let (range, time_wait_secs, linux) = match os {
         SourceOs::Windows => {
             let range = match c.dynamic_port_v4 {
@@ -379,7 +393,9 @@ fn resolve_settings(os: SourceOs, c: &CapturedSettings, o: &AnalyzeOptions) -> R
                 }
             };
             if let Some((s6, n6)) = c.dynamic_port_v6 {
-                notes.push(format!("IPv6 dynamic range {s6} + {n6} ports (the pool below uses the IPv4 range)"));
+                notes.push(format!(
+                    "IPv6 dynamic range {s6} + {n6} ports (the pool below uses the IPv4 range)"
+                ));
             }
             let tw = match (c.tcp_timed_wait_delay_secs, o.windows_time_wait_secs) {
                 (Some(s), _) => {
@@ -387,10 +403,13 @@ fn resolve_settings(os: SourceOs, c: &CapturedSettings, o: &AnalyzeOptions) -> R
                     s
                 }
                 (None, Some(s)) => {
-                    notes.push(format!("no TcpTimedWaitDelay captured: TIME_WAIT {s} s from --time-wait"));
+                    notes.push(format!(
+                        "no TcpTimedWaitDelay captured: TIME_WAIT {s} s from --time-wait"
+                    ));
                     s
                 }
                 (None, None) => {
+                    time_wait_assumed = true;
                     notes.push("no TcpTimedWaitDelay captured: assumed TIME_WAIT 240 s (Microsoft's port-exhaustion page: 4 minutes; the Server 2003 reference says 120 s: --time-wait 120)".to_string());
                     240
                 }
@@ -410,16 +429,25 @@ fn resolve_settings(os: SourceOs, c: &CapturedSettings, o: &AnalyzeOptions) -> R
                     (f, l)
                 }
                 _ => {
-                    notes.push("no net.inet.ip.portrange captured: assumed macOS default 49152-65535".to_string());
+                    notes.push(
+                        "no net.inet.ip.portrange captured: assumed macOS default 49152-65535"
+                            .to_string(),
+                    );
                     MACOS_DEFAULT_RANGE
                 }
             };
             let msl = c.macos_msl_ms.unwrap_or_else(|| {
-                notes.push("no net.inet.tcp.msl captured: assumed 15000 ms (TIME_WAIT 30 s)".to_string());
+                time_wait_assumed = true;
+                notes.push(
+                    "no net.inet.tcp.msl captured: assumed 15000 ms (TIME_WAIT 30 s)".to_string(),
+                );
                 MACOS_DEFAULT_MSL_MS
             });
             if c.macos_msl_ms.is_some() {
-                notes.push(format!("TIME_WAIT 2 x net.inet.tcp.msl {msl} ms = {} s", 2 * msl / 1000));
+                notes.push(format!(
+                    "TIME_WAIT 2 x net.inet.tcp.msl {msl} ms = {} s",
+                    2 * msl / 1000
+                ));
             }
             (range, (2 * msl / 1000).max(1), None)
         }
@@ -435,9 +463,14 @@ fn resolve_settings(os: SourceOs, c: &CapturedSettings, o: &AnalyzeOptions) -> R
             excluded_bits.insert(p);
         }
     }
-    let mut excluded_ports = if range.0 <= range.1 { excluded_bits.count_in(range.0, range.1) } else { 0 };
+    let mut excluded_ports = if range.0 <= range.1 {
+        excluded_bits.count_in(range.0, range.1)
+    } else {
+        0
+    };
     if let Some(l) = &linux {
-        excluded_ports = u64::from(l.ip_local_port_range.len()) - u64::from(l.usable_ephemeral_ports());
+        excluded_ports =
+            u64::from(l.ip_local_port_range.len()) - u64::from(l.usable_ephemeral_ports());
     }
     if !c.excluded.is_empty() {
         notes.push(format!(
@@ -447,11 +480,15 @@ fn resolve_settings(os: SourceOs, c: &CapturedSettings, o: &AnalyzeOptions) -> R
     }
     let size = u64::from(range.1.saturating_sub(range.0)) + 1;
     ResolvedSettings {
-        port_range: Range { low: range.0, high: range.1 },
+        port_range: Range {
+            low: range.0,
+            high: range.1,
+        },
         excluded_ports,
         excluded_blocks: c.excluded.clone(),
         usable_ports: size.saturating_sub(excluded_ports),
         time_wait_secs,
+        time_wait_assumed,
         notes,
         portproxy: c.portproxy.clone(),
         max_user_port: c.max_user_port,
@@ -467,11 +504,20 @@ fn linux_settings(c: &CapturedSettings, notes: &mut Vec<String>) -> PortPoolSett
     let range = get("net.ipv4.ip_local_port_range")
         .and_then(|v| {
             let mut it = v.split_whitespace().map(|n| n.parse::<u16>().ok());
-            Some(PortRange { low: it.next()??, high: it.next()?? })
+            Some(PortRange {
+                low: it.next()??,
+                high: it.next()??,
+            })
         })
         .unwrap_or_else(|| {
-            notes.push("no net.ipv4.ip_local_port_range captured: assumed the default 32768-60999".to_string());
-            PortRange { low: LINUX_DEFAULT_RANGE.0, high: LINUX_DEFAULT_RANGE.1 }
+            notes.push(
+                "no net.ipv4.ip_local_port_range captured: assumed the default 32768-60999"
+                    .to_string(),
+            );
+            PortRange {
+                low: LINUX_DEFAULT_RANGE.0,
+                high: LINUX_DEFAULT_RANGE.1,
+            }
         });
     let reserved = get("net.ipv4.ip_local_reserved_ports")
         .map(|v| {
@@ -479,7 +525,10 @@ fn linux_settings(c: &CapturedSettings, notes: &mut Vec<String>) -> PortPoolSett
                 .filter_map(|part| {
                     let part = part.trim();
                     let (a, b) = part.split_once('-').unwrap_or((part, part));
-                    Some(PortRange { low: a.trim().parse().ok()?, high: b.trim().parse().ok()? })
+                    Some(PortRange {
+                        low: a.trim().parse().ok()?,
+                        high: b.trim().parse().ok()?,
+                    })
                 })
                 .collect()
         })
@@ -490,7 +539,10 @@ fn linux_settings(c: &CapturedSettings, notes: &mut Vec<String>) -> PortPoolSett
         Some(2) => TwReuse::LoopbackOnly,
         Some(n) => TwReuse::Unknown(n as u32),
         None => {
-            notes.push("no net.ipv4.tcp_tw_reuse captured: assumed the default 2 (loopback only)".to_string());
+            notes.push(
+                "no net.ipv4.tcp_tw_reuse captured: assumed the default 2 (loopback only)"
+                    .to_string(),
+            );
             TwReuse::LoopbackOnly
         }
     };
@@ -530,19 +582,32 @@ fn snapshot_report(
     let mut destinations: Vec<DestinationReport> = t
         .destinations
         .iter()
-        .map(|(d, c)| DestinationReport { destination: *d, counts: *c })
+        .map(|(d, c)| DestinationReport {
+            destination: *d,
+            counts: *c,
+        })
         .collect();
     destinations.sort_by(|a, b| {
         let total = |c: &DestinationCounts| c.established + c.time_wait + c.other;
-        total(&b.counts).cmp(&total(&a.counts)).then(a.destination.cmp(&b.destination))
+        total(&b.counts)
+            .cmp(&total(&a.counts))
+            .then(a.destination.cmp(&b.destination))
     });
     destinations.truncate(10);
     let mut processes: Vec<ProcessReport> = t
         .processes
         .iter()
-        .map(|(pid, c)| ProcessReport { pid: *pid, counts: *c })
+        .map(|(pid, c)| ProcessReport {
+            pid: *pid,
+            counts: *c,
+        })
         .collect();
-    processes.sort_by(|a, b| b.counts.sockets.cmp(&a.counts.sockets).then(a.pid.cmp(&b.pid)));
+    processes.sort_by(|a, b| {
+        b.counts
+            .sockets
+            .cmp(&a.counts.sockets)
+            .then(a.pid.cmp(&b.pid))
+    });
     processes.truncate(10);
     (
         SnapshotReport {
@@ -558,7 +623,9 @@ fn snapshot_report(
             pools,
             destinations,
             processes,
-            listening_ports: (0..=u16::MAX).filter(|p| t.ports_listen.contains(*p)).collect(),
+            listening_ports: (0..=u16::MAX)
+                .filter(|p| t.ports_listen.contains(*p))
+                .collect(),
         },
         linux,
     )
@@ -586,7 +653,11 @@ fn host_pool(s: &ResolvedSettings, t: &CapturedTable) -> PoolReport {
         listeners: count(&t.ports_listen),
         bound: count(&t.ports_bound),
         size,
-        utilisation: if size == 0 { 1.0 } else { in_use as f64 / size as f64 },
+        utilisation: if size == 0 {
+            1.0
+        } else {
+            in_use as f64 / size as f64
+        },
         free: size.saturating_sub(in_use),
         sustainable_rate_per_sec: size as f64 / tw,
         churn_estimate_per_sec: time_wait as f64 / tw,
@@ -650,7 +721,10 @@ fn timeline(snapshots: &[SnapshotReport], s: &ResolvedSettings) -> Option<Timeli
     let n = timed.len() as f64;
     let mean_t = timed.iter().map(|p| p.at_secs).sum::<f64>() / n;
     let mean_u = timed.iter().map(|p| p.in_use as f64).sum::<f64>() / n;
-    let cov: f64 = timed.iter().map(|p| (p.at_secs - mean_t) * (p.in_use as f64 - mean_u)).sum();
+    let cov: f64 = timed
+        .iter()
+        .map(|p| (p.at_secs - mean_t) * (p.in_use as f64 - mean_u))
+        .sum();
     let var: f64 = timed.iter().map(|p| (p.at_secs - mean_t).powi(2)).sum();
     let growth = if var > 0.0 { cov / var } else { 0.0 };
     let last = timed.last().map_or(0, |p| p.in_use);
@@ -687,7 +761,7 @@ fn summarise_errors(hits: Vec<(crate::errors::ErrorHit, String)>) -> Vec<ErrorSu
         e.lines += 1;
     }
     let mut out: Vec<ErrorSummary> = by_key.into_values().collect();
-    out.sort_by(|a, b| b.count.cmp(&a.count));
+    out.sort_by_key(|e| std::cmp::Reverse(e.count));
     out
 }
 

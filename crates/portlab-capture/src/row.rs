@@ -251,9 +251,7 @@ pub fn parse_host(host: &str) -> Option<IpAddr> {
 /// IPv4-mapped IPv6 addresses as IPv4, so `[::ffff:10.0.0.1]` groups with `10.0.0.1`.
 pub fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V6(v6) => v6
-            .to_ipv4_mapped()
-            .map_or(IpAddr::V6(v6), IpAddr::V4),
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
         v4 => v4,
     }
 }
@@ -282,11 +280,17 @@ mod tests {
         );
         assert_eq!(a("*:*").as_deref(), Some("0.0.0.0:0"));
         assert_eq!(a(":::22").as_deref(), Some("[::]:22"));
-        assert_eq!(a("[::ffff:10.1.2.3]:8081").as_deref(), Some("10.1.2.3:8081"));
+        assert_eq!(
+            a("[::ffff:10.1.2.3]:8081").as_deref(),
+            Some("10.1.2.3:8081")
+        );
         assert_eq!(a("127.0.0.53%lo:53").as_deref(), Some("127.0.0.53:53"));
         assert_eq!(a("api:1032"), None);
         let d = |s: &str| parse_dot_addr(s).map(|a| a.to_string());
-        assert_eq!(d("192.168.1.221.54860").as_deref(), Some("192.168.1.221:54860"));
+        assert_eq!(
+            d("192.168.1.221.54860").as_deref(),
+            Some("192.168.1.221:54860")
+        );
         assert_eq!(d("::1.631").as_deref(), Some("[::1]:631"));
         assert_eq!(d("fe80::1%lo0.88").as_deref(), Some("[fe80::1]:88"));
         assert_eq!(d("*.*").as_deref(), Some("0.0.0.0:0"));
@@ -303,7 +307,10 @@ mod tests {
         assert_eq!(CapState::from_word("TimeWait"), Some(CapState::TimeWait));
         assert_eq!(CapState::from_word("IN ASCOLTO"), Some(CapState::Listen));
         assert_eq!(CapState::from_word("SYN_RCVD"), Some(CapState::SynReceived));
-        assert_eq!(CapState::from_word("FIN_WARTEN_2"), Some(CapState::FinWait2));
+        assert_eq!(
+            CapState::from_word("FIN_WARTEN_2"),
+            Some(CapState::FinWait2)
+        );
         assert_eq!(CapState::from_word("Bound"), Some(CapState::Bound));
         assert_eq!(CapState::from_word("nonsense"), None);
         assert_eq!(CapState::from_msft_number(11), Some(CapState::TimeWait));

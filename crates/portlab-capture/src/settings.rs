@@ -278,7 +278,10 @@ mod tests {
     #[test]
     fn reads_sysctl_registry_and_ps_lines() {
         let mut s = CapturedSettings::default();
-        assert_eq!(s.read_line("net.inet.tcp.msl: 15000"), Some(SettingLine::Macos));
+        assert_eq!(
+            s.read_line("net.inet.tcp.msl: 15000"),
+            Some(SettingLine::Macos)
+        );
         assert_eq!(
             s.read_line("net.ipv4.ip_local_port_range = 32768\t60999"),
             Some(SettingLine::Linux)
@@ -297,7 +300,10 @@ mod tests {
         assert_eq!(s.dynamic_port_v4, Some((10000, 55535)));
         assert_eq!(s.linux["net.ipv4.ip_local_port_range"], "32768 60999");
         assert_eq!(s.read_line("Total:        1.2 secs"), None);
-        assert_eq!(excluded_row(&["55679", "55679", "*"]).map(|r| r.administered), Some(true));
+        assert_eq!(
+            excluded_row(&["55679", "55679", "*"]).map(|r| r.administered),
+            Some(true)
+        );
         assert_eq!(excluded_row(&["80", "79"]), None);
     }
 }

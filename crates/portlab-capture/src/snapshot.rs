@@ -199,8 +199,7 @@ impl CapturedTable {
         // (local :8080, foreign :49152 on this host) blocks that ephemeral port for the client
         // (research/captures.md §5.1, the tailscale#20039 capture).
         let remote_port = row.remote.port();
-        if remote_port != 0
-            && (row.remote.ip().is_loopback() || row.remote.ip() == row.local.ip())
+        if remote_port != 0 && (row.remote.ip().is_loopback() || row.remote.ip() == row.local.ip())
         {
             self.ports_any.insert(remote_port);
             if row.state == CapState::TimeWait {
@@ -221,7 +220,8 @@ impl CapturedTable {
     }
 
     fn add_destination(&mut self, row: &Row) {
-        if self.destinations.len() >= MAX_DESTINATIONS && !self.destinations.contains_key(&row.remote)
+        if self.destinations.len() >= MAX_DESTINATIONS
+            && !self.destinations.contains_key(&row.remote)
         {
             self.destinations_overflow += 1;
             return;

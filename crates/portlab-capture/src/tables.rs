@@ -83,8 +83,12 @@ pub fn is_windows_netstat_title(line: &str) -> bool {
     let t = line.trim();
     matches!(
         t,
-        "Active Connections" | "Aktive Verbindungen" | "Connexions actives" | "活动连接"
-            | "Conexiones activas" | "Connessioni attive"
+        "Active Connections"
+            | "Aktive Verbindungen"
+            | "Connexions actives"
+            | "活动连接"
+            | "Conexiones activas"
+            | "Connessioni attive"
     ) || (t.starts_with("Proto") || t.starts_with("协议"))
         && !t.contains("Recv-Q")
         && !t.contains("(state)")
@@ -132,7 +136,11 @@ pub fn macos_netstat(tokens: &[&str], addr_width: usize) -> Option<RowResult> {
     if t[0].starts_with("udp") {
         return Some(Err(RowProblem::Udp));
     }
-    let width = if at > 0 && addr_width == 22 { 18 } else { addr_width };
+    let width = if at > 0 && addr_width == 22 {
+        18
+    } else {
+        addr_width
+    };
     let truncated = width > 0 && (t[3].chars().count() == width || t[4].chars().count() == width);
     let (local, remote) = match (parse_dot_addr(t[3]), parse_dot_addr(t[4])) {
         (Some(l), Some(r)) => (l, r),
@@ -348,10 +356,15 @@ mod tests {
 
     #[test]
     fn windows_rows_english_localised_and_by_shape() {
-        let r = windows_netstat(&toks("  TCP    127.0.0.1:1031  127.0.0.1:1032  ESTABLISHED  10644"))
-            .expect("row")
-            .expect("ok");
-        assert_eq!((r.state, r.pid, r.local.port()), (CapState::Established, Some(10644), 1031));
+        let r = windows_netstat(&toks(
+            "  TCP    127.0.0.1:1031  127.0.0.1:1032  ESTABLISHED  10644",
+        ))
+        .expect("row")
+        .expect("ok");
+        assert_eq!(
+            (r.state, r.pid, r.local.port()),
+            (CapState::Established, Some(10644), 1031)
+        );
         let r = windows_netstat(&toks("  TCP    0.0.0.0:102    0.0.0.0:0   ABH™REN"))
             .expect("row")
             .expect("ok");
@@ -383,7 +396,10 @@ mod tests {
         )
         .expect("row")
         .expect("ok");
-        assert_eq!((r.state, r.local.port(), r.truncated), (CapState::Listen, 631, false));
+        assert_eq!(
+            (r.state, r.local.port(), r.truncated),
+            (CapState::Listen, 631, false)
+        );
         let r = macos_netstat(
             &toks("7fb03cb94d505aed cedd0cbf tcp4 0 0  192.168.1.221.5486 140.82.113.26.443  ESTABLISHED"),
             22,
@@ -392,7 +408,9 @@ mod tests {
         .expect("ok");
         assert!(r.truncated, "an 18-character address under -A may be cut");
         let r = macos_netstat(
-            &toks("tcp4 0 0 127.0.0.1.11434 *.* LISTEN 0 0 131072 131072 ollama:4242 00000 00000006"),
+            &toks(
+                "tcp4 0 0 127.0.0.1.11434 *.* LISTEN 0 0 131072 131072 ollama:4242 00000 00000006",
+            ),
             22,
         )
         .expect("row")
@@ -402,17 +420,26 @@ mod tests {
 
     #[test]
     fn linux_rows() {
-        let r = ss(&toks("TIME-WAIT 0 0 10.0.0.1:40000 10.0.0.2:80 timer:(timewait,57sec,0)"))
-            .expect("row")
-            .expect("ok");
+        let r = ss(&toks(
+            "TIME-WAIT 0 0 10.0.0.1:40000 10.0.0.2:80 timer:(timewait,57sec,0)",
+        ))
+        .expect("row")
+        .expect("ok");
         assert_eq!(r.state, CapState::TimeWait);
-        let r = ss(&toks(r#"ESTAB 0 0 [::ffff:10.1.1.1]:8081 10.1.1.2:5000 users:(("host",pid=118409,fd=20))"#))
-            .expect("row")
-            .expect("ok");
-        assert_eq!((r.pid, r.local.to_string().as_str()), (Some(118409), "10.1.1.1:8081"));
-        let r = linux_netstat(&toks("tcp        0      0 0.0.0.0:22   0.0.0.0:*   LISTEN      9420/Passenger Ruby"))
-            .expect("row")
-            .expect("ok");
+        let r = ss(&toks(
+            r#"ESTAB 0 0 [::ffff:10.1.1.1]:8081 10.1.1.2:5000 users:(("host",pid=118409,fd=20))"#,
+        ))
+        .expect("row")
+        .expect("ok");
+        assert_eq!(
+            (r.pid, r.local.to_string().as_str()),
+            (Some(118409), "10.1.1.1:8081")
+        );
+        let r = linux_netstat(&toks(
+            "tcp        0      0 0.0.0.0:22   0.0.0.0:*   LISTEN      9420/Passenger Ruby",
+        ))
+        .expect("row")
+        .expect("ok");
         assert_eq!((r.state, r.pid), (CapState::Listen, Some(9420)));
         let r = proc_net_tcp(&toks(
             "   0: 3500007F:0035 00000000:0000 0A 00000000:00000000 00:00000000 00000000   101        0 34000 1",
@@ -426,7 +453,10 @@ mod tests {
         ))
         .expect("row")
         .expect("ok");
-        assert_eq!((r.local.to_string().as_str(), r.state), ("[::1]:8080", CapState::TimeWait));
+        assert_eq!(
+            (r.local.to_string().as_str(), r.state),
+            ("[::1]:8080", CapState::TimeWait)
+        );
     }
 
     #[test]
@@ -441,7 +471,9 @@ mod tests {
             .expect("row")
             .expect("ok");
         assert_eq!((r.state, r.pid), (CapState::Bound, None));
-        let header = split_csv(r#""LocalAddress","LocalPort","RemoteAddress","RemotePort","State","OwningProcess""#);
+        let header = split_csv(
+            r#""LocalAddress","LocalPort","RemoteAddress","RemotePort","State","OwningProcess""#,
+        );
         let cols = CsvColumns::from_header(&header).expect("header");
         let r = cols
             .row(&split_csv(r#""10.0.0.5","50001","10.0.0.9","80","11","0""#))

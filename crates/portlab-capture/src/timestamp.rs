@@ -6,7 +6,11 @@
 /// Seconds since 1970-01-01 of a timestamp line (local time read as UTC), or `None`.
 pub fn parse(line: &str) -> Option<f64> {
     let t = line.trim();
-    if t.len() > 64 || t.len() < 8 || t.split_whitespace().count() > 7 || t.contains(['[', '"', '=']) {
+    if t.len() > 64
+        || t.len() < 8
+        || t.split_whitespace().count() > 7
+        || t.contains(['[', '"', '='])
+    {
         return None;
     }
     let (time_at, secs_of_day) = find_time(t)?;
@@ -102,9 +106,8 @@ fn find_date(t: &str) -> Option<i64> {
     } else {
         return None;
     };
-    let (month, day) = if year_pos == 0 {
-        (a.0, b.0)
-    } else if a.1 == '/' && a.0 <= 12 {
+    // Year first (ISO) or US month/day/year keep the order; day.month.year swaps it.
+    let (month, day) = if year_pos == 0 || (a.1 == '/' && a.0 <= 12) {
         (a.0, b.0)
     } else {
         (b.0, a.0)
@@ -152,14 +155,26 @@ mod tests {
     fn formats_of_date_echo_and_get_date() {
         let base = parse("2026-12-01 10:15:30").expect("iso");
         assert_eq!(parse("2026-12-01T10:16:00Z").map(|s| s - base), Some(30.0));
-        assert_eq!(parse("Tue Dec  1 10:16:00 CET 2026").map(|s| s - base), Some(30.0));
-        assert_eq!(parse("Tue 12/01/2026 10:16:00.12").map(|s| (s - base).round()), Some(30.0));
-        assert_eq!(parse("01.12.2026 10:16:00,55").map(|s| (s - base).round()), Some(31.0));
+        assert_eq!(
+            parse("Tue Dec  1 10:16:00 CET 2026").map(|s| s - base),
+            Some(30.0)
+        );
+        assert_eq!(
+            parse("Tue 12/01/2026 10:16:00.12").map(|s| (s - base).round()),
+            Some(30.0)
+        );
+        assert_eq!(
+            parse("01.12.2026 10:16:00,55").map(|s| (s - base).round()),
+            Some(31.0)
+        );
         assert_eq!(
             parse("Tuesday, December 1, 2026 10:16:00 AM").map(|s| s - base),
             Some(30.0)
         );
-        assert_eq!(parse("  TCP    0.0.0.0:135   0.0.0.0:0   LISTENING   1712"), None);
+        assert_eq!(
+            parse("  TCP    0.0.0.0:135   0.0.0.0:0   LISTENING   1712"),
+            None
+        );
         assert_eq!(parse("Requests/sec: 1234"), None);
         assert_eq!(days_from_civil(1970, 1, 1), 0);
     }

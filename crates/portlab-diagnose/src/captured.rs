@@ -128,7 +128,11 @@ pub struct CapturedEvidence {
 
 impl CapturedEvidence {
     fn count(&self, pred: impl Fn(&CapturedError) -> bool) -> u64 {
-        self.errors.iter().filter(|e| pred(e)).map(|e| e.count).sum()
+        self.errors
+            .iter()
+            .filter(|e| pred(e))
+            .map(|e| e.count)
+            .sum()
     }
 
     fn first(&self, pred: impl Fn(&CapturedError) -> bool) -> Option<&CapturedError> {
@@ -184,16 +188,36 @@ pub fn diagnose_captured(e: &CapturedEvidence) -> Vec<Finding> {
     }
     for f in &mut findings {
         f.remedies.retain(|r| r.os == Os::Any || r.os == e.os);
-        if e.os == Os::Windows && matches!(f.cause, Cause::PortExhaustion | Cause::TimeWaitPressure) {
-            f.corrections.retain(|c| !c.claim.starts_with("Linux") && !c.claim.contains("tcp_"));
-            f.corrections.extend(windows_corrections());
-        }
-        if e.os == Os::Macos {
-            f.corrections.retain(|c| !c.claim.contains("netsh"));
+        let port_finding = matches!(f.cause, Cause::PortExhaustion | Cause::TimeWaitPressure);
+        match e.os {
+            Os::Windows if port_finding => f.corrections = windows_corrections(),
+            Os::Macos if port_finding => f.corrections = macos_corrections(),
+            _ => f.corrections.retain(|c| !c.claim.contains("netsh")),
         }
     }
     findings.sort_by(|a, b| b.severity.cmp(&a.severity).then(a.cause.cmp(&b.cause)));
-    findings
+    merge_same_cause(findings)
+}
+
+/// The Linux rules and the error lines can both find exhaustion: one finding, all evidence.
+fn merge_same_cause(findings: Vec<Finding>) -> Vec<Finding> {
+    let mut out: Vec<Finding> = Vec::new();
+    for f in findings {
+        match out
+            .iter_mut()
+            .find(|o| o.cause == f.cause && f.cause == Cause::PortExhaustion)
+        {
+            Some(first) => {
+                for line in f.evidence {
+                    if !first.evidence.contains(&line) {
+                        first.evidence.push(line);
+                    }
+                }
+            }
+            None => out.push(f),
+        }
+    }
+    out
 }
 
 fn int(n: u64) -> String {
@@ -283,7 +307,10 @@ fn headroom_line(p: &HostPool) -> String {
 fn exhaustion(e: &CapturedEvidence) -> Option<Finding> {
     let failures = e.count(|x| e.is_exhaustion(x));
     let events = e.event_4227 + e.event_4231;
-    let full = e.host_pool.as_ref().filter(|p| p.size > 0 && p.in_use >= p.size);
+    let full = e
+        .host_pool
+        .as_ref()
+        .filter(|p| p.size > 0 && p.in_use >= p.size);
     if failures == 0 && events == 0 && full.is_none() {
         return None;
     }
@@ -297,7 +324,10 @@ fn exhaustion(e: &CapturedEvidence) -> Option<Finding> {
         ));
     }
     if e.event_4231 > 0 {
-        evidence.push(format!("{} × Tcpip event 4231: the global TCP port space was exhausted", int(e.event_4231)));
+        evidence.push(format!(
+            "{} × Tcpip event 4231: the global TCP port space was exhausted",
+            int(e.event_4231)
+        ));
     }
     if e.event_4227 > 0 {
         evidence.push(format!("{} × Tcpip event 4227: a local port was reused while its 4-tuple to the same remote endpoint was still in TIME_WAIT", int(e.event_4227)));
@@ -381,7 +411,12 @@ fn refused(e: &CapturedEvidence) -> Option<Finding> {
     }
     let first = e.first(|x| x.kind == CapturedErrorKind::ConnectionRefused)?;
     let exhaustion = e.count(|x| e.is_exhaustion(x));
-    let mut evidence = vec![format!("{} × {}: \"{}\"", int(n), code_name(first), cut(&first.example))];
+    let mut evidence = vec![format!(
+        "{} × {}: \"{}\"",
+        int(n),
+        code_name(first),
+        cut(&first.example)
+    )];
     evidence.push(match e.os {
         Os::Windows => format!(
             "a refusal is an answer from the listener: the client had a local port, sent its SYN and got a reset back. Windows reports port exhaustion as 10055 (WSAENOBUFS) or 10048 (WSAEADDRINUSE){}",
@@ -474,7 +509,12 @@ fn resets_and_timeouts(e: &CapturedEvidence) -> Option<Finding> {
                 | CapturedErrorKind::Protocol
         )
     }) {
-        evidence.push(format!("{} × {}: \"{}\"", int(x.count), code_name(x), cut(&x.example)));
+        evidence.push(format!(
+            "{} × {}: \"{}\"",
+            int(x.count),
+            code_name(x),
+            cut(&x.example)
+        ));
     }
     if resets > 0 {
         evidence.push("resets come from the server or a hop (a forwarder, a load balancer, a NAT whose mapping expired), not from the client's port pool".to_string());
@@ -485,14 +525,26 @@ fn resets_and_timeouts(e: &CapturedEvidence) -> Option<Finding> {
     if response_timeouts > 0 {
         evidence.push("response timeouts: the connection was open but no complete answer came in time (a slow or stalled server)".to_string());
     }
-    let worst = [(resets, "reset"), (connect_timeouts, "connect timeouts"), (response_timeouts, "response timeouts"), (protocol, "closed early")]
-        .into_iter()
-        .max_by_key(|(c, _)| *c)
-        .map_or("failed", |(_, w)| w);
+    let worst = [
+        (resets, "reset"),
+        (connect_timeouts, "connect timeouts"),
+        (response_timeouts, "response timeouts"),
+        (protocol, "closed early"),
+    ]
+    .into_iter()
+    .max_by_key(|(c, _)| *c)
+    .map_or("failed", |(_, w)| w);
     Some(Finding {
         cause: Cause::ServerSide,
-        severity: if n >= 10 { Severity::Critical } else { Severity::Warning },
-        summary: format!("{} requests failed on the server's side of the path: mostly {worst}", int(n)),
+        severity: if n >= 10 {
+            Severity::Critical
+        } else {
+            Severity::Warning
+        },
+        summary: format!(
+            "{} requests failed on the server's side of the path: mostly {worst}",
+            int(n)
+        ),
         evidence,
         remedies: remedies::server_side(),
         corrections: Vec::new(),
@@ -505,7 +557,11 @@ fn fd_limit(e: &CapturedEvidence) -> Option<Finding> {
     Some(Finding {
         cause: Cause::FileDescriptorLimit,
         severity: Severity::Critical,
-        summary: format!("{} failures with {}: the process ran out of descriptors, not ports", int(n), code_name(first)),
+        summary: format!(
+            "{} failures with {}: the process ran out of descriptors, not ports",
+            int(n),
+            code_name(first)
+        ),
         evidence: vec![format!("{} × \"{}\"", int(n), cut(&first.example))],
         remedies: remedies::fd_limit(),
         corrections: Vec::new(),
@@ -524,14 +580,16 @@ fn healthy(e: &CapturedEvidence) -> Finding {
     Finding {
         cause: Cause::Healthy,
         severity: Severity::Info,
-        summary: "Healthy: the captured pool is not near exhaustion and no failures point at ports".to_string(),
+        summary: "Healthy: the captured pool is not near exhaustion and no failures point at ports"
+            .to_string(),
         evidence,
         remedies: Vec::new(),
         corrections: Vec::new(),
     }
 }
 
-const MS_LISTEN: &str = "Winsock listen() reference: a full queue makes the client receive WSAECONNREFUSED";
+const MS_LISTEN: &str =
+    "Winsock listen() reference: a full queue makes the client receive WSAECONNREFUSED";
 const MS_PORTPROXY: &str = "Microsoft Learn, netsh interface portproxy: connections are relayed \"after establishing a separate TCP connection\"";
 
 fn os_remedies(os: Os, portproxy: bool) -> Vec<Remedy> {
@@ -583,9 +641,35 @@ fn refused_remedies(os: Os, portproxy: bool) -> Vec<Remedy> {
     list
 }
 
+/// Folklore about macOS ports, corrected (printed with macOS port findings).
+pub fn macos_corrections() -> Vec<Correction> {
+    vec![
+        Correction {
+            claim: "Like Linux, macOS gives each destination its own range of ports",
+            truth: "XNU binds the ephemeral port before the destination is known and takes a port no other socket on the address holds: one pool of 16,384 ports (49152-65535) for all destinations, TIME_WAIT included",
+            source: "XNU bsd/netinet/in_pcb.c in_pcbconnect() / in_pcbbind()",
+        },
+        Correction {
+            claim: "Port exhaustion shows up as \"connection refused\"",
+            truth: "on macOS it is EADDRNOTAVAIL 49 (\"Can't assign requested address\"); a refusal is a reset from the listener",
+            source: "XNU in_pcbbind() returns EADDRNOTAVAIL; FreeBSD lib/libc/gen/errlst.c",
+        },
+    ]
+}
+
 /// Folklore about Windows ports, corrected (printed with Windows port findings).
 pub fn windows_corrections() -> Vec<Correction> {
     vec![
+        Correction {
+            claim: "netsh int ipv4 set dynamicport changes the TIME_WAIT time",
+            truth: "it widens the dynamic port range only; TIME_WAIT is TcpTimedWaitDelay in the registry",
+            source: "Microsoft Learn, \"Troubleshoot port exhaustion issues\"",
+        },
+        Correction {
+            claim: "Port exhaustion shows up as \"actively refused\"",
+            truth: "Windows reports a connect without a free dynamic port as 10055 WSAENOBUFS (event 4231) or 10048 WSAEADDRINUSE (event 4227); 10061 is a reset from the listener",
+            source: "KB 196271 (WSAENOBUFS 10055); KB for event 4227 (WSAEADDRINUSE 10048)",
+        },
         Correction {
             claim: "netsh int tcp set global autotuninglevel=highlyrestricted fixes port or TIME_WAIT problems",
             truth: "autotuninglevel sets Receive Window Auto-Tuning (how far the TCP receive window may grow); it changes no timeout, no port range and no TIME_WAIT",
@@ -652,15 +736,28 @@ mod tests {
             Some(pool(420, 380)),
         );
         let findings = diagnose_captured(&e);
-        assert!(findings.iter().all(|f| f.cause != Cause::PortExhaustion), "{findings:#?}");
+        assert!(
+            findings.iter().all(|f| f.cause != Cause::PortExhaustion),
+            "{findings:#?}"
+        );
         let top = &findings[0];
         assert_eq!(top.cause, Cause::ServerSide);
-        assert!(top.summary.starts_with("Not port exhaustion"), "{}", top.summary);
+        assert!(
+            top.summary.starts_with("Not port exhaustion"),
+            "{}",
+            top.summary
+        );
         let text = top.evidence.join("\n");
-        assert!(text.contains("10055 (WSAENOBUFS) or 10048 (WSAEADDRINUSE), and none were captured"), "{text}");
+        assert!(
+            text.contains("10055 (WSAENOBUFS) or 10048 (WSAEADDRINUSE), and none were captured"),
+            "{text}"
+        );
         assert!(text.contains("accept backlog"), "{text}");
         assert!(text.contains("port 8080 is LISTENING"), "{text}");
-        assert!(top.remedies.iter().all(|r| matches!(r.os, Os::Any | Os::Windows)));
+        assert!(top
+            .remedies
+            .iter()
+            .all(|r| matches!(r.os, Os::Any | Os::Windows)));
     }
 
     #[test]
@@ -671,14 +768,35 @@ mod tests {
         );
         let findings = diagnose_captured(&e);
         let top = &findings[0];
-        assert_eq!((top.cause, top.severity), (Cause::PortExhaustion, Severity::Critical));
+        assert_eq!(
+            (top.cause, top.severity),
+            (Cause::PortExhaustion, Severity::Critical)
+        );
         assert!(top.summary.contains("pool is full"), "{}", top.summary);
-        let commands: Vec<&str> = top.remedies.iter().filter_map(|r| r.command.as_deref()).collect();
-        assert!(commands.iter().any(|c| c.starts_with("netsh int ipv4 set dynamicport tcp start=")), "{commands:?}");
+        let commands: Vec<&str> = top
+            .remedies
+            .iter()
+            .filter_map(|r| r.command.as_deref())
+            .collect();
+        assert!(
+            commands
+                .iter()
+                .any(|c| c.starts_with("netsh int ipv4 set dynamicport tcp start=")),
+            "{commands:?}"
+        );
         assert!(commands.iter().any(|c| c.contains("TcpTimedWaitDelay")));
-        assert!(!commands.iter().any(|c| c.starts_with("sysctl")), "no Linux commands for Windows");
-        assert!(top.corrections.iter().any(|c| c.claim.contains("autotuninglevel")));
-        assert!(top.corrections.iter().any(|c| c.claim.contains("MaxUserPort")));
+        assert!(
+            !commands.iter().any(|c| c.starts_with("sysctl")),
+            "no Linux commands for Windows"
+        );
+        assert!(top
+            .corrections
+            .iter()
+            .any(|c| c.claim.contains("autotuninglevel")));
+        assert!(top
+            .corrections
+            .iter()
+            .any(|c| c.claim.contains("MaxUserPort")));
     }
 
     #[test]

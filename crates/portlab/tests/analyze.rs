@@ -13,9 +13,17 @@ use serde_json::Value;
 const PORTLAB: &str = env!("CARGO_BIN_EXE_portlab");
 
 fn fixture(name: &str) -> String {
-    let p: PathBuf = [env!("CARGO_MANIFEST_DIR"), "..", "..", "tests", "fixtures", "analyze", name]
-        .iter()
-        .collect();
+    let p: PathBuf = [
+        env!("CARGO_MANIFEST_DIR"),
+        "..",
+        "..",
+        "tests",
+        "fixtures",
+        "analyze",
+        name,
+    ]
+    .iter()
+    .collect();
     p.to_string_lossy().into_owned()
 }
 
@@ -53,19 +61,34 @@ fn causes(doc: &Value) -> Vec<String> {
 fn the_seed_refusal_is_not_called_port_exhaustion() {
     let (doc, code) = json(&[&fixture("windows-seed-refused.txt")]);
     assert_eq!(doc["os"], "windows");
-    assert_eq!(code, Some(1), "refusals of 4,879 requests are a critical finding");
-    assert!(!causes(&doc).contains(&"port_exhaustion".to_string()), "{:?}", causes(&doc));
+    assert_eq!(
+        code,
+        Some(1),
+        "refusals of 4,879 requests are a critical finding"
+    );
+    assert!(
+        !causes(&doc).contains(&"port_exhaustion".to_string()),
+        "{:?}",
+        causes(&doc)
+    );
     let top = &doc["diagnosis"][0];
     assert_eq!(top["cause"], "server_side");
     let summary = top["summary"].as_str().expect("summary");
     assert!(summary.starts_with("Not port exhaustion"), "{summary}");
     assert!(summary.contains("accept backlog"), "{summary}");
     let evidence = top["evidence"].to_string();
-    assert!(evidence.contains("10055 (WSAENOBUFS) or 10048 (WSAEADDRINUSE), and none were captured"));
+    assert!(
+        evidence.contains("10055 (WSAENOBUFS) or 10048 (WSAEADDRINUSE), and none were captured")
+    );
     assert!(evidence.contains("iphlpsvc"));
     // Mixed file: netstat, netsh dynamicport and portproxy, hey's output.
     let formats = doc["captures"][0]["format"].to_string();
-    for f in ["windows-netstat", "netsh-dynamicport", "netsh-portproxy", "error-lines"] {
+    for f in [
+        "windows-netstat",
+        "netsh-dynamicport",
+        "netsh-portproxy",
+        "error-lines",
+    ] {
         assert!(formats.contains(f), "{formats}");
     }
     assert_eq!(doc["settings"]["portproxy"][0]["connect_port"], 80);
@@ -83,15 +106,24 @@ fn wsaenobufs_with_the_range_full_of_time_wait_is_critical_exhaustion() {
     let (doc, code) = json(&[&fixture("windows-10055-exhausted.txt")]);
     assert_eq!(code, Some(1));
     let top = &doc["diagnosis"][0];
-    assert_eq!((top["cause"].as_str(), top["severity"].as_str()), (Some("port_exhaustion"), Some("critical")));
+    assert_eq!(
+        (top["cause"].as_str(), top["severity"].as_str()),
+        (Some("port_exhaustion"), Some("critical"))
+    );
     assert_eq!(doc["settings"]["port_range"]["low"], 60000);
     assert_eq!(doc["settings"]["time_wait_secs"], 120);
     assert_eq!(doc["pools"][0]["in_use"], 1000);
     assert_eq!(doc["pools"][0]["size"], 1000);
     let commands = top["remedies"].to_string();
-    assert!(commands.contains("netsh int ipv4 set dynamicport tcp start="), "{commands}");
+    assert!(
+        commands.contains("netsh int ipv4 set dynamicport tcp start="),
+        "{commands}"
+    );
     assert!(commands.contains("TcpTimedWaitDelay"));
-    assert!(!commands.contains("sysctl -w"), "no Linux commands for a Windows capture");
+    assert!(
+        !commands.contains("sysctl -w"),
+        "no Linux commands for a Windows capture"
+    );
     let folklore = top["corrections"].to_string();
     assert!(folklore.contains("autotuninglevel") && folklore.contains("MaxUserPort"));
 }
@@ -102,7 +134,9 @@ fn the_default_windows_range_full_of_time_wait_with_10055_is_exhaustion() {
     let path = dir.path().join("netstat.txt");
     let mut text = String::from("\r\nActive Connections\r\n\r\n  Proto  Local Address          Foreign Address        State           PID\r\n");
     for port in 49152..=65535u32 {
-        text.push_str(&format!("  TCP    10.0.0.5:{port:<17}10.0.0.9:443           TIME_WAIT       0\r\n"));
+        text.push_str(&format!(
+            "  TCP    10.0.0.5:{port:<17}10.0.0.9:443           TIME_WAIT       0\r\n"
+        ));
     }
     text.push_str("Post \"https://10.0.0.9/api\": dial tcp 10.0.0.9:443: connectex: An operation on a socket could not be performed because the system lacked sufficient buffer space or because a queue was full.\r\n");
     std::fs::write(&path, text).expect("write");
@@ -112,7 +146,10 @@ fn the_default_windows_range_full_of_time_wait_with_10055_is_exhaustion() {
     assert_eq!(doc["pools"][0]["in_use"], 16384);
     assert_eq!(doc["pools"][0]["utilisation"], 1.0);
     let notes = doc["settings"]["notes"].to_string();
-    assert!(notes.contains("assumed Windows Vista+ default 49152-65535"), "{notes}");
+    assert!(
+        notes.contains("assumed Windows Vista+ default 49152-65535"),
+        "{notes}"
+    );
 }
 
 #[test]
@@ -163,12 +200,19 @@ fn macos_truncation_is_flagged_and_timelines_predict() {
 fn error_lines_of_many_runtimes_and_unclassified_ones_are_counted() {
     let (doc, _) = json(&[&fixture("errors-many-runtimes.txt")]);
     assert_eq!(doc["unclassified_lines"], 2);
-    assert_eq!(doc["unclassified_examples"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        doc["unclassified_examples"].as_array().map(Vec::len),
+        Some(2)
+    );
     let errors = doc["errors"].as_array().expect("errors");
-    let total: u64 = errors.iter().map(|e| e["count"].as_u64().unwrap_or(0)).sum();
+    let total: u64 = errors
+        .iter()
+        .map(|e| e["count"].as_u64().unwrap_or(0))
+        .sum();
     // wrk 157+89+12, 9 single lines (the ::1 one kept apart as a look-alike) and k6's timeout.
     assert_eq!(total, 157 + 89 + 12 + 10, "{errors:?}");
-    let text = String::from_utf8_lossy(&run(&[&fixture("errors-many-runtimes.txt")]).stdout).to_string();
+    let text =
+        String::from_utf8_lossy(&run(&[&fixture("errors-many-runtimes.txt")]).stdout).to_string();
     assert!(text.contains("2 error lines not classified"), "{text}");
     assert!(text.contains("flux capacitor"), "{text}");
 }
@@ -226,7 +270,12 @@ fn how_prints_the_capture_commands() {
 #[test]
 fn stdin_and_several_files() {
     let mut child = Command::new(PORTLAB)
-        .args(["analyze", "--json", "-", &fixture("errors-many-runtimes.txt")])
+        .args([
+            "analyze",
+            "--json",
+            "-",
+            &fixture("errors-many-runtimes.txt"),
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -250,7 +299,8 @@ fn stdin_and_several_files() {
 #[test]
 fn a_lab_capture_during_exhaustion_counts_what_ports_counts() {
     let ns = NetNs::new("analyze").expect("create netns (needs root)");
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40199").expect("sysctl");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40199")
+        .expect("sysctl");
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0").expect("sysctl");
     let (failed_with, _listener) = ns
         .run(|| {
@@ -277,7 +327,9 @@ fn a_lab_capture_during_exhaustion_counts_what_ports_counts() {
     assert_eq!(failed_with, Some(libc_eaddrnotavail()), "the pool ran out");
     // Let the server sides pass LAST_ACK: poll until ss shows no LAST-ACK (bounded).
     let settled = portlab_testkit::wait_until(std::time::Duration::from_secs(5), || {
-        let out = ns.exec_checked(&["ss", "-tanH", "state", "last-ack"]).expect("ss");
+        let out = ns
+            .exec_checked(&["ss", "-tanH", "state", "last-ack"])
+            .expect("ss");
         out.stdout.is_empty()
     });
     assert!(settled);
@@ -285,14 +337,20 @@ fn a_lab_capture_during_exhaustion_counts_what_ports_counts() {
     let capture = dir.path().join("lab-ss.txt");
     let ss = ns.exec_checked(&["ss", "-tan"]).expect("ss");
     let sysctl = ns
-        .exec_checked(&["sysctl", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_tw_reuse"])
+        .exec_checked(&[
+            "sysctl",
+            "net.ipv4.ip_local_port_range",
+            "net.ipv4.tcp_tw_reuse",
+        ])
         .expect("sysctl");
     let ports = ns
         .command(PORTLAB)
         .args(["ports", "--json"])
         .output()
         .expect("ports");
-    let proc_tcp = ns.exec_checked(&["cat", "/proc/net/tcp", "/proc/net/tcp6"]).expect("cat");
+    let proc_tcp = ns
+        .exec_checked(&["cat", "/proc/net/tcp", "/proc/net/tcp6"])
+        .expect("cat");
     let mut text = ss.stdout.clone();
     text.extend_from_slice(&sysctl.stdout);
     std::fs::write(&capture, &text).expect("write");
@@ -301,8 +359,16 @@ fn a_lab_capture_during_exhaustion_counts_what_ports_counts() {
     ptext.extend_from_slice(&sysctl.stdout);
     std::fs::write(&proc_capture, &ptext).expect("write");
     if let Ok(out_dir) = std::env::var("PORTLAB_WRITE_FIXTURES") {
-        std::fs::write(PathBuf::from(&out_dir).join("linux-lab-exhaustion-ss.txt"), &text).expect("fixture");
-        std::fs::write(PathBuf::from(&out_dir).join("linux-lab-exhaustion-ports.json"), &ports.stdout).expect("fixture");
+        std::fs::write(
+            PathBuf::from(&out_dir).join("linux-lab-exhaustion-ss.txt"),
+            &text,
+        )
+        .expect("fixture");
+        std::fs::write(
+            PathBuf::from(&out_dir).join("linux-lab-exhaustion-ports.json"),
+            &ports.stdout,
+        )
+        .expect("fixture");
     }
     let live: Value = serde_json::from_slice(&ports.stdout).expect("ports json");
     for path in [&capture, &proc_capture] {
@@ -313,7 +379,10 @@ fn a_lab_capture_during_exhaustion_counts_what_ports_counts() {
         let captured = &doc["linux_snapshot"];
         assert_eq!(captured["states"], live["snapshot"]["states"], "{path:?}");
         assert_eq!(captured["pools"], live["snapshot"]["pools"], "{path:?}");
-        assert_eq!(captured["local_ips"], live["snapshot"]["local_ips"], "{path:?}");
+        assert_eq!(
+            captured["local_ips"], live["snapshot"]["local_ips"],
+            "{path:?}"
+        );
         assert_eq!(doc["pools"][0]["in_use"], 200);
         assert_eq!(doc["pools"][0]["time_wait"], 200);
     }
@@ -335,5 +404,8 @@ fn the_committed_lab_capture_matches_its_ports_json() {
     .expect("json");
     assert_eq!(doc["linux_snapshot"]["states"], live["snapshot"]["states"]);
     assert_eq!(doc["linux_snapshot"]["pools"], live["snapshot"]["pools"]);
-    assert_eq!(doc["settings"]["port_range"]["low"], live["settings"]["ip_local_port_range"]["low"]);
+    assert_eq!(
+        doc["settings"]["port_range"]["low"],
+        live["settings"]["ip_local_port_range"]["low"]
+    );
 }

@@ -90,7 +90,9 @@ fn parse_interval(text: &str) -> Result<f64, String> {
     if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
         Ok(secs)
     } else {
-        Err(format!("{text} s is out of range; use 0 < SECS <= 86400 (e.g. --interval 30)"))
+        Err(format!(
+            "{text} s is out of range; use 0 < SECS <= 86400 (e.g. --interval 30)"
+        ))
     }
 }
 
@@ -173,7 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         interval_secs: args.interval,
     };
     let analysis = analyze(captures, &options).map_err(|e| crate::exit::usage(e.to_string()))?;
-    let evidence = evidence_of(&analysis, args.time_wait.is_none());
+    let evidence = evidence_of(&analysis);
     let findings = diagnose_captured(&evidence);
     let critical = findings.iter().any(|f| f.severity == Severity::Critical);
     let top = usize::from(args.top);
@@ -269,25 +271,28 @@ fn call_of(call: Option<portlab_capture::errors::Call>) -> Option<FailedCall> {
 }
 
 /// The evidence the captured-text rules read, from the analysis.
-fn evidence_of(a: &Analysis, time_wait_assumed: bool) -> CapturedEvidence {
+fn evidence_of(a: &Analysis) -> CapturedEvidence {
     let last = a.snapshots.last();
     let host_pool = match a.os {
         SourceOs::Linux => None,
-        _ => a.pools.iter().find(|p| p.scope == "host").map(|p| HostPool {
-            range_low: a.settings.port_range.low,
-            range_high: a.settings.port_range.high,
-            size: p.size,
-            excluded_ports: a.settings.excluded_ports,
-            in_use: p.in_use,
-            time_wait: p.time_wait,
-            bound: p.bound,
-            time_wait_secs: a.settings.time_wait_secs,
-            time_wait_assumed: time_wait_assumed
-                && !a.settings.notes.iter().any(|n| n.contains("from TcpTimedWaitDelay") || n.contains("msl ")),
-            bound_visible: last.is_some_and(|s| {
-                s.by_state.contains_key("BOUND") || s.format.starts_with("get-nettcpconnection")
+        _ => a
+            .pools
+            .iter()
+            .find(|p| p.scope == "host")
+            .map(|p| HostPool {
+                range_low: a.settings.port_range.low,
+                range_high: a.settings.port_range.high,
+                size: p.size,
+                excluded_ports: a.settings.excluded_ports,
+                in_use: p.in_use,
+                time_wait: p.time_wait,
+                bound: p.bound,
+                time_wait_secs: a.settings.time_wait_secs,
+                time_wait_assumed: a.settings.time_wait_assumed,
+                bound_visible: last.is_some_and(|s| {
+                    s.by_state.contains_key("BOUND") || s.format.starts_with("get-nettcpconnection")
+                }),
             }),
-        }),
     };
     let linux = match (&a.settings.linux, &a.linux_snapshot) {
         (Some(settings), Some(snapshot)) => Some(Evidence {
@@ -325,10 +330,18 @@ fn evidence_of(a: &Analysis, time_wait_assumed: bool) -> CapturedEvidence {
             .settings
             .portproxy
             .iter()
-            .map(|r| format!("{}:{} → {}:{}", r.listen_address, r.listen_port, r.connect_address, r.connect_port))
+            .map(|r| {
+                format!(
+                    "{}:{} → {}:{}",
+                    r.listen_address, r.listen_port, r.connect_address, r.connect_port
+                )
+            })
             .collect(),
         listening_ports,
-        growth: a.timeline.as_ref().and_then(|t| Some((t.growth_per_sec?, t.time_to_full_secs))),
+        growth: a
+            .timeline
+            .as_ref()
+            .and_then(|t| Some((t.growth_per_sec?, t.time_to_full_secs))),
         table_captured: !a.snapshots.is_empty(),
     }
 }
@@ -349,7 +362,11 @@ fn listening_ports(a: &Analysis) -> Vec<u16> {
 fn render(a: &Analysis, findings: &[Finding], top: usize, p: Painter) -> String {
     let mut s = String::with_capacity(8192);
     s.push_str(&p.heading("portlab analyze"));
-    s.push_str(&format!(" — captured {} host ({})\n", a.os.name(), a.os_reason));
+    s.push_str(&format!(
+        " — captured {} host ({})\n",
+        a.os.name(),
+        a.os_reason
+    ));
     for c in &a.captures {
         s.push_str(&format!(
             "  {}: {} lines, {}, {} snapshot{}; {}\n",
@@ -358,7 +375,11 @@ fn render(a: &Analysis, findings: &[Finding], top: usize, p: Painter) -> String 
             c.encoding.map_or("?", |e| e.name()),
             c.snapshots,
             if c.snapshots == 1 { "" } else { "s" },
-            if c.format.is_empty() { "no known format".to_string() } else { c.format.join(", ") }
+            if c.format.is_empty() {
+                "no known format".to_string()
+            } else {
+                c.format.join(", ")
+            }
         ));
     }
     push_settings(&mut s, a, p);
@@ -366,7 +387,10 @@ fn render(a: &Analysis, findings: &[Finding], top: usize, p: Painter) -> String 
         push_sockets(&mut s, last, p);
         push_pools(&mut s, a, last, top, p);
     } else {
-        s.push_str(&format!("\n{}\n  no socket table captured\n", p.heading("TCP sockets")));
+        s.push_str(&format!(
+            "\n{}\n  no socket table captured\n",
+            p.heading("TCP sockets")
+        ));
     }
     push_timeline(&mut s, a, p);
     push_errors(&mut s, a, p);
@@ -400,14 +424,24 @@ fn push_sockets(s: &mut String, snap: &SnapshotReport, p: Painter) {
     s.push_str(&format!(
         "\n{} {}\n",
         p.heading("TCP sockets"),
-        p.dim(&format!("(last snapshot{}; {})", snap.taken_at.as_deref().map_or(String::new(), |t| format!(" {t}")), snap.format))
+        p.dim(&format!(
+            "(last snapshot{}; {})",
+            snap.taken_at
+                .as_deref()
+                .map_or(String::new(), |t| format!(" {t}")),
+            snap.format
+        ))
     ));
     let line: Vec<String> = snap
         .by_state
         .iter()
         .map(|(k, v)| format!("{k} {}", fmt_int(*v)))
         .collect();
-    s.push_str(&format!("  {}\n  total {}\n", line.join("  "), fmt_int(snap.rows)));
+    s.push_str(&format!(
+        "  {}\n  total {}\n",
+        line.join("  "),
+        fmt_int(snap.rows)
+    ));
     if snap.truncated_rows > 0 {
         s.push_str(&format!(
             "  {}\n",
@@ -433,7 +467,11 @@ fn push_pools(s: &mut String, a: &Analysis, snap: &SnapshotReport, top: usize, p
         SourceOs::Linux => "one per (local IP, destination): connect() shares a port across destinations",
         _ => "one host-wide pool: each outbound socket holds its port exclusively, for every destination",
     };
-    s.push_str(&format!("\n{} {}\n", p.heading("Pools"), p.dim(&format!("({scope})"))));
+    s.push_str(&format!(
+        "\n{} {}\n",
+        p.heading("Pools"),
+        p.dim(&format!("({scope})"))
+    ));
     if snap.pools.is_empty() {
         s.push_str("  no socket holds an ephemeral port\n");
     }
@@ -443,7 +481,11 @@ fn push_pools(s: &mut String, a: &Analysis, snap: &SnapshotReport, top: usize, p
             _ => "host".to_string(),
         };
         let extra = if pool.scope == "host" {
-            format!(" ({} listening, {} BOUND)", fmt_int(pool.listeners), fmt_int(pool.bound))
+            format!(
+                " ({} listening, {} BOUND)",
+                fmt_int(pool.listeners),
+                fmt_int(pool.bound)
+            )
         } else {
             String::new()
         };
@@ -468,7 +510,11 @@ fn push_pools(s: &mut String, a: &Analysis, snap: &SnapshotReport, top: usize, p
         ));
     }
     if !snap.destinations.is_empty() {
-        s.push_str(&format!("\n{} {}\n", p.heading("Busiest destinations"), p.dim("(client-side rows)")));
+        s.push_str(&format!(
+            "\n{} {}\n",
+            p.heading("Busiest destinations"),
+            p.dim("(client-side rows)")
+        ));
         for d in snap.destinations.iter().take(top) {
             s.push_str(&format!(
                 "  {:<28} ESTABLISHED {:>7}  TIME_WAIT {:>7}  other {:>6}\n",
@@ -480,7 +526,11 @@ fn push_pools(s: &mut String, a: &Analysis, snap: &SnapshotReport, top: usize, p
         }
     }
     if !snap.processes.is_empty() {
-        s.push_str(&format!("\n{} {}\n", p.heading("Owning processes"), p.dim("(TIME_WAIT rows carry PID 0 and are not attributed)")));
+        s.push_str(&format!(
+            "\n{} {}\n",
+            p.heading("Owning processes"),
+            p.dim("(TIME_WAIT rows carry PID 0 and are not attributed)")
+        ));
         for pr in snap.processes.iter().take(top) {
             s.push_str(&format!(
                 "  PID {:<8} {:>7} sockets ({} ESTABLISHED, {} BOUND)\n",
@@ -499,7 +549,11 @@ fn push_timeline(s: &mut String, a: &Analysis, p: Painter) {
     for pt in &t.points {
         s.push_str(&format!(
             "  {:>8}  in use {:>7}  TIME_WAIT {:>7}\n",
-            if t.note.is_some() { format!("#{}", pt.at_secs as u64) } else { format!("+{:.0} s", pt.at_secs) },
+            if t.note.is_some() {
+                format!("#{}", pt.at_secs as u64)
+            } else {
+                format!("+{:.0} s", pt.at_secs)
+            },
             fmt_int(pt.in_use),
             fmt_int(pt.time_wait)
         ));
@@ -534,7 +588,10 @@ fn push_errors(s: &mut String, a: &Analysis, p: Painter) {
     if a.unclassified_lines > 0 {
         s.push_str(&format!(
             "  {}\n",
-            p.warn(&format!("{} error lines not classified (first ones below; all counted in --json):", fmt_int(a.unclassified_lines)))
+            p.warn(&format!(
+                "{} error lines not classified (first ones below; all counted in --json):",
+                fmt_int(a.unclassified_lines)
+            ))
         ));
         for ex in a.unclassified_examples.iter().take(5) {
             let ex: String = ex.chars().take(110).collect();
