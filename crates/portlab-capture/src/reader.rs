@@ -449,6 +449,13 @@ impl Reader {
             return false;
         }
         if t.starts_with('[') && t.ends_with(']') {
+            // ` [svchost.exe]`: the executable of the row above (`netstat -b`).
+            if let (Some(pid), Some(table)) = (self.last_windows_pid, self.current.as_mut()) {
+                let name = t.trim_matches(['[', ']']).to_string();
+                if pid != 0 && table.process_names.len() < 100_000 {
+                    table.process_names.entry(pid).or_insert(name);
+                }
+            }
             return true;
         }
         t.split_whitespace().count() <= 8 && !t.contains(':') || t.contains("ownership")
@@ -624,6 +631,13 @@ mod tests {
         assert_eq!(c.errors[0].0.count, 4879);
         assert_eq!(c.unclassified.0, 1);
         assert_eq!(c.other_lines.0, 0, "{:?}", c.other_lines);
+    }
+
+    #[test]
+    fn tcpip_events_by_id_and_by_text() {
+        let c = read("Event ID: 4231\nId          : 4227\nA request to allocate an ephemeral port number from the global TCP port space has failed due to all such ports being in use.\n[{\"TimeCreated\": \"x\", \"Id\": 4231}]\n");
+        assert_eq!(c.events.event_4231, 3);
+        assert_eq!(c.events.event_4227, 1);
     }
 
     #[test]

@@ -129,6 +129,9 @@ pub struct PoolReport {
 pub struct DestinationReport {
     /// Remote address.
     pub destination: SocketAddr,
+    /// Its part in a `netsh portproxy` rule: `portproxy-listen` (the clients' leg) or
+    /// `portproxy-connect` (the forwarder's own outbound leg, one per client connection).
+    pub role: Option<&'static str>,
     /// Counts.
     #[serde(flatten)]
     pub counts: DestinationCounts,
@@ -139,6 +142,8 @@ pub struct DestinationReport {
 pub struct ProcessReport {
     /// PID.
     pub pid: u32,
+    /// Executable, from `netstat -b` owner lines.
+    pub name: Option<String>,
     /// Counts.
     #[serde(flatten)]
     pub counts: ProcessCounts,
@@ -584,6 +589,7 @@ fn snapshot_report(
         .iter()
         .map(|(d, c)| DestinationReport {
             destination: *d,
+            role: portproxy_role(&settings.portproxy, *d),
             counts: *c,
         })
         .collect();
@@ -599,6 +605,7 @@ fn snapshot_report(
         .iter()
         .map(|(pid, c)| ProcessReport {
             pid: *pid,
+            name: t.process_names.get(pid).cloned(),
             counts: *c,
         })
         .collect();
@@ -629,6 +636,27 @@ fn snapshot_report(
         },
         linux,
     )
+}
+
+/// Which leg of a portproxy rule a destination is.
+fn portproxy_role(rules: &[PortProxyRule], d: SocketAddr) -> Option<&'static str> {
+    let matches = |addr: &str, port: u16| {
+        port == d.port()
+            && (addr == "*"
+                || addr
+                    .parse::<IpAddr>()
+                    .is_ok_and(|ip| ip.is_unspecified() || ip == d.ip())
+                || (addr.eq_ignore_ascii_case("localhost") && d.ip().is_loopback()))
+    };
+    rules.iter().find_map(|r| {
+        if matches(&r.listen_address, r.listen_port) {
+            Some("portproxy-listen")
+        } else if matches(&r.connect_address, r.connect_port) {
+            Some("portproxy-connect")
+        } else {
+            None
+        }
+    })
 }
 
 fn host_pool(s: &ResolvedSettings, t: &CapturedTable) -> PoolReport {

@@ -127,6 +127,8 @@ pub struct CapturedTable {
     pub destinations_overflow: u64,
     /// Rows per owning process.
     pub processes: HashMap<u32, ProcessCounts>,
+    /// Executable names of PIDs (`netstat -b` owner lines).
+    pub process_names: HashMap<u32, String>,
     /// Linux rows for portlab-sockets' grouping.
     pub linux_entries: Vec<SocketEntry>,
 }
@@ -156,6 +158,7 @@ impl CapturedTable {
             destinations: HashMap::new(),
             destinations_overflow: 0,
             processes: HashMap::new(),
+            process_names: HashMap::new(),
             linux_entries: Vec::new(),
         }
     }

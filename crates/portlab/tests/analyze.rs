@@ -99,6 +99,28 @@ fn the_seed_refusal_is_not_called_port_exhaustion() {
     // 310 TIME_WAIT + 50 hey + 50 portproxy outbound sockets + the RPC listener 49664.
     assert_eq!(doc["pools"][0]["scope"], "host");
     assert_eq!(doc["pools"][0]["in_use"], 411);
+    // The forwarder's two legs told apart, and its owner named from `-b`.
+    let roles: Vec<(String, String)> = doc["destinations"]
+        .as_array()
+        .expect("destinations")
+        .iter()
+        .map(|d| (d["destination"].to_string(), d["role"].to_string()))
+        .collect();
+    assert!(
+        roles.contains(&("\"127.0.0.1:8080\"".into(), "\"portproxy-listen\"".into())),
+        "{roles:?}"
+    );
+    assert!(
+        roles.contains(&("\"127.0.0.1:80\"".into(), "\"portproxy-connect\"".into())),
+        "{roles:?}"
+    );
+    let forwarder = doc["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"] == 3156)
+        .expect("pid 3156");
+    assert_eq!(forwarder["name"], "svchost.exe");
 }
 
 #[test]

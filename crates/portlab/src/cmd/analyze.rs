@@ -516,8 +516,13 @@ fn push_pools(s: &mut String, a: &Analysis, snap: &SnapshotReport, top: usize, p
             p.dim("(client-side rows)")
         ));
         for d in snap.destinations.iter().take(top) {
+            let role = match d.role {
+                Some("portproxy-listen") => "  ← portproxy listen: the clients' leg",
+                Some(_) => "  ← portproxy connect: the forwarder's leg, one per client connection",
+                None => "",
+            };
             s.push_str(&format!(
-                "  {:<28} ESTABLISHED {:>7}  TIME_WAIT {:>7}  other {:>6}\n",
+                "  {:<28} ESTABLISHED {:>7}  TIME_WAIT {:>7}  other {:>6}{role}\n",
                 d.destination.to_string(),
                 fmt_int(d.counts.established),
                 fmt_int(d.counts.time_wait),
@@ -533,8 +538,9 @@ fn push_pools(s: &mut String, a: &Analysis, snap: &SnapshotReport, top: usize, p
         ));
         for pr in snap.processes.iter().take(top) {
             s.push_str(&format!(
-                "  PID {:<8} {:>7} sockets ({} ESTABLISHED, {} BOUND)\n",
+                "  PID {:<8} {:<16} {:>7} sockets ({} ESTABLISHED, {} BOUND)\n",
                 pr.pid,
+                pr.name.as_deref().unwrap_or(""),
                 fmt_int(pr.counts.sockets),
                 fmt_int(pr.counts.established),
                 fmt_int(pr.counts.bound)
