@@ -476,7 +476,7 @@ fn refused(e: &CapturedEvidence) -> Option<Finding> {
         cause: Cause::ServerSide,
         severity: if n >= 10 { Severity::Critical } else { Severity::Warning },
         summary: format!(
-            "Not port exhaustion: {} connections were refused by the listener ({}); check {candidate}",
+            "Not port exhaustion: {} connection attempts were refused by the listener ({}); check {candidate}",
             int(n),
             code_name(first)
         ),
@@ -592,8 +592,41 @@ const MS_LISTEN: &str =
     "Winsock listen() reference: a full queue makes the client receive WSAECONNREFUSED";
 const MS_PORTPROXY: &str = "Microsoft Learn, netsh interface portproxy: connections are relayed \"after establishing a separate TCP connection\"";
 
+const MS_PORT_SCALABILITY: &str = "Microsoft Learn, SO_PORT_SCALABILITY: wildcard ports are otherwise limited to the dynamic range no matter the number of local IP addresses";
+const XNU_PCBBIND: &str =
+    "XNU bsd/netinet/in_pcb.c in_pcbbind(): a port is taken per local address";
+
 fn os_remedies(os: Os, portproxy: bool) -> Vec<Remedy> {
     let mut list = remedies::port_exhaustion();
+    // The generic "more source IPs" remedy is the Linux per-4-tuple story; on Windows and
+    // macOS only an explicit bind to each address gives it its own ports.
+    let source_ips = match os {
+        Os::Windows => Some(Remedy {
+            os: Os::Windows,
+            action: "Spread connections over several local IP addresses, binding each socket with SO_PORT_SCALABILITY".to_string(),
+            command: Some("setsockopt(s, SOL_SOCKET, SO_PORT_SCALABILITY, 1) then bind(s, {local_ip_n, 0}) before connect()".to_string()),
+            effect: "Each local address gets the whole dynamic range; without it Windows shares one range among all addresses.".to_string(),
+            caveat: "An application change; ports taken this way are not available to sockets without the option, and Microsoft now points to SO_REUSE_UNICASTPORT.".to_string(),
+            source: MS_PORT_SCALABILITY,
+        }),
+        Os::Macos => Some(Remedy {
+            os: Os::Macos,
+            action: "Spread connections over several local IP addresses, binding each socket to one".to_string(),
+            command: Some("bind(s, {local_ip_n, 0}) before connect()".to_string()),
+            effect: "XNU takes a port per local address, so each address has its own 16,384 ports.".to_string(),
+            caveat: "An application change; the addresses must route to the destination.".to_string(),
+            source: XNU_PCBBIND,
+        }),
+        _ => None,
+    };
+    if let Some(r) = source_ips {
+        if let Some(at) = list.iter().position(|x| {
+            x.action
+                .starts_with("Spread connections over more source IPs")
+        }) {
+            list[at] = r;
+        }
+    }
     if os == Os::Windows && portproxy {
         list.insert(
             1,
@@ -650,7 +683,7 @@ pub fn macos_corrections() -> Vec<Correction> {
             source: "XNU bsd/netinet/in_pcb.c in_pcbconnect() / in_pcbbind()",
         },
         Correction {
-            claim: "Port exhaustion shows up as \"connection refused\"",
+            claim: "Port exhaustion shows up as connection refused",
             truth: "on macOS it is EADDRNOTAVAIL 49 (\"Can't assign requested address\"); a refusal is a reset from the listener",
             source: "XNU in_pcbbind() returns EADDRNOTAVAIL; FreeBSD lib/libc/gen/errlst.c",
         },
@@ -666,7 +699,7 @@ pub fn windows_corrections() -> Vec<Correction> {
             source: "Microsoft Learn, \"Troubleshoot port exhaustion issues\"",
         },
         Correction {
-            claim: "Port exhaustion shows up as \"actively refused\"",
+            claim: "Port exhaustion shows up as actively refused (10061)",
             truth: "Windows reports a connect without a free dynamic port as 10055 WSAENOBUFS (event 4231) or 10048 WSAEADDRINUSE (event 4227); 10061 is a reset from the listener",
             source: "KB 196271 (WSAENOBUFS 10055); KB for event 4227 (WSAEADDRINUSE 10048)",
         },
