@@ -232,6 +232,14 @@ fn int(n: u64) -> String {
     out
 }
 
+fn connects(n: u64) -> String {
+    if n == 1 {
+        "1 connect".to_string()
+    } else {
+        format!("{} connects", int(n))
+    }
+}
+
 fn pct(part: u64, whole: u64) -> f64 {
     if whole == 0 {
         0.0
@@ -339,10 +347,13 @@ fn exhaustion(e: &CapturedEvidence) -> Option<Finding> {
         evidence.push(pool_line(p, e.os));
         evidence.push(headroom_line(p));
         if failures + events > 0 && p.in_use * 2 < p.size {
+            let hidden = match (e.os, p.bound_visible) {
+                (Os::Windows, false) => ", or the ports are held by BOUND sockets that netstat -ano hides (capture netstat -anoq or Get-NetTCPConnection)",
+                _ => "",
+            };
             evidence.push(format!(
-                "the captured table shows the pool only {:.0} % full: it was taken at another moment than the failures, or the ports are held by BOUND sockets {}",
+                "the captured table shows the pool only {:.0} % full: it was taken at another moment than the failures{hidden}",
                 pct(p.in_use, p.size),
-                if p.bound_visible { "on another IP version" } else { "that netstat -ano hides (capture netstat -anoq or Get-NetTCPConnection)" }
             ));
         }
     } else if !e.table_captured {
@@ -353,12 +364,12 @@ fn exhaustion(e: &CapturedEvidence) -> Option<Finding> {
     }
     let summary = match (failures > 0, full.is_some()) {
         (true, true) => format!(
-            "Ephemeral-port exhaustion: {} connects failed for lack of a local port and the host-wide pool is full",
-            int(failures)
+            "Ephemeral-port exhaustion: {} failed for lack of a local port and the host-wide pool is full",
+            connects(failures)
         ),
         (true, false) => format!(
-            "Ephemeral-port exhaustion: {} connects failed with {}'s no-free-port error",
-            int(failures),
+            "Ephemeral-port exhaustion: {} failed with {}'s no-free-port error",
+            connects(failures),
             e.os.name()
         ),
         (false, true) => "Ephemeral-port exhaustion: every usable port of the host-wide pool is held; new outbound connections fail now".to_string(),
