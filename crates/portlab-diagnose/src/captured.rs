@@ -355,6 +355,11 @@ fn exhaustion(e: &CapturedEvidence) -> Option<Finding> {
                 "the captured table shows the pool only {:.0} % full: it was taken at another moment than the failures{hidden}",
                 pct(p.in_use, p.size),
             ));
+            let collisions = e.event_4227
+                + e.count(|x| e.is_exhaustion(x) && x.kind == CapturedErrorKind::AddrInUse);
+            if e.os == Os::Windows && collisions > 0 {
+                evidence.push("10048 / event 4227 is a collision with a TIME_WAIT 4-tuple to the same remote endpoint: it strikes once the ports in use towards that destination wrap around, before the whole range is held".to_string());
+            }
         }
     } else if !e.table_captured {
         evidence.push("no socket table captured: the errors alone say exhaustion; a netstat -anoq taken during the failures shows who holds the ports".to_string());
@@ -368,7 +373,7 @@ fn exhaustion(e: &CapturedEvidence) -> Option<Finding> {
             connects(failures)
         ),
         (true, false) => format!(
-            "Ephemeral-port exhaustion: {} failed with {}'s no-free-port error",
+            "Ephemeral-port exhaustion: {} failed with the {} error for no free local port",
             connects(failures),
             e.os.name()
         ),

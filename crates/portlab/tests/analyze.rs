@@ -175,6 +175,37 @@ fn the_default_windows_range_full_of_time_wait_with_10055_is_exhaustion() {
 }
 
 #[test]
+fn what_the_windows_how_script_captures_is_read_whole() {
+    let (doc, code) = json(&[&fixture("windows-how-capture.txt")]);
+    assert_eq!(code, Some(1));
+    assert_eq!(doc["captures"][0]["encoding"], "utf-8-bom");
+    let formats = doc["captures"][0]["format"].to_string();
+    for f in [
+        "netsh-dynamicport",
+        "netsh-excludedportrange",
+        "get-nettcpsetting",
+        "reg-query",
+        "windows-events",
+    ] {
+        assert!(formats.contains(f), "{formats}");
+    }
+    assert_eq!(doc["settings"]["port_range"]["low"], 10000);
+    assert_eq!(doc["settings"]["port_range"]["high"], 65534);
+    assert_eq!(doc["settings"]["excluded_ports"], 161);
+    assert_eq!(doc["settings"]["usable_ports"], 55535 - 161);
+    assert_eq!(doc["settings"]["time_wait_secs"], 60);
+    assert_eq!(doc["settings"]["max_user_port"], 65534);
+    assert_eq!(doc["settings"]["auto_reuse_ports"], 0);
+    assert_eq!(doc["events"]["event_4227"], 2);
+    assert_eq!(doc["timeline"]["points"].as_array().map(Vec::len), Some(3));
+    assert_eq!(doc["unclassified_lines"], 0);
+    assert_eq!(doc["diagnosis"][0]["cause"], "port_exhaustion");
+    assert!(doc["diagnosis"][0]["evidence"]
+        .to_string()
+        .contains("event 4227"));
+}
+
+#[test]
 fn encodings_and_locales() {
     let (de, _) = json(&[&fixture("windows-netstat-de-cp850.txt")]);
     assert_eq!(de["captures"][0]["encoding"], "cp850");
