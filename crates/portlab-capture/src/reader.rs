@@ -16,6 +16,8 @@ use crate::{timestamp, Format};
 
 /// Largest JSON object collected (bigger ones are dropped and counted).
 const MAX_JSON_OBJECT: usize = 1 << 20;
+/// Destinations and processes kept per finished snapshot.
+const KEEP_TOP: usize = 10;
 /// Example lines kept for the report.
 const MAX_EXAMPLES: usize = 20;
 
@@ -281,8 +283,9 @@ impl Reader {
             Some(c) => c.rows > 0 && (self.gap || c.format != format),
         };
         if start_new {
-            if let Some(done) = self.current.take() {
+            if let Some(mut done) = self.current.take() {
                 if done.rows > 0 || done.named_rows > 0 || done.udp_rows > 0 {
+                    done.seal(KEEP_TOP);
                     self.out.tables.push(done);
                 }
             }
@@ -587,8 +590,9 @@ impl Reader {
 
     /// Ends the file.
     pub fn finish(mut self) -> FileCapture {
-        if let Some(done) = self.current.take() {
+        if let Some(mut done) = self.current.take() {
             if done.rows > 0 || done.named_rows > 0 || done.udp_rows > 0 {
+                done.seal(KEEP_TOP);
                 self.out.tables.push(done);
             }
         }

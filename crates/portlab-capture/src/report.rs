@@ -578,7 +578,7 @@ fn snapshot_report(
         .collect();
     let (pools, linux) = match (&settings.linux, os) {
         (Some(ls), SourceOs::Linux) => {
-            let snap = Snapshot::from_entries(ls, &t.linux_entries, None);
+            let snap = linux_snapshot(ls, t);
             let pools = snap.pools.iter().map(|p| linux_pool(p, ls)).collect();
             (pools, Some(snap))
         }
@@ -689,6 +689,98 @@ fn host_pool(s: &ResolvedSettings, t: &CapturedTable) -> PoolReport {
         free: size.saturating_sub(in_use),
         sustainable_rate_per_sec: size as f64 / tw,
         churn_estimate_per_sec: time_wait as f64 / tw,
+    }
+}
+
+/// Groups a Linux table as `portlab ports` does: each pool's sockets (with the listeners, whose
+/// ports are not ephemeral) go through `Snapshot::from_entries`, one pool at a time so memory
+/// stays at one pool's sockets; distinct ports per local IP are counted across pools as
+/// from_entries counts them.
+fn linux_snapshot(ls: &PortPoolSettings, t: &CapturedTable) -> Snapshot {
+    use portlab_sockets::{LocalIpUsage, SocketEntry, StateCounts, TableSource, TcpState};
+    let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+    let listeners: Vec<SocketEntry> = t
+        .ports_listen
+        .ports()
+        .map(|port| SocketEntry {
+            state: TcpState::Listen,
+            local: SocketAddr::from(([0, 0, 0, 0], port)),
+            remote: unspecified,
+        })
+        .collect();
+    let range = ls.ip_local_port_range;
+    let mut pools = Vec::new();
+    let mut per_ip: HashMap<IpAddr, (PortBits, u64)> = HashMap::new();
+    let mut entries = Vec::new();
+    for ((local_ip, destination), ports) in &t.linux_pools {
+        entries.clear();
+        entries.extend_from_slice(&listeners);
+        for (class, list) in ports.by_class.iter().enumerate() {
+            for &port in list {
+                entries.push(SocketEntry {
+                    state: crate::snapshot::LINUX_CLASS_STATES[class],
+                    local: SocketAddr::new(*local_ip, port),
+                    remote: *destination,
+                });
+                if range.contains(port) && !t.ports_listen.contains(port) {
+                    let (bits, sockets) = per_ip.entry(*local_ip).or_default();
+                    bits.insert(port);
+                    *sockets += 1;
+                }
+            }
+        }
+        pools.extend(Snapshot::from_entries(ls, &entries, None).pools);
+    }
+    pools.sort_by(|a, b| {
+        b.utilisation
+            .total_cmp(&a.utilisation)
+            .then(a.destination.cmp(&b.destination))
+            .then(a.local_ip.cmp(&b.local_ip))
+    });
+    let mut local_ips: Vec<LocalIpUsage> = per_ip
+        .into_iter()
+        .map(|(local_ip, (bits, sockets))| LocalIpUsage {
+            local_ip,
+            distinct_ports: bits.count_in(0, u16::MAX),
+            sockets,
+        })
+        .collect();
+    local_ips.sort_by(|a, b| {
+        b.distinct_ports
+            .cmp(&a.distinct_ports)
+            .then(a.local_ip.cmp(&b.local_ip))
+    });
+    let mut states = StateCounts::default();
+    for state in CapState::ALL {
+        if let Some(ts) = state.tcp_state() {
+            let n = t.count(state);
+            let slot = match ts {
+                TcpState::Established => &mut states.established,
+                TcpState::SynSent => &mut states.syn_sent,
+                TcpState::SynRecv | TcpState::NewSynRecv => &mut states.syn_recv,
+                TcpState::FinWait1 => &mut states.fin_wait1,
+                TcpState::FinWait2 => &mut states.fin_wait2,
+                TcpState::TimeWait => &mut states.time_wait,
+                TcpState::Close => &mut states.close,
+                TcpState::CloseWait => &mut states.close_wait,
+                TcpState::LastAck => &mut states.last_ack,
+                TcpState::Listen => &mut states.listen,
+                TcpState::Closing => &mut states.closing,
+            };
+            *slot += n;
+        }
+    }
+    let ephemeral_sockets = local_ips.iter().map(|u| u.sockets).sum();
+    Snapshot {
+        taken_at_unix_ms: t.taken_at_secs.map_or(0, |s| (s * 1000.0).max(0.0) as u64),
+        source: TableSource::ProcNetTcp,
+        source_note: Some(format!("captured text ({})", t.format.name())),
+        states,
+        ipv4_sockets: t.linux_families.0,
+        ipv6_sockets: t.linux_families.1,
+        ephemeral_sockets,
+        pools,
+        local_ips,
     }
 }
 

@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use portlab_sockets::SocketEntry;
 use serde::Serialize;
 
 use crate::row::{CapState, Row};
@@ -17,15 +16,10 @@ const MAX_DESTINATIONS: usize = 100_000;
 /// Processes kept per snapshot.
 const MAX_PROCESSES: usize = 100_000;
 
-/// One bit per port number.
-#[derive(Clone)]
-pub struct PortBits(Box<[u64; 1024]>);
-
-impl Default for PortBits {
-    fn default() -> Self {
-        PortBits(Box::new([0; 1024]))
-    }
-}
+/// One bit per port number, allocated on the first insert (an empty set costs nothing, so
+/// thousands of snapshots stay small).
+#[derive(Clone, Default)]
+pub struct PortBits(Option<Box<[u64; 1024]>>);
 
 impl std::fmt::Debug for PortBits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -36,12 +30,15 @@ impl std::fmt::Debug for PortBits {
 impl PortBits {
     /// Marks a port.
     pub fn insert(&mut self, port: u16) {
-        self.0[usize::from(port / 64)] |= 1 << (port % 64);
+        let words = self.0.get_or_insert_with(|| Box::new([0; 1024]));
+        words[usize::from(port / 64)] |= 1 << (port % 64);
     }
 
     /// Whether a port is marked.
     pub fn contains(&self, port: u16) -> bool {
-        self.0[usize::from(port / 64)] & (1 << (port % 64)) != 0
+        self.0
+            .as_ref()
+            .is_some_and(|w| w[usize::from(port / 64)] & (1 << (port % 64)) != 0)
     }
 
     /// Marked ports in `low..=high`.
@@ -51,6 +48,9 @@ impl PortBits {
 
     /// Marked ports in `low..=high` that are not marked in `except`.
     pub fn count_in_except(&self, except: &PortBits, low: u16, high: u16) -> u64 {
+        let Some(words) = self.0.as_ref() else {
+            return 0;
+        };
         if low > high {
             return 0;
         }
@@ -64,11 +64,34 @@ impl PortBits {
                 if w == last {
                     mask &= u64::MAX >> (63 - high % 64);
                 }
-                u64::from((self.0[w] & !except.0[w] & mask).count_ones())
+                let not = except.0.as_ref().map_or(0, |e| e[w]);
+                u64::from((words[w] & !not & mask).count_ones())
             })
             .sum()
     }
+
+    /// The marked ports, in order.
+    pub fn ports(&self) -> impl Iterator<Item = u16> + '_ {
+        (0..=u16::MAX).filter(|p| self.contains(*p))
+    }
 }
+
+/// The local ports of one Linux (local IP, destination) pool by state class, two bytes per
+/// socket: grouped into portlab-sockets' pools only once the settings (which a capture may
+/// hold after its tables) are known.
+#[derive(Debug, Clone, Default)]
+pub struct LinuxPoolPorts {
+    /// ESTABLISHED, TIME_WAIT, SYN_SENT, any other state.
+    pub by_class: [Vec<u16>; 4],
+}
+
+/// The state portlab-sockets counts each class under.
+pub const LINUX_CLASS_STATES: [portlab_sockets::TcpState; 4] = [
+    portlab_sockets::TcpState::Established,
+    portlab_sockets::TcpState::TimeWait,
+    portlab_sockets::TcpState::SynSent,
+    portlab_sockets::TcpState::FinWait1,
+];
 
 /// Per-destination counts (rows whose local port is above the remote port: the client side).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -129,8 +152,10 @@ pub struct CapturedTable {
     pub processes: HashMap<u32, ProcessCounts>,
     /// Executable names of PIDs (`netstat -b` owner lines).
     pub process_names: HashMap<u32, String>,
-    /// Linux rows for portlab-sockets' grouping.
-    pub linux_entries: Vec<SocketEntry>,
+    /// Linux: ports per (local IP, destination) pool for portlab-sockets' grouping.
+    pub linux_pools: HashMap<(std::net::IpAddr, SocketAddr), LinuxPoolPorts>,
+    /// Linux: rows with an IPv4 (or IPv4-mapped) local address, and IPv6 ones.
+    pub linux_families: (u64, u64),
 }
 
 fn state_index(state: CapState) -> usize {
@@ -159,7 +184,8 @@ impl CapturedTable {
             destinations_overflow: 0,
             processes: HashMap::new(),
             process_names: HashMap::new(),
-            linux_entries: Vec::new(),
+            linux_pools: HashMap::new(),
+            linux_families: (0, 0),
         }
     }
 
@@ -176,20 +202,12 @@ impl CapturedTable {
             self.truncated_rows += 1;
             return;
         }
-        if self.format.os() == crate::SourceOs::Linux {
-            if let Some(state) = row.state.tcp_state() {
-                self.linux_entries.push(SocketEntry {
-                    state,
-                    local: row.local,
-                    remote: row.remote,
-                });
-            }
-        }
         let port = row.local.port();
         if row.state == CapState::Listen {
             self.ports_listen.insert(port);
         }
         if self.format.os() == crate::SourceOs::Linux {
+            self.add_linux(row);
             return;
         }
         self.ports_any.insert(port);
@@ -218,6 +236,57 @@ impl CapturedTable {
                 p.sockets += 1;
                 p.bound += u64::from(row.state == CapState::Bound);
                 p.established += u64::from(row.state == CapState::Established);
+            }
+        }
+    }
+
+    fn add_linux(&mut self, row: &Row) {
+        if row.state.tcp_state().is_none() {
+            return;
+        }
+        if row.local.is_ipv4() {
+            self.linux_families.0 += 1;
+        } else {
+            self.linux_families.1 += 1;
+        }
+        let class = match row.state {
+            CapState::Listen => return,
+            CapState::Established => 0,
+            CapState::TimeWait => 1,
+            CapState::SynSent => 2,
+            _ => 3,
+        };
+        self.linux_pools
+            .entry((row.local.ip(), row.remote))
+            .or_default()
+            .by_class[class]
+            .push(row.local.port());
+    }
+
+    /// Ends the table: only the busiest destinations and processes are kept, so a capture of
+    /// thousands of snapshots stays small.
+    pub fn seal(&mut self, keep: usize) {
+        if self.destinations.len() > keep {
+            let mut all: Vec<_> = self.destinations.drain().collect();
+            all.sort_by_key(|(d, c)| {
+                (std::cmp::Reverse(c.established + c.time_wait + c.other), *d)
+            });
+            all.truncate(keep);
+            self.destinations = all.into_iter().collect();
+        }
+        if self.processes.len() > keep {
+            let mut all: Vec<_> = self.processes.drain().collect();
+            all.sort_by_key(|(pid, c)| (std::cmp::Reverse(c.sockets), *pid));
+            all.truncate(keep);
+            self.processes = all.into_iter().collect();
+            let kept: std::collections::HashSet<u32> = self.processes.keys().copied().collect();
+            self.process_names.retain(|pid, _| kept.contains(pid));
+        }
+        self.destinations.shrink_to_fit();
+        self.processes.shrink_to_fit();
+        for pool in self.linux_pools.values_mut() {
+            for ports in &mut pool.by_class {
+                ports.shrink_to_fit();
             }
         }
     }
