@@ -41,8 +41,9 @@ pub struct FileCapture {
     pub tables: Vec<CapturedTable>,
     /// Settings found.
     pub settings: CapturedSettings,
-    /// Classified error lines.
-    pub errors: Vec<(ErrorHit, String)>,
+    /// Classified error lines, one entry per (class, code, call, IPv6 loopback): the hit with
+    /// the failures summed, the first line, the number of lines.
+    pub errors: Vec<(ErrorHit, String, u64)>,
     /// Error-like lines no rule classified: count and the first ones.
     pub unclassified: (u64, Vec<String>),
     /// Lines of no known format: count and the first ones.
@@ -464,16 +465,34 @@ impl Reader {
         t.split_whitespace().count() <= 8 && !t.contains(':') || t.contains("ownership")
     }
 
+    /// Counts a hit into its class's entry, so a log of millions of lines keeps one entry per
+    /// class.
+    fn add_error(&mut self, hit: ErrorHit, line: &str) {
+        let same = |e: &ErrorHit| {
+            e.class == hit.class
+                && e.os_code == hit.os_code
+                && e.call == hit.call
+                && e.ipv6_loopback == hit.ipv6_loopback
+        };
+        match self.out.errors.iter_mut().find(|(e, _, _)| same(e)) {
+            Some((e, _, lines)) => {
+                e.count += hit.count;
+                *lines += 1;
+            }
+            None => self.out.errors.push((hit, line.to_string(), 1)),
+        }
+    }
+
     fn error_line(&mut self, t: &str) {
         if let Some(hits) = errors::wrk_socket_errors(t) {
             for h in hits {
-                self.out.errors.push((h, t.to_string()));
+                self.add_error(h, t);
             }
             self.out.formats.insert(Format::ErrorLines);
             return;
         }
         if let Some(hit) = errors::classify(t) {
-            self.out.errors.push((hit, t.to_string()));
+            self.add_error(hit, t);
             self.out.formats.insert(Format::ErrorLines);
             return;
         }
@@ -632,7 +651,7 @@ mod tests {
         assert_eq!(c.settings.excluded.len(), 2);
         assert_eq!(c.settings.portproxy.len(), 1);
         assert_eq!(c.errors.len(), 1);
-        assert_eq!(c.errors[0].0.count, 4879);
+        assert_eq!((c.errors[0].0.count, c.errors[0].2), (4879, 1));
         assert_eq!(c.unclassified.0, 1);
         assert_eq!(c.other_lines.0, 0, "{:?}", c.other_lines);
     }

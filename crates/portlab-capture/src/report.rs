@@ -276,7 +276,7 @@ pub fn analyze(
     let mut captured = CapturedSettings::default();
     let mut captures = Vec::new();
     let mut tables = Vec::new();
-    let mut errors: Vec<(crate::errors::ErrorHit, String)> = Vec::new();
+    let mut errors: Vec<(crate::errors::ErrorHit, String, u64)> = Vec::new();
     let (mut unclassified, mut unclassified_examples) = (0, Vec::new());
     let (mut other, mut other_examples) = (0, Vec::new());
     let mut events = EventCounts::default();
@@ -359,7 +359,7 @@ fn detect_os(files: &[FileCapture], forced: Option<SourceOs>) -> (SourceOs, Stri
             let v = votes.entry(fmt.os()).or_insert((0, *fmt));
             v.0 += 1000;
         }
-        for (hit, _) in &f.errors {
+        for (hit, _, _) in &f.errors {
             if let Some(os) = hit.os {
                 votes.entry(os).or_insert((0, Format::ErrorLines)).0 += 1;
             }
@@ -857,10 +857,10 @@ fn timeline(snapshots: &[SnapshotReport], s: &ResolvedSettings) -> Option<Timeli
     })
 }
 
-fn summarise_errors(hits: Vec<(crate::errors::ErrorHit, String)>) -> Vec<ErrorSummary> {
+fn summarise_errors(hits: Vec<(crate::errors::ErrorHit, String, u64)>) -> Vec<ErrorSummary> {
     let mut by_key: BTreeMap<(ErrorClass, Option<i32>, Option<Call>, bool), ErrorSummary> =
         BTreeMap::new();
-    for (hit, line) in hits {
+    for (hit, line, lines) in hits {
         let key = (hit.class, hit.os_code, hit.call, hit.ipv6_loopback);
         let e = by_key.entry(key).or_insert_with(|| ErrorSummary {
             class: hit.class,
@@ -878,7 +878,7 @@ fn summarise_errors(hits: Vec<(crate::errors::ErrorHit, String)>) -> Vec<ErrorSu
                 .collect(),
         });
         e.count += hit.count;
-        e.lines += 1;
+        e.lines += lines;
     }
     let mut out: Vec<ErrorSummary> = by_key.into_values().collect();
     out.sort_by_key(|e| std::cmp::Reverse(e.count));
