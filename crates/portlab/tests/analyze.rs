@@ -294,6 +294,25 @@ fn bad_input_is_one_line_naming_the_file_and_exit_2() {
         assert!(stderr.contains(p) && stderr.contains(what), "{stderr}");
         assert!(out.stdout.is_empty());
     }
+    // --format forces one format: a Windows netstat read as ss holds nothing readable.
+    let out = run(&["--format", "ss", &fixture("windows-netstat-de-cp850.txt")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no socket table"));
+    let (forced, _) = json(&[
+        "--format",
+        "windows-netstat",
+        "--os",
+        "windows",
+        &fixture("windows-netstat-de-cp850.txt"),
+    ]);
+    assert_eq!(forced["sockets"]["rows"], 8);
+    // --encoding overrides the sniffing: read as UTF-16LE the bytes make no rows.
+    let out = run(&[
+        "--encoding",
+        "utf-16le",
+        &fixture("windows-netstat-de-cp850.txt"),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
     let out = run(&["--format", "nonsense", &fixture("linux-ss-tanp.txt")]);
     assert_eq!(out.status.code(), Some(2));
     let out = run(&[]);
