@@ -77,7 +77,8 @@ if [ "$gib" = 1 ]; then
     gen "$lines" "$work/big.txt" "$enc"
     size=$(du -h "$work/big.txt" | cut -f1)
     /usr/bin/time -f "%M %e" -o "$work/time.txt" taskset -c 1 "$bin" analyze --json "$work/big.txt" >/dev/null || true
-    read -r kib secs < "$work/time.txt"
+    # The last line holds the numbers (a non-zero exit adds a "Command exited" line first).
+    read -r kib secs < <(tail -n 1 "$work/time.txt")
     echo "1 GiB capture ($enc, $size, $lines lines): peak RSS $((kib / 1024)) MiB, ${secs} s (bar: < 64 MiB)"
     rm -f "$work/big.txt"
   done

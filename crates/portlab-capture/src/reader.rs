@@ -162,16 +162,24 @@ impl Reader {
             self.json_line(line);
             return;
         }
-        let tokens: Vec<&str> = t.split_whitespace().collect();
+        // At most 24 tokens: every format's fields are among the first ones (the rest of a
+        // longer line, such as an ss process column, is not needed).
+        let mut buf = [""; 24];
+        let mut n = 0;
+        for tok in t.split_whitespace().take(buf.len()) {
+            buf[n] = tok;
+            n += 1;
+        }
+        let tokens = &buf[..n];
         let owner_lines_left = std::mem::take(&mut self.owner_lines_left);
-        if self.try_row(&tokens) {
+        if self.try_row(t, tokens) {
             return;
         }
         if owner_lines_left > 0 && self.try_windows_owner(line, t) {
             self.owner_lines_left = owner_lines_left - 1;
             return;
         }
-        if self.try_section(line, t, &tokens) {
+        if self.try_section(line, t, tokens) {
             return;
         }
         if self.try_headers(t) {
@@ -220,7 +228,7 @@ impl Reader {
         t == "[" || t == "{" || t.starts_with("[{") || t.starts_with("{\"") || t.starts_with("[ {")
     }
 
-    fn try_row(&mut self, tokens: &[&str]) -> bool {
+    fn try_row(&mut self, line: &str, tokens: &[&str]) -> bool {
         let width = self.macos_addr_width;
         let csv = self.csv;
         let parse = |f: Format| -> Option<RowResult> {
@@ -250,8 +258,7 @@ impl Reader {
         }
         if found.is_none() {
             if let Some(cols) = csv.filter(|_| self.allowed(Format::GetNetTcpCsv)) {
-                let line = tokens.join(" ");
-                if let Some(r) = cols.row(&tables::split_csv(&line)) {
+                if let Some(r) = cols.row(&tables::split_csv(line)) {
                     found = Some((Format::GetNetTcpCsv, r));
                 }
             }

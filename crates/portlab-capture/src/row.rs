@@ -143,6 +143,19 @@ impl CapState {
     /// research/captures.md §1.2), PowerShell enum names, BSD `tcpstates[]`, `ss` and Linux
     /// netstat. Case-insensitive; `-`, `_` and spaces are ignored.
     pub fn from_word(word: &str) -> Option<Self> {
+        // The spellings of nearly every row, without building a key.
+        let fast = match word {
+            "TIME_WAIT" | "TIME-WAIT" | "TimeWait" => Some(CapState::TimeWait),
+            "ESTABLISHED" | "ESTAB" | "Established" => Some(CapState::Established),
+            "LISTENING" | "LISTEN" | "Listen" => Some(CapState::Listen),
+            "BOUND" | "Bound" => Some(CapState::Bound),
+            "CLOSE_WAIT" | "CLOSE-WAIT" | "CloseWait" => Some(CapState::CloseWait),
+            "SYN_SENT" | "SYN-SENT" | "SynSent" => Some(CapState::SynSent),
+            _ => None,
+        };
+        if fast.is_some() {
+            return fast;
+        }
         let mut key = String::with_capacity(word.len());
         for ch in word.chars() {
             if ch.is_alphanumeric() {

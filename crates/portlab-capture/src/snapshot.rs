@@ -3,7 +3,7 @@
 //! and macOS, destinations and owning processes; and, for Linux tables, the rows themselves
 //! so portlab-sockets groups them per 4-tuple exactly as `portlab ports` does.
 
-use std::collections::HashMap;
+use hashbrown::HashMap;
 use std::net::SocketAddr;
 
 use serde::Serialize;

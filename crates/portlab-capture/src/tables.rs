@@ -65,8 +65,15 @@ pub fn windows_netstat(tokens: &[&str]) -> Option<RowResult> {
     if words.is_empty() {
         return None;
     }
-    let word = words.join(" ");
-    let state = CapState::from_word(&word).unwrap_or_else(|| {
+    let joined;
+    let word = match words {
+        [one] => *one,
+        _ => {
+            joined = words.join(" ");
+            joined.as_str()
+        }
+    };
+    let state = CapState::from_word(word).unwrap_or_else(|| {
         if remote.port() == 0 && remote.ip().is_unspecified() {
             CapState::Listen
         } else if pid == Some(0) && remote.port() != 0 {
