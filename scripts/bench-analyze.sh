@@ -18,16 +18,18 @@ bin=$PWD/target/release/portlab
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-gen() { # gen LINES FILE [utf-16le]
-  python3 - "$1" "$2" "${3:-utf-8}" <<'PY'
+gen() { # gen LINES FILE [utf-16le [ROWS_PER_SNAPSHOT]]
+  python3 - "$1" "$2" "${3:-utf-8}" "${4:-0}" <<'PY'
 import sys
-n, path, enc = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+n, path, enc, per = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
 head = "\r\nActive Connections\r\n\r\n  Proto  Local Address          Foreign Address        State           PID\r\n"
 with open(path, "wb") as f:
     if enc == "utf-16le":
         f.write(b"\xff\xfe")
     buf = [head]
     for i in range(n - 4):
+        if per and i % per == 0 and i:
+            buf.append(f"Tue 12/01/2026 {10 + i // per // 3600 % 12:02d}:{i // per // 60 % 60:02d}:{i // per % 60:02d}.00\r\n" + head)
         port = 49152 + i % 16384
         dst = f"10.20.{i % 40}.{1 + i % 7}:443"
         if i % 10 == 0:
@@ -71,15 +73,19 @@ print(f"bar: portlab median <= 1000 ms -> {'met' if statistics.median(p) <= 1.0 
 PY
 
 if [ "$gib" = 1 ]; then
-  for enc in utf-8 utf-16le; do
-    lines=12500000
-    [ "$enc" = utf-16le ] && lines=6250000
-    gen "$lines" "$work/big.txt" "$enc"
+  for case in utf-8:0 utf-16le:0 utf-8:5000; do
+    enc=${case%:*}
+    per=${case#*:}
+    lines=14000000
+    [ "$enc" = utf-16le ] && lines=7000000
+    gen "$lines" "$work/big.txt" "$enc" "$per"
     size=$(du -h "$work/big.txt" | cut -f1)
     /usr/bin/time -f "%M %e" -o "$work/time.txt" taskset -c 1 "$bin" analyze --json "$work/big.txt" >/dev/null || true
     # The last line holds the numbers (a non-zero exit adds a "Command exited" line first).
     read -r kib secs < <(tail -n 1 "$work/time.txt")
-    echo "1 GiB capture ($enc, $size, $lines lines): peak RSS $((kib / 1024)) MiB, ${secs} s (bar: < 64 MiB)"
+    shape="one snapshot"
+    [ "$per" != 0 ] && shape="a snapshot every $per rows"
+    echo "1 GiB capture ($enc, $size, $lines lines, $shape): peak RSS $((kib / 1024)) MiB, ${secs} s (bar: < 64 MiB)"
     rm -f "$work/big.txt"
   done
 fi
