@@ -16,10 +16,20 @@ const MAX_DESTINATIONS: usize = 100_000;
 /// Processes kept per snapshot.
 const MAX_PROCESSES: usize = 100_000;
 
-/// One bit per port number, allocated on the first insert (an empty set costs nothing, so
-/// thousands of snapshots stay small).
+/// A set of port numbers: nothing while empty, one bit per port while it is filled, and, once
+/// its snapshot is finished, runs of consecutive ports where those are smaller (ephemeral
+/// ports are mostly handed out in order), so thousands of snapshots stay small.
 #[derive(Clone, Default)]
-pub struct PortBits(Option<Box<[u64; 1024]>>);
+pub struct PortBits(Repr);
+
+#[derive(Clone, Default)]
+enum Repr {
+    #[default]
+    Empty,
+    Dense(Box<[u64; 1024]>),
+    /// Sorted, disjoint, non-adjacent inclusive runs.
+    Runs(Vec<(u16, u16)>),
+}
 
 impl std::fmt::Debug for PortBits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -28,17 +38,68 @@ impl std::fmt::Debug for PortBits {
 }
 
 impl PortBits {
+    fn dense(&mut self) -> &mut [u64; 1024] {
+        if !matches!(self.0, Repr::Dense(_)) {
+            let mut words = Box::new([0u64; 1024]);
+            if let Repr::Runs(runs) = &self.0 {
+                for &(a, b) in runs {
+                    for p in a..=b {
+                        words[usize::from(p / 64)] |= 1 << (p % 64);
+                    }
+                }
+            }
+            self.0 = Repr::Dense(words);
+        }
+        match &mut self.0 {
+            Repr::Dense(words) => words,
+            _ => unreachable!("made dense above"),
+        }
+    }
+
     /// Marks a port.
     pub fn insert(&mut self, port: u16) {
-        let words = self.0.get_or_insert_with(|| Box::new([0; 1024]));
-        words[usize::from(port / 64)] |= 1 << (port % 64);
+        self.dense()[usize::from(port / 64)] |= 1 << (port % 64);
     }
 
     /// Whether a port is marked.
     pub fn contains(&self, port: u16) -> bool {
-        self.0
-            .as_ref()
-            .is_some_and(|w| w[usize::from(port / 64)] & (1 << (port % 64)) != 0)
+        match &self.0 {
+            Repr::Empty => false,
+            Repr::Dense(w) => w[usize::from(port / 64)] & (1 << (port % 64)) != 0,
+            Repr::Runs(runs) => {
+                let i = runs.partition_point(|(a, _)| *a <= port);
+                i > 0 && runs[i - 1].1 >= port
+            }
+        }
+    }
+
+    /// Stores the set as runs when that takes less memory than the bitmap.
+    pub fn compact(&mut self) {
+        let Repr::Dense(words) = &self.0 else { return };
+        let mut runs: Vec<(u16, u16)> = Vec::new();
+        for (i, &w) in words.iter().enumerate() {
+            if w == 0 {
+                continue;
+            }
+            for bit in 0..64u16 {
+                if w & (1 << bit) != 0 {
+                    let p = (i as u16) * 64 + bit;
+                    match runs.last_mut() {
+                        Some(last) if last.1.checked_add(1) == Some(p) => last.1 = p,
+                        _ => runs.push((p, p)),
+                    }
+                    if runs.len() * 4 >= 8192 {
+                        return; // the bitmap is smaller
+                    }
+                }
+            }
+        }
+        runs.shrink_to_fit();
+        self.0 = if runs.is_empty() {
+            Repr::Empty
+        } else {
+            Repr::Runs(runs)
+        };
     }
 
     /// Marked ports in `low..=high`.
@@ -48,26 +109,47 @@ impl PortBits {
 
     /// Marked ports in `low..=high` that are not marked in `except`.
     pub fn count_in_except(&self, except: &PortBits, low: u16, high: u16) -> u64 {
-        let Some(words) = self.0.as_ref() else {
-            return 0;
-        };
         if low > high {
             return 0;
         }
-        let (first, last) = (usize::from(low / 64), usize::from(high / 64));
-        (first..=last)
-            .map(|w| {
-                let mut mask = u64::MAX;
-                if w == first {
-                    mask &= u64::MAX << (low % 64);
-                }
-                if w == last {
-                    mask &= u64::MAX >> (63 - high % 64);
-                }
-                let not = except.0.as_ref().map_or(0, |e| e[w]);
-                u64::from((words[w] & !not & mask).count_ones())
-            })
-            .sum()
+        match &self.0 {
+            Repr::Empty => 0,
+            Repr::Runs(runs) => runs
+                .iter()
+                .map(|&(a, b)| {
+                    let (a, b) = (a.max(low), b.min(high));
+                    if a > b {
+                        0
+                    } else if matches!(except.0, Repr::Empty) {
+                        u64::from(b - a) + 1
+                    } else {
+                        (a..=b).filter(|p| !except.contains(*p)).count() as u64
+                    }
+                })
+                .sum(),
+            Repr::Dense(words) => {
+                let (first, last) = (usize::from(low / 64), usize::from(high / 64));
+                (first..=last)
+                    .map(|w| {
+                        let mut mask = u64::MAX;
+                        if w == first {
+                            mask &= u64::MAX << (low % 64);
+                        }
+                        if w == last {
+                            mask &= u64::MAX >> (63 - high % 64);
+                        }
+                        let not = match &except.0 {
+                            Repr::Empty => 0,
+                            Repr::Dense(e) => e[w],
+                            Repr::Runs(_) => (0..64u16)
+                                .filter(|bit| except.contains((w as u16) * 64 + bit))
+                                .fold(0u64, |acc, bit| acc | 1 << bit),
+                        };
+                        u64::from((words[w] & !not & mask).count_ones())
+                    })
+                    .sum()
+            }
+        }
     }
 
     /// The marked ports, in order.
@@ -284,6 +366,14 @@ impl CapturedTable {
         }
         self.destinations.shrink_to_fit();
         self.processes.shrink_to_fit();
+        for bits in [
+            &mut self.ports_any,
+            &mut self.ports_time_wait,
+            &mut self.ports_listen,
+            &mut self.ports_bound,
+        ] {
+            bits.compact();
+        }
         for pool in self.linux_pools.values_mut() {
             for ports in &mut pool.by_class {
                 ports.shrink_to_fit();
@@ -325,5 +415,28 @@ mod tests {
         assert_eq!(bits.count_in_except(&except, 0, u16::MAX), 5);
         assert_eq!(bits.count_in(65535, 65535), 1);
         assert_eq!(bits.count_in(2, 1), 0);
+        // The same answers once stored as runs.
+        let mut runs = bits.clone();
+        runs.compact();
+        assert!(matches!(runs.0, Repr::Runs(_)));
+        for (low, high) in [(0, u16::MAX), (63, 64), (64, 65534), (65535, 65535), (2, 1)] {
+            assert_eq!(
+                runs.count_in(low, high),
+                bits.count_in(low, high),
+                "{low}-{high}"
+            );
+        }
+        assert_eq!(runs.count_in_except(&except, 0, u16::MAX), 5);
+        assert!(runs.contains(63) && runs.contains(64) && !runs.contains(65));
+        let mut except_runs = except.clone();
+        except_runs.compact();
+        assert_eq!(bits.count_in_except(&except_runs, 0, u16::MAX), 5);
+        assert_eq!(
+            runs.ports().collect::<Vec<_>>(),
+            vec![0, 63, 64, 1000, 49152, 65535]
+        );
+        // A run-stored set can grow again.
+        runs.insert(65);
+        assert_eq!(runs.count_in(0, u16::MAX), 7);
     }
 }
