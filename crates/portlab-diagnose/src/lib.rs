@@ -39,6 +39,7 @@
 #![warn(missing_docs)]
 
 pub mod agents;
+pub mod captured;
 pub mod evidence;
 pub mod nat;
 pub mod remedies;

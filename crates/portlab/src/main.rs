@@ -63,6 +63,9 @@ enum Command {
     Completions(cmd::docs::CompletionsArgs),
     /// Print the man page portlab(1) in roff (`portlab man | man -l -`).
     Man(cmd::docs::ManArgs),
+    /// Read text captured on a Windows, macOS or Linux host (netstat, Get-NetTCPConnection,
+    /// netsh, ss, load-tester errors): the pool report and the diagnosis for that OS.
+    Analyze(cmd::analyze::Args),
     /// Internal: the process that holds a `reproduce` sandbox's namespaces.
     #[command(name = "__sandbox-anchor", hide = true)]
     SandboxAnchor(cmd::reproduce::AnchorArgs),
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Merge(args) => cmd::merge::run(args),
         Command::Completions(args) => cmd::docs::completions(&args, Cli::command()),
         Command::Man(args) => cmd::docs::man(&args, Cli::command()),
+        Command::Analyze(args) => cmd::analyze::run(args),
     };
     match result {
         Ok(code) => code,

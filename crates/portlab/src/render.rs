@@ -37,6 +37,9 @@ pub enum Detail {
     /// Evidence, and for the top finding the Linux and any-OS remedies as one line each and
     /// the folklore corrections (`load`, `reproduce`); the rest is in `--json`.
     Compact,
+    /// Everything, every remedy given in full (`analyze`, whose findings carry only the
+    /// remedies of the captured OS).
+    AllInFull,
 }
 
 /// Greedy word wrap at `width` columns.
@@ -98,7 +101,7 @@ pub fn push_findings(
         for line in &finding.evidence {
             push_wrapped(s, 4, "- ", line);
         }
-        if detail == Detail::Full || n == 0 {
+        if detail != Detail::Compact || n == 0 {
             push_remedies(s, finding, detail, p);
             if !finding.corrections.is_empty() {
                 s.push_str(&format!("    {}\n", p.dim("not remedies (folklore):")));
@@ -115,7 +118,7 @@ fn push_remedies(s: &mut String, finding: &Finding, detail: Detail, p: Painter) 
         return;
     }
     let heading = match detail {
-        Detail::Full => "remedies:",
+        Detail::Full | Detail::AllInFull => "remedies:",
         Detail::Compact => "remedies (Linux and any OS; every OS, effects and caveats in --json):",
     };
     s.push_str(&format!("    {}\n", p.dim(heading)));
@@ -123,7 +126,7 @@ fn push_remedies(s: &mut String, finding: &Finding, detail: Detail, p: Painter) 
     for r in finding
         .remedies
         .iter()
-        .filter(|r| matches!(r.os, Os::Any | Os::Linux))
+        .filter(|r| detail == Detail::AllInFull || matches!(r.os, Os::Any | Os::Linux))
     {
         n += 1;
         let number = format!("{n}. ");
@@ -132,7 +135,7 @@ fn push_remedies(s: &mut String, finding: &Finding, detail: Detail, p: Painter) 
                 push_wrapped(s, 4, &number, &format!("{}: {command}", r.action));
             }
             (Detail::Compact, None) => push_wrapped(s, 4, &number, &r.action),
-            (Detail::Full, command) => {
+            (Detail::Full | Detail::AllInFull, command) => {
                 push_wrapped(s, 4, &number, &format!("[{}] {}", r.os.name(), r.action));
                 if let Some(command) = command {
                     s.push_str(&format!("       $ {command}\n"));

@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap `Args` and its `run` function.
 
+pub mod analyze;
 pub mod docs;
 pub mod doctor;
 pub mod exporter;
