@@ -36,10 +36,12 @@
 pub mod evidence;
 pub mod remedies;
 mod rules;
+pub mod trace;
 
 pub use evidence::{Evidence, FailureCounts, Policy, PoolEvidence, RunEvidence};
 pub use remedies::{Correction, Os, Remedy};
 pub use rules::diagnose;
+pub use trace::{diagnose_with_trace, TraceEvidence, TracedFlow};
 
 use serde::Serialize;
 

@@ -34,7 +34,7 @@ fn pct(part: u64, whole: u64) -> f64 {
     }
 }
 
-fn int(n: u64) -> String {
+pub(crate) fn int(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, ch) in digits.chars().enumerate() {
