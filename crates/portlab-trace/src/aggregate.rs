@@ -131,6 +131,8 @@ const fn portlab_time_wait_secs() -> u64 {
 /// Cumulative counters of one (process, destination).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct FlowCounters {
+    /// Process name, read when the flow was first seen (the process may be gone later).
+    pub comm: String,
     pub attempts: u64,
     pub successes: u64,
     /// errno → count, in order of first appearance.
@@ -412,6 +414,10 @@ impl Aggregator {
         if !self.flows.contains_key(&key) && self.flows.len() >= MAX_FLOWS {
             self.flows_overflowed += 1;
             key = OVERFLOW_KEY;
+        }
+        if !self.flows.contains_key(&key) {
+            let comm = self.comm_of(key.pid);
+            self.flow(key).comm = comm;
         }
         let flow = self.flow(key);
         flow.attempts += 1;

@@ -238,7 +238,11 @@ fn flow_report(agg: &mut Aggregator, k: FlowKey, c: FlowCounters, start_ns: u64)
     failures.sort_by(|a, b| b.count.cmp(&a.count).then(a.errno.cmp(&b.errno)));
     FlowReport {
         pid: k.pid,
-        comm: agg.comm_of(k.pid),
+        comm: if c.comm.is_empty() || c.comm == "?" {
+            agg.comm_of(k.pid)
+        } else {
+            c.comm.clone()
+        },
         destination: k.dest,
         attempts: c.attempts,
         successes: c.successes,

@@ -9,3 +9,4 @@ pub mod proxy;
 pub mod reproduce;
 pub mod serve;
 pub mod simulate;
+pub mod trace;
