@@ -150,13 +150,37 @@ fn flow_finding(e: &Evidence, trace: &TraceEvidence, f: &TracedFlow) -> Finding 
 
 fn errno_lines(c: &FailureCounts) -> Vec<String> {
     [
-        (c.addr_not_available, "EADDRNOTAVAIL", "no free ephemeral port for this destination"),
-        (c.addr_in_use, "EADDRINUSE", "the bound local port or 4-tuple was taken"),
-        (c.connection_refused, "ECONNREFUSED", "answered with RST: nothing listens there, or a firewall rejects"),
-        (c.connect_timeout, "ETIMEDOUT", "no SYN-ACK after every SYN retry (tcp_syn_retries): dropped SYNs or a dead host"),
-        (c.connection_reset, "ECONNRESET", "reset during the handshake"),
+        (
+            c.addr_not_available,
+            "EADDRNOTAVAIL",
+            "no free ephemeral port for this destination",
+        ),
+        (
+            c.addr_in_use,
+            "EADDRINUSE",
+            "the bound local port or 4-tuple was taken",
+        ),
+        (
+            c.connection_refused,
+            "ECONNREFUSED",
+            "answered with RST: nothing listens there, or a firewall rejects",
+        ),
+        (
+            c.connect_timeout,
+            "ETIMEDOUT",
+            "no SYN-ACK after every SYN retry (tcp_syn_retries): dropped SYNs or a dead host",
+        ),
+        (
+            c.connection_reset,
+            "ECONNRESET",
+            "reset during the handshake",
+        ),
         (c.unreachable, "ENETUNREACH/EHOSTUNREACH", "no route"),
-        (c.no_buffer_space, "ENOBUFS/ENOMEM", "the kernel ran out of memory for the socket"),
+        (
+            c.no_buffer_space,
+            "ENOBUFS/ENOMEM",
+            "the kernel ran out of memory for the socket",
+        ),
         (c.other, "other errno", "see --json for the numbers"),
     ]
     .into_iter()
@@ -266,7 +290,10 @@ mod tests {
             "process 4711 (java) failed 12,400 connects to 10.0.0.5:443 with EADDRNOTAVAIL in 60 s; it closes every connection first, so each one leaves a TIME_WAIT here for 60 s"
         );
         assert!(f[0].evidence.iter().any(|l| l.contains("lost 120 events")));
-        assert!(f[0].evidence.iter().any(|l| l.contains("mean 210 µs, longest 1.20 ms")));
+        assert!(f[0]
+            .evidence
+            .iter()
+            .any(|l| l.contains("mean 210 µs, longest 1.20 ms")));
         assert!(f.iter().all(|x| x.cause != Cause::Healthy));
     }
 
@@ -285,6 +312,8 @@ mod tests {
             ..trace
         };
         let f = diagnose_with_trace(&evidence(), &quiet);
-        assert!(f.iter().all(|x| x.cause != Cause::ServerSide && x.cause != Cause::PortExhaustion));
+        assert!(f
+            .iter()
+            .all(|x| x.cause != Cause::ServerSide && x.cause != Cause::PortExhaustion));
     }
 }

@@ -33,8 +33,8 @@ pub const MAX_FLOWS: usize = 4096;
 
 /// Upper bounds of the failed-port-search histogram buckets, ns (the last bucket is +Inf).
 pub const PORT_SEARCH_BOUNDS_NS: [u64; 14] = [
-    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000,
-    2_500_000, 5_000_000, 10_000_000, 50_000_000,
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 50_000_000,
 ];
 
 /// A histogram of durations with fixed bucket bounds ([`PORT_SEARCH_BOUNDS_NS`]).
@@ -255,7 +255,8 @@ impl Aggregator {
     /// A task's new name from PERF_RECORD_COMM.
     pub(crate) fn comm(&mut self, pid: u32, tid: u32, comm: &[u8]) {
         if pid == tid {
-            self.procs.set_comm(pid, String::from_utf8_lossy(comm).into_owned());
+            self.procs
+                .set_comm(pid, String::from_utf8_lossy(comm).into_owned());
         }
     }
 
@@ -281,7 +282,11 @@ impl Aggregator {
                 self.calls.insert(e.tid, Call { sock: None });
             }
             EventKind::ExitConnect { ret } => self.exit_connect(&e, ret),
-            EventKind::ErrorReport { errno, local, remote } => {
+            EventKind::ErrorReport {
+                errno,
+                local,
+                remote,
+            } => {
                 if errno != 0 {
                     if let Some(sk) = self.by_tuple.remove(&(local, remote)) {
                         self.finish_failed(sk, Some(errno), e.time_ns);
@@ -308,7 +313,10 @@ impl Aggregator {
         }
         match call.sock {
             Some(sk) => {
-                if matches!(self.socks.get(&sk).map(|s| s.phase), Some(Phase::Failed { .. })) {
+                if matches!(
+                    self.socks.get(&sk).map(|s| s.phase),
+                    Some(Phase::Failed { .. })
+                ) {
                     self.finish_failed(sk, Some(errno), e.time_ns);
                 }
             }

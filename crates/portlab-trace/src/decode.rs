@@ -310,7 +310,13 @@ pub(crate) mod tests {
     #[test]
     fn decodes_a_failed_port_search() {
         // SYN_SENT → CLOSE with sport 0 towards 10.0.0.5:443: a connect() that found no port.
-        let raw = set_state_record(0xffff_8880_1234_5678, 2, 7, ([10, 0, 0, 1], 0), ([10, 0, 0, 5], 443));
+        let raw = set_state_record(
+            0xffff_8880_1234_5678,
+            2,
+            7,
+            ([10, 0, 0, 1], 0),
+            ([10, 0, 0, 5], 443),
+        );
         let got = layouts_6_18().decode(&raw).unwrap();
         assert_eq!(
             got,

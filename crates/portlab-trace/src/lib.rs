@@ -101,7 +101,10 @@ impl Filter {
     fn scope(&self) -> Result<Scope, TraceError> {
         let netns = match &self.netns {
             Some(p) => Some(procs::netns_inode(p).map_err(|e| {
-                TraceError::Filter(format!("cannot read network namespace {}: {e}", p.display()))
+                TraceError::Filter(format!(
+                    "cannot read network namespace {}: {e}",
+                    p.display()
+                ))
             })?),
             None => None,
         };
@@ -270,7 +273,11 @@ impl Reader {
         loop {
             let stopping = self.shared.stop.load(Ordering::Relaxed);
             let round_ns = monotonic_ns();
-            self.drain_all(if stopping { u64::MAX } else { previous_round_ns });
+            self.drain_all(if stopping {
+                u64::MAX
+            } else {
+                previous_round_ns
+            });
             previous_round_ns = round_ns;
             self.shared
                 .reader_cpu_ns

@@ -357,14 +357,25 @@ mod tests {
         body.extend(4u32.to_ne_bytes());
         body.extend([1, 2, 3, 4, 0, 0, 0, 0]);
         match parse_record(bindings::PERF_RECORD_SAMPLE, &body) {
-            Some(Record::Sample { pid, tid, time_ns, raw }) => {
-                assert_eq!((pid, tid, time_ns, raw), (4711, 4712, 99, &[1u8, 2, 3, 4][..]));
+            Some(Record::Sample {
+                pid,
+                tid,
+                time_ns,
+                raw,
+            }) => {
+                assert_eq!(
+                    (pid, tid, time_ns, raw),
+                    (4711, 4712, 99, &[1u8, 2, 3, 4][..])
+                );
             }
             other => panic!("{other:?}"),
         }
         let mut lost = 7u64.to_ne_bytes().to_vec();
         lost.extend(120u64.to_ne_bytes());
-        assert!(matches!(parse_record(bindings::PERF_RECORD_LOST, &lost), Some(Record::Lost(120))));
+        assert!(matches!(
+            parse_record(bindings::PERF_RECORD_LOST, &lost),
+            Some(Record::Lost(120))
+        ));
         assert!(parse_record(bindings::PERF_RECORD_SAMPLE, &body[..10]).is_none());
     }
 }

@@ -150,7 +150,11 @@ pub fn cgroup_relative(path: &Path) -> Result<String, String> {
     const MOUNT: &str = "/sys/fs/cgroup";
     let text = path.to_string_lossy();
     let rel = text.strip_prefix(MOUNT).unwrap_or(&text).to_string();
-    let rel = if rel.starts_with('/') { rel } else { format!("/{rel}") };
+    let rel = if rel.starts_with('/') {
+        rel
+    } else {
+        format!("/{rel}")
+    };
     let dir = format!("{MOUNT}{rel}");
     if Path::new(&dir).is_dir() {
         Ok(rel.trim_end_matches('/').to_string())

@@ -170,16 +170,18 @@ impl TraceSnapshot {
             e.3 += f.time_wait_entered;
         }
         by.into_iter()
-            .map(|(destination, (attempts, successes, failures, tw))| DestinationTotals {
-                destination,
-                attempts,
-                successes,
-                failures: failures
-                    .into_iter()
-                    .map(|(e, n)| ErrnoCount::new(e, n))
-                    .collect(),
-                time_wait_entered: tw,
-            })
+            .map(
+                |(destination, (attempts, successes, failures, tw))| DestinationTotals {
+                    destination,
+                    attempts,
+                    successes,
+                    failures: failures
+                        .into_iter()
+                        .map(|(e, n)| ErrnoCount::new(e, n))
+                        .collect(),
+                    time_wait_entered: tw,
+                },
+            )
             .collect()
     }
 
@@ -215,7 +217,12 @@ pub(crate) fn snapshot(agg: &mut Aggregator, elapsed_ms: u64, start_ns: u64) -> 
             failures: ErrnoCount::new(errno, n),
         })
         .collect();
-    socketless.sort_by(|a, b| b.failures.count.cmp(&a.failures.count).then(a.pid.cmp(&b.pid)));
+    socketless.sort_by(|a, b| {
+        b.failures
+            .count
+            .cmp(&a.failures.count)
+            .then(a.pid.cmp(&b.pid))
+    });
     TraceSnapshot {
         elapsed_ms,
         events: agg.events,

@@ -147,7 +147,12 @@ impl TraceFs {
     /// [`TraceError::PermissionDenied`] or [`TraceError::MissingTracepoint`] (kernel built
     /// without it), or a malformed file.
     pub fn event(&self, system: &str, event: &str) -> Result<EventFormat, TraceError> {
-        let path = self.root.join("events").join(system).join(event).join("format");
+        let path = self
+            .root
+            .join("events")
+            .join(system)
+            .join(event)
+            .join("format");
         match fs::read_to_string(&path) {
             Ok(text) => EventFormat::parse(&text),
             Err(err) if err.kind() == std::io::ErrorKind::PermissionDenied => Err(

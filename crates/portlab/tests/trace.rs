@@ -126,6 +126,14 @@ comm = open("/proc/self/comm").read().strip()
 print(json.dumps({"pid": os.getpid(), "comm": comm, "ok": ok, "eaddrnotavail": ana, "other": other}))
 "#;
 
+fn listen(addr: &str, backlog: i32) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    Ok(socket.into())
+}
+
 fn time_wait_in(ns: &NetNs) -> usize {
     let out = ns
         .exec_checked(&["ss", "-Htan", "state", "time-wait"])
@@ -139,10 +147,15 @@ fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
     ns.sysctl("net.ipv4.ip_local_port_range", "40000 40999")
         .expect("sysctl");
     ns.sysctl("net.ipv4.tcp_tw_reuse", "0").expect("sysctl");
+    // The server's occasional RST would otherwise kill a TIME_WAIT entry (RFC 1337
+    // assassination, tcp_rfc1337=0 default) and let 1,001+ connects succeed (measured: 1,002).
+    ns.sysctl("net.ipv4.tcp_rfc1337", "1").expect("sysctl");
     // A fixed port outside the range (the namespace is new): bind(0) would take one of the
     // 1,000 and leave 999 for connect().
+    // Backlog 4096: the accept loop may lag the client; an overflowing accept queue would drop
+    // handshakes and free ports by RST, and more than 1,000 connects would succeed.
     let listener = ns
-        .run(|| TcpListener::bind("127.0.0.1:8080"))
+        .run(|| listen("127.0.0.1:8080", 4096))
         .expect("enter netns")
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
@@ -159,30 +172,36 @@ fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
     let trace = Trace::start(&["--netns", &netns]);
 
     let counts = python(&ns, CHURN, &[port.to_string(), "1500".to_string()]);
-    assert_eq!(counts["ok"], 1000, "the pool has 1,000 ports: {counts}");
-    assert_eq!(counts["eaddrnotavail"], 500, "{counts}");
+    let ok = counts["ok"].as_u64().expect("ok");
+    let ana = counts["eaddrnotavail"].as_u64().expect("eaddrnotavail");
+    assert_eq!(counts["other"], 0, "{counts}");
     assert!(
-        wait_until(Duration::from_secs(10), || time_wait_in(&ns) == 1000),
-        "1,000 TIME_WAIT entries in the namespace (found {})",
+        wait_until(Duration::from_secs(10), || time_wait_in(&ns) as u64 == ok),
+        "every connection in TIME_WAIT in the namespace ({} of {ok})",
         time_wait_in(&ns)
     );
-    assert_eq!(closed.load(Ordering::Relaxed), 1000);
+    assert!(wait_until(Duration::from_secs(10), || closed
+        .load(Ordering::Relaxed)
+        == ok));
 
     let (report, code) = trace.finish();
-    assert_eq!(code, 1, "EADDRNOTAVAIL is a critical finding");
+    // The trace agrees with the process's own counts…
     assert_eq!(report["schema"], "portlab.trace/1");
     assert_eq!(report["lost_events"], 0);
     let pid = counts["pid"].as_u64().expect("pid");
     let f = flow(&report, pid, &format!("127.0.0.1:{port}"));
     assert_eq!(f["comm"], counts["comm"]);
     assert_eq!(f["attempts"], 1500);
-    assert_eq!(f["successes"], counts["ok"]);
-    assert_eq!(failures(f, "EADDRNOTAVAIL"), 500);
-    assert_eq!(f["failures_total"], 500);
-    assert_eq!(f["closed_first"], 1000);
-    assert_eq!(f["time_wait_entered"], 1000);
-    assert_eq!(f["failed_port_search"]["count"], 500);
+    assert_eq!(f["successes"], ok);
+    assert_eq!(failures(f, "EADDRNOTAVAIL"), ana);
+    assert_eq!(f["failures_total"], ana);
+    assert_eq!(f["closed_first"], ok);
+    assert_eq!(f["time_wait_entered"], ok);
+    assert_eq!(f["failed_port_search"]["count"], ana);
     assert!(f["failed_port_search"]["max_ns"].as_u64().unwrap_or(0) > 0);
+    // … and the pool behaved as the kernel says it must.
+    assert_eq!((ok, ana), (1000, 500), "the pool has 1,000 ports: {counts}");
+    assert_eq!(code, 1, "EADDRNOTAVAIL is a critical finding");
     let flows = report["flows"].as_array().expect("flows");
     assert!(
         flows.iter().all(|f| f["pid"] == pid),
@@ -192,7 +211,8 @@ fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
     assert_eq!(top["cause"], "port_exhaustion");
     let summary = top["summary"].as_str().unwrap_or("");
     assert!(
-        summary.contains(&format!("process {pid} (")) && summary.contains("closes every connection first"),
+        summary.contains(&format!("process {pid} ("))
+            && summary.contains("closes every connection first"),
         "{summary}"
     );
 }
@@ -240,16 +260,7 @@ fn refused_and_dropped_syns_are_told_apart() {
     ])
     .expect("nft chain");
     ns.exec_checked(&[
-        "nft",
-        "add",
-        "rule",
-        "inet",
-        "pltrace",
-        "input",
-        "tcp",
-        "dport",
-        "9",
-        "drop",
+        "nft", "add", "rule", "inet", "pltrace", "input", "tcp", "dport", "9", "drop",
     ])
     .expect("nft rule");
     let netns = format!("/var/run/netns/{}", ns.name());
@@ -271,7 +282,10 @@ fn refused_and_dropped_syns_are_told_apart() {
     assert_eq!(failures(dropped, "ETIMEDOUT"), 2, "{dropped}");
     assert_eq!(dropped["failures_total"], 2);
     assert_eq!(dropped["failures"][0]["class"], "ConnectTimeout");
-    assert_eq!(dropped["failed_port_search"]["count"], 0, "a port was chosen");
+    assert_eq!(
+        dropped["failed_port_search"]["count"], 0,
+        "a port was chosen"
+    );
     let causes: Vec<&Value> = report["findings"]
         .as_array()
         .expect("findings")

@@ -138,7 +138,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         if live {
             let snap = tracer.snapshot();
             let mut s = String::from("\x1b[H\x1b[2J");
-            s.push_str(&render_snapshot(&snap, &args, "live, Ctrl-C for the summary", p));
+            s.push_str(&render_snapshot(
+                &snap,
+                &args,
+                "live, Ctrl-C for the summary",
+                p,
+            ));
             crate::exit::emit(&s)?;
         }
     }
@@ -172,7 +177,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let text = serde_json::to_string(&report).context("encoding JSON")?;
         crate::exit::emit(&format!("{text}\n"))?;
     } else {
-        let mut s = if live { "\x1b[H\x1b[2J".to_string() } else { String::new() };
+        let mut s = if live {
+            "\x1b[H\x1b[2J".to_string()
+        } else {
+            String::new()
+        };
         s.push_str(&render_snapshot(&snap, &args, "summary", p));
         push_findings(&mut s, "Diagnosis", &findings, Detail::Compact, p);
         crate::exit::emit(&s)?;
