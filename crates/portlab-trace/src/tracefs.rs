@@ -10,7 +10,7 @@ use crate::TraceError;
 const TRACEFS_DIRS: [&str; 2] = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"];
 
 /// One field of a tracepoint record, as the `format` file describes it:
-/// `field:__u16 sport;	offset:24;	size:2;	signed:0;`.
+/// `field:__u16 sport;<TAB>offset:24;<TAB>size:2;<TAB>signed:0;`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Field {
     /// Field name without type or array suffix (`saddr` for `__u8 saddr[4]`).
@@ -79,7 +79,7 @@ impl EventFormat {
     }
 }
 
-/// `field:unsigned short common_type;	offset:0;	size:2;	signed:0;`
+/// `field:unsigned short common_type; offset:0; size:2; signed:0;`
 fn parse_field(line: &str) -> Option<Field> {
     let mut decl = None;
     let mut offset = None;

@@ -23,9 +23,12 @@ struct Trace {
 
 impl Trace {
     fn start(args: &[&str]) -> Trace {
+        Trace::spawn(&[&["trace", "--json"], args].concat())
+    }
+
+    /// Any portlab command that prints "ready" on stderr once attached.
+    fn spawn(args: &[&str]) -> Trace {
         let mut child = Command::new(PORTLAB)
-            .arg("trace")
-            .arg("--json")
             .args(args)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -46,9 +49,14 @@ impl Trace {
     }
 
     /// SIGINT, then the JSON report and the exit code.
-    fn finish(mut self) -> (Value, i32) {
+    fn finish(self) -> (Value, i32) {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+        self.output()
+    }
+
+    /// The JSON report and exit code once the command ends by itself.
+    fn output(mut self) -> (Value, i32) {
         let mut out = String::new();
         self.child
             .stdout
@@ -331,4 +339,42 @@ fn bad_flags_are_usage_errors() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ns"));
+}
+
+const REFUSED: &str = r#"
+import json, os, socket, sys
+n = 0
+for _ in range(4):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", int(sys.argv[1])))
+    except ConnectionRefusedError:
+        n += 1
+    s.close()
+print(json.dumps({"pid": os.getpid(), "refused": n}))
+"#;
+
+#[test]
+fn doctor_with_trace_names_the_failing_process() {
+    let ns = NetNs::new("trace3").expect("create netns (needs root)");
+    let closed_port = ns
+        .run(|| TcpListener::bind("127.0.0.1:0").map(|l| l.local_addr().map(|a| a.port())))
+        .expect("enter netns")
+        .expect("bind")
+        .expect("addr");
+    let doctor = Trace::spawn(&["doctor", "--trace", "5s", "--interval", "0", "--json"]);
+    let res = python(&ns, REFUSED, &[closed_port.to_string()]);
+    assert_eq!(res["refused"], 4, "{res}");
+    let (report, _) = doctor.output();
+    let pid = res["pid"].as_u64().expect("pid");
+    let f = flow(&report["trace"], pid, &format!("127.0.0.1:{closed_port}"));
+    assert_eq!(failures(f, "ECONNREFUSED"), 4);
+    let findings = report["findings"].as_array().expect("findings");
+    assert!(
+        findings.iter().any(|x| x["cause"] == "server_side"
+            && x["summary"]
+                .as_str()
+                .is_some_and(|s| s.contains(&format!("process {pid} ")))),
+        "{findings:?}"
+    );
 }

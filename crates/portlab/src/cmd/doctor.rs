@@ -22,7 +22,8 @@ Exit code: 0 when healthy or only warnings, 1 when a finding is critical, 2 for 
 Examples:
   portlab doctor                       this host, counters watched for 1 s
   portlab doctor --dest 10.0.0.5:443   focus on one destination
-  portlab doctor --interval 5 --json   watch counters for 5 s; machine-readable")]
+  portlab doctor --interval 5 --json   watch counters for 5 s; machine-readable
+  portlab doctor --trace 10s           also trace every connect() for 10 s (root)")]
 pub struct Args {
     /// Look only at the pools towards this destination.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -40,6 +41,11 @@ pub struct Args {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+
+    /// Also trace every connect() on the host for this long (e.g. 10s) and add what failed,
+    /// per process and destination, to the diagnosis (root or CAP_PERFMON + CAP_BPF).
+    #[arg(long, value_name = "DURATION")]
+    trace: Option<String>,
 }
 
 fn parse_interval(text: &str) -> Result<f64, String> {
@@ -64,6 +70,8 @@ struct DoctorReport<'a> {
     counters: &'a portlab_sockets::Counters,
     counter_rates_per_sec: Option<CounterRates>,
     findings: &'a [Finding],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a portlab_trace::TraceSnapshot>,
 }
 
 /// Runs `portlab doctor`.
@@ -73,6 +81,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         top: usize::from(args.top),
         proc: false,
     };
+    let trace_for = args
+        .trace
+        .as_deref()
+        .map(|d| {
+            crate::cmd::model::parse_duration(d, "s")
+                .map_err(|e| crate::exit::usage(format!("--trace: {e}")))
+        })
+        .transpose()?;
+    let tracer = match trace_for {
+        Some(_) => Some(crate::cmd::trace::start(portlab_trace::Filter {
+            dest: args.dest,
+            ..Default::default()
+        })?),
+        None => None,
+    };
+    if let Some(d) = trace_for {
+        eprintln!(
+            "portlab doctor: tracing every connect() for {:.0} s; ready",
+            d.as_secs_f64()
+        );
+    }
+    let trace_started = std::time::Instant::now();
     let before = ports::read(view)?;
     let mut reading = None;
     if args.interval > 0.0 {
@@ -97,7 +127,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         counters_interval_ms: rates.map_or(0, |r| (r.interval_secs * 1000.0) as u64),
         snapshot: Some(reading.snapshot.clone()),
     };
-    let findings = diagnose(&evidence);
+    let trace = tracer.map(|t| {
+        let left = trace_for
+            .unwrap_or_default()
+            .saturating_sub(trace_started.elapsed());
+        std::thread::sleep(left);
+        t.stop()
+    });
+    let findings = match &trace {
+        Some(snap) => portlab_diagnose::diagnose_with_trace(
+            &evidence,
+            &crate::cmd::trace::trace_evidence(snap),
+        ),
+        None => diagnose(&evidence),
+    };
     let critical = findings.iter().any(|f| f.severity == Severity::Critical);
     if args.json {
         let report = DoctorReport {
@@ -107,6 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             counters: &reading.counters,
             counter_rates_per_sec: rates,
             findings: &findings,
+            trace: trace.as_ref(),
         };
         crate::exit::emit(&format!(
             "{}\n",
@@ -115,6 +159,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         let p = Painter::for_stdout();
         let mut s = ports::render_text(&reading, rates, view, p);
+        if let Some(snap) = &trace {
+            s.push_str(&format!(
+                "\n{}\n",
+                p.heading(&format!(
+                    "connect() outcomes traced for {:.1} s",
+                    snap.elapsed_ms as f64 / 1000.0
+                ))
+            ));
+            s.push_str(&crate::cmd::trace::render_table(
+                snap,
+                usize::from(args.top),
+                p,
+            ));
+        }
         push_findings(&mut s, "Diagnosis", &findings, Detail::Full, p);
         crate::exit::emit(&s)?;
     }
