@@ -12,14 +12,19 @@
 #   10,000 events/s and 12,500 ≈ 100,000); reports events/s seen, trace CPU % of a core, CPU
 #   ns per event, lost events, and trace's CPU scaled to 10,000 connects/s.
 #
-# Usage: scripts/bench-trace.sh   (env: DURATION=5s CONNS=50 ROUNDS=4 RATES="1250 12500")
+# Part C, the reader at 10,000 and 100,000 events/s: a paced UDP connect() loop (2 hits per
+#   call, no packets) while trace runs; trace's CPU % of a core, ns per event, lost events.
+#
+# Usage: scripts/bench-trace.sh
+#   (env: DURATION=5s CONNS=50 ROUNDS=6 RATES="1250 12500" FLOODS="10000 100000")
 # Needs: root (perf_event_open on tracepoints), nginx, python3, GNU time, taskset, cargo.
 set -euo pipefail
 
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-50}
-ROUNDS=${ROUNDS:-4}
+ROUNDS=${ROUNDS:-6}
 RATES=${RATES:-"1250 12500"}
+FLOODS=${FLOODS:-"10000 100000"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PORTLAB=${PORTLAB:-$ROOT/target/release/portlab}
 
@@ -65,10 +70,12 @@ for _ in $(seq 200); do
 done
 URL="http://127.0.0.1:$PORT/hello.html"
 
-# start_trace NAME: starts `portlab trace --json` under GNU time, returns once it is attached.
+# start_trace NAME [ARGS]: starts `portlab trace --json ARGS` under GNU time, returns once it
+# is attached.
 start_trace() {
   local name=$1
-  /usr/bin/time -f "CPU %U %S" -o "$WORK/$name.time" "$PORTLAB" trace --json \
+  shift
+  /usr/bin/time -f "CPU %U %S" -o "$WORK/$name.time" "$PORTLAB" trace --json "$@" \
     >"$WORK/$name.json" 2>"$WORK/$name.err" &
   TRACE_PID=$!
   for _ in $(seq 600); do
@@ -110,7 +117,7 @@ s = r["summary"]
 conns = s["succeeded"]
 lcpu = cpu(f"{work}/{name}.ltime")
 tcpu = events = lost = elapsed = reader = "-"
-if traced == "1":
+if traced != "0":
     t = json.load(open(f"{work}/{name}.json"))
     tcpu, events, lost = cpu(f"{work}/{name}.time"), t["events"], t["lost_events"]
     elapsed, reader = t["elapsed_ms"] / 1000, t["reader_cpu_ms"] / 1000
@@ -121,14 +128,16 @@ PY
 echo "nginx on $URL (CPU 1); load on CPU 0: -c $CONNS -z $DURATION --connection close" >&2
 "$PORTLAB" load -c "$CONNS" -z 1s --connection close "$URL" >/dev/null 2>&1 || true # warm-up
 
-echo "Part A: $ROUNDS rounds, ABBA" >&2
+# Variants: 0 = no trace, 1 = portlab trace, 2 = portlab trace --no-syscalls; the order
+# rotates every round.
+echo "Part A: $ROUNDS rounds, rotating order" >&2
 for round in $(seq "$ROUNDS"); do
-  if (( round % 2 )); then order="0 1"; else order="1 0"; fi
+  case $(( round % 3 )) in 1) order="0 1 2" ;; 2) order="1 2 0" ;; 0) order="2 0 1" ;; esac
   for traced in $order; do
     name="a$round-$traced"
-    if [[ $traced == 1 ]]; then start_trace "$name"; fi
+    case $traced in 1) start_trace "$name" ;; 2) start_trace "$name" --no-syscalls ;; esac
     load "$name"
-    if [[ $traced == 1 ]]; then stop_trace; fi
+    if [[ $traced != 0 ]]; then stop_trace; fi
     record A "$name" "$traced"
     tail -1 "$RESULTS" | awk -F'\t' '{printf "  round %s traced=%s: %8.0f conn/s\n", "'"$round"'", $3, $12}' >&2
   done
@@ -145,6 +154,43 @@ for rate in $RATES; do
   done
 done
 
+# Part C: the reader's cost at a given event rate, without the cost of TCP itself: a python3
+# loop connect()s a UDP socket (2 tracepoint hits per call: sys_enter/sys_exit_connect, no
+# packet sent) at a paced rate for $DURATION while trace runs.
+echo "Part C: event floods $FLOODS events/s" >&2
+SECS=$(python3 -c "d='$DURATION'; print(float(d[:-1]) if d.endswith('s') else float(d))")
+for events in $FLOODS; do
+  name="c$events"
+  start_trace "$name"
+  taskset -c 0 python3 - "$events" "$SECS" <<'PY'
+import socket, sys, time
+per_sec, secs = int(sys.argv[1]) // 2, float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+start = time.monotonic()
+done = 0
+while True:
+    now = time.monotonic() - start
+    if now >= secs:
+        break
+    due = int(now * per_sec)
+    while done < due:
+        s.connect(("127.0.0.1", 9))
+        done += 1
+    time.sleep(0.001)
+print(done, file=sys.stderr)
+PY
+  stop_trace
+  python3 - "$WORK/$name.json" "$WORK/$name.time" "$events" >>"$WORK/floods.txt" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+line = [l for l in open(sys.argv[2]) if l.startswith("CPU")][0].split()
+cpu = float(line[1]) + float(line[2])
+secs = t["elapsed_ms"] / 1000
+print(f"  target {int(sys.argv[3]):>7,} events/s: seen {t['events'] / secs:9,.0f} events/s, trace CPU {cpu / secs * 100:5.2f} % of a core "
+      f"({cpu / max(t['events'], 1) * 1e9:,.0f} ns/event; reader thread {t['reader_cpu_ms'] / 10 / secs:.2f} %), lost {t['lost_events']}")
+PY
+done
+
 python3 - "$RESULTS" <<'PY'
 import sys, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
@@ -154,22 +200,24 @@ def f(x):
     return float(x)
 print("\nPart A: portlab load --connection close, new connections/s without and with portlab trace")
 base = {r[1].split("-")[0]: r for r in A if r[2] == "0"}
-trac = {r[1].split("-")[0]: r for r in A if r[2] == "1"}
-ratios, cpu_ratios, trace_pct, ev_rates = [], [], [], []
-for k in sorted(base):
-    b, t = base[k], trac.get(k)
-    if not t:
-        continue
-    rb, rt = f(b[11]), f(t[11])
-    ratios.append(rt / rb)
-    cpu_ratios.append((f(t[5]) / f(t[4])) / (f(b[5]) / f(b[4])))
-    trace_pct.append(f(t[6]) / f(t[9]) * 100)
-    ev_rates.append(f(t[7]) / f(t[9]))
-    print(f"  {k}: without {rb:8.0f}/s  with {rt:8.0f}/s  ratio {rt/rb:.3f}  load CPU/conn ratio {cpu_ratios[-1]:.3f}  "
-          f"trace CPU {trace_pct[-1]:.1f} % of a core at {ev_rates[-1]:,.0f} events/s, lost {t[8]}")
-if ratios:
-    print(f"  median ratio with/without {statistics.median(ratios):.3f} (spread {min(ratios):.3f}–{max(ratios):.3f}); "
-          f"load CPU per connection ×{statistics.median(cpu_ratios):.3f}; trace CPU median {statistics.median(trace_pct):.1f} % of a core")
+for variant, label in (("1", "portlab trace"), ("2", "portlab trace --no-syscalls")):
+  print(f" {label}:")
+  trac = {r[1].split("-")[0]: r for r in A if r[2] == variant}
+  ratios, cpu_ratios, trace_pct, ev_rates = [], [], [], []
+  for k in sorted(base):
+      b, t = base[k], trac.get(k)
+      if not t:
+          continue
+      rb, rt = f(b[11]), f(t[11])
+      ratios.append(rt / rb)
+      cpu_ratios.append((f(t[5]) / f(t[4])) / (f(b[5]) / f(b[4])))
+      trace_pct.append(f(t[6]) / f(t[9]) * 100)
+      ev_rates.append(f(t[7]) / f(t[9]))
+      print(f"  {k}: without {rb:8.0f}/s  with {rt:8.0f}/s  ratio {rt/rb:.3f}  load CPU/conn ratio {cpu_ratios[-1]:.3f}  "
+            f"trace CPU {trace_pct[-1]:.1f} % of a core at {ev_rates[-1]:,.0f} events/s, lost {t[8]}")
+  if ratios:
+      print(f"  median ratio with/without {statistics.median(ratios):.3f} (spread {min(ratios):.3f}–{max(ratios):.3f}); "
+            f"load CPU per connection ×{statistics.median(cpu_ratios):.3f}; trace CPU median {statistics.median(trace_pct):.1f} % of a core")
 print("\nPart B: fixed rates (portlab load --rate R --connection close)")
 for r in [x for x in B if x[2] == "1"]:
     b = next((x for x in B if x[2] == "0" and x[3] == r[3]), None)
@@ -186,3 +234,6 @@ for r in [x for x in B if x[2] == "1"]:
           f"({ns_per_event:,.0f} ns/event, reader thread {f(r[10]):.2f} s), lost {r[8]}; "
           f"scaled to 10,000 connects/s: {at10k:.1f} % of a core{extra}")
 PY
+echo
+echo "Part C: trace's own CPU at a given event rate (UDP connect() flood, 2 events per call)"
+cat "$WORK/floods.txt"

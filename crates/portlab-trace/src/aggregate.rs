@@ -12,7 +12,9 @@
 //!   (net/ipv4/tcp_input.c `tcp_reset()`, tcp_timer.c `tcp_write_err()`).
 //! - the active closer goes `ESTABLISHED → FIN_WAIT1 (→ FIN_WAIT2) → CLOSE`; the last step is
 //!   `tcp_time_wait()` handing the 4-tuple to a TIME_WAIT mini-socket (no `→ TIME_WAIT`
-//!   transition is traced; net/ipv4/tcp_minisocks.c).
+//!   transition is traced; net/ipv4/tcp_minisocks.c). The passive closer leaves
+//!   `CLOSE_WAIT`/`LAST_ACK` for CLOSE. Only the `→ CLOSE` step is read, so the kernel filter
+//!   drops the intermediate transitions.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -180,8 +182,6 @@ enum Phase {
         tuple: (SocketAddr, SocketAddr),
     },
     Established,
-    /// We sent the first FIN.
-    ClosingFirst,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -367,21 +367,24 @@ impl Aggregator {
                 );
                 self.errno_wait.push_back((e.time_ns, sk));
             }
-            (Phase::Established, _, st::FIN_WAIT1) => {
-                self.flow(sock.key).closed_first += 1;
-                self.set_phase(sk, Phase::ClosingFirst);
-            }
-            (Phase::Established, _, st::CLOSE_WAIT) => {
-                self.flow(sock.key).closed_by_peer += 1;
-            }
-            (Phase::ClosingFirst, st::FIN_WAIT1 | st::FIN_WAIT2 | st::CLOSING, st::CLOSE) => {
+            // Who closed first is read from the state a connection leaves for CLOSE, so the
+            // kernel filter can drop the FIN_WAIT1 and CLOSE_WAIT transitions (fewer events).
+            (Phase::Established, st::FIN_WAIT1 | st::FIN_WAIT2 | st::CLOSING, st::CLOSE) => {
                 let flow = self.flow(sock.key);
+                flow.closed_first += 1;
                 flow.time_wait_entered += 1;
                 flow.time_wait_window.add(e.time_ns);
                 flow.open -= 1;
                 self.socks.remove(&sk);
             }
-            (Phase::Established | Phase::ClosingFirst, _, st::CLOSE) => {
+            (Phase::Established, st::CLOSE_WAIT | st::LAST_ACK, st::CLOSE) => {
+                let flow = self.flow(sock.key);
+                flow.closed_by_peer += 1;
+                flow.open -= 1;
+                self.socks.remove(&sk);
+            }
+            (Phase::Established, _, st::CLOSE) => {
+                // Reset or aborted while established: neither side closed in order.
                 self.flow(sock.key).open -= 1;
                 self.socks.remove(&sk);
             }
@@ -398,7 +401,7 @@ impl Aggregator {
                     self.flow(old.key).in_progress -= 1;
                     self.socks.remove(&sk);
                 }
-                Phase::Established | Phase::ClosingFirst => {
+                Phase::Established => {
                     self.flow(old.key).open -= 1;
                     self.socks.remove(&sk);
                 }
@@ -640,18 +643,27 @@ mod tests {
         a.push([
             state(1, SK, st::CLOSE, st::SYN_SENT, 0, D),
             state(2, SK, st::SYN_SENT, st::ESTABLISHED, 40002, D),
+            // The kernel filter drops these two; they change nothing when they come.
             state(3, SK, st::ESTABLISHED, st::FIN_WAIT1, 40002, D),
             state(4, SK, st::FIN_WAIT1, st::FIN_WAIT2, 40002, D),
             state(5, SK, st::FIN_WAIT2, st::CLOSE, 40002, D),
             // The same memory becomes a new socket that the peer closes first.
             state(6, SK, st::CLOSE, st::SYN_SENT, 0, D),
             state(7, SK, st::SYN_SENT, st::ESTABLISHED, 40004, D),
-            state(8, SK, st::ESTABLISHED, st::CLOSE_WAIT, 40004, D),
+            state(8, SK, st::CLOSE_WAIT, st::LAST_ACK, 40004, D),
+            state(9, SK, st::LAST_ACK, st::CLOSE, 40004, D),
+            // A third that is reset while established.
+            state(10, SK, st::CLOSE, st::SYN_SENT, 0, D),
+            state(11, SK, st::SYN_SENT, st::ESTABLISHED, 40006, D),
         ]);
         a.advance(100);
         let f = only_flow(&a);
-        assert_eq!((f.attempts, f.successes, f.time_wait_entered), (2, 2, 1));
+        assert_eq!((f.attempts, f.successes, f.time_wait_entered), (3, 3, 1));
         assert_eq!((f.closed_first, f.closed_by_peer, f.open), (1, 1, 1));
+        a.push([state(12, SK, st::ESTABLISHED, st::CLOSE, 40006, D)]);
+        a.advance(100);
+        let f = only_flow(&a);
+        assert_eq!((f.closed_first, f.closed_by_peer, f.open), (1, 1, 0));
         assert_eq!(a.time_wait_held(a.flows.keys().next().unwrap()), 1);
     }
 

@@ -20,6 +20,8 @@ pub mod tcp_state {
     pub const CLOSE: i32 = 7;
     /// TCP_CLOSE_WAIT
     pub const CLOSE_WAIT: i32 = 8;
+    /// TCP_LAST_ACK
+    pub const LAST_ACK: i32 = 9;
     /// TCP_CLOSING
     pub const CLOSING: i32 = 11;
 }

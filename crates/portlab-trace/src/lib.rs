@@ -95,6 +95,13 @@ pub struct Filter {
     pub netns: Option<PathBuf>,
     /// Ring data pages per CPU (power of two); 0 = [`perf::DEFAULT_RING_PAGES`].
     pub ring_pages: usize,
+    /// Leave out `syscalls:sys_enter_connect`/`sys_exit_connect`. Enabling any syscall
+    /// tracepoint sends every syscall of every task through the kernel's tracing slow path
+    /// (`SYSCALL_WORK_SYSCALL_TRACEPOINT`, kernel/entry/common.c), a host-wide cost; without
+    /// them EADDRNOTAVAIL, refusals and timeouts are still counted, but the errno of a bound
+    /// socket's synchronous failure is not (it counts as `abandoned`), nor are connect()
+    /// errors without a TCP socket.
+    pub skip_syscalls: bool,
 }
 
 impl Filter {
@@ -128,9 +135,7 @@ impl Filter {
             .map(|d| format!(" && dport == {}", d.port()))
             .unwrap_or_default();
         [
-            format!(
-                "protocol == 6 && (newstate == 2 || oldstate == 2 || newstate == 4 || newstate == 7 || newstate == 8){port}"
-            ),
+            format!("protocol == 6 && (newstate == 2 || oldstate == 2 || newstate == 7){port}"),
             format!("error != 0{port}"),
             String::new(),
             String::new(),
@@ -193,9 +198,15 @@ impl Tracer {
         };
         let filters = filter.kernel_filters();
         let filter_refs: Vec<&str> = filters.iter().map(String::as_str).collect();
+        let ids = layouts.ids();
+        let ids = if filter.skip_syscalls {
+            &ids[..2]
+        } else {
+            &ids[..]
+        };
         let mut rings = Vec::new();
         for cpu in perf::online_cpus()? {
-            rings.push(perf::open_ring(cpu, &layouts.ids(), &filter_refs, pages)?);
+            rings.push(perf::open_ring(cpu, ids, &filter_refs, pages)?);
         }
         let start_ns = monotonic_ns();
         for ring in &rings {

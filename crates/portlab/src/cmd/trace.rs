@@ -71,6 +71,12 @@ pub struct Args {
     #[arg(long, value_name = "PAGES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=65536))]
     ring_pages: u32,
 
+    /// Do not trace sys_enter/sys_exit_connect: spares every syscall on the host the tracing
+    /// slow path, but loses the errno of bound sockets' synchronous failures and connect()
+    /// errors without a TCP socket (docs/trace.md).
+    #[arg(long)]
+    no_syscalls: bool,
+
     /// Print one JSON object (schema portlab.trace/1, docs/trace.md) instead of text.
     #[arg(long)]
     json: bool,
@@ -113,13 +119,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cgroup: args.cgroup.clone(),
         netns: args.netns.clone(),
         ring_pages: args.ring_pages as usize,
+        skip_syscalls: args.no_syscalls,
     };
     let tracer = start(filter)?;
     eprintln!(
-        "portlab trace: attached to 4 tracepoints on {} CPUs; ready{}",
+        "portlab trace: attached to {} tracepoints on {} CPUs; ready{}",
+        if args.no_syscalls { 2 } else { 4 },
         online_cpus(),
         match duration {
-            Some(d) => format!(" (for {:.0} s)", d.as_secs_f64()),
+            Some(d) => format!(" (for {:.1} s)", d.as_secs_f64()),
             None => " (Ctrl-C for the summary)".to_string(),
         }
     );
