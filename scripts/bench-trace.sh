@@ -15,6 +15,9 @@
 # Part C, the reader at 10,000 and 100,000 events/s: a paced UDP connect() loop (2 hits per
 #   call, no packets) while trace runs; trace's CPU % of a core, ns per event, lost events.
 #
+# Part D, the kernel-side cost per event (paid by the traced process, not by trace): CPU per
+#   UDP connect() of an unpaced python3 loop without and with trace, paired rounds.
+#
 # Usage: scripts/bench-trace.sh
 #   (env: DURATION=5s CONNS=50 ROUNDS=6 RATES="1250 12500" FLOODS="10000 100000")
 # Needs: root (perf_event_open on tracepoints), nginx, python3, GNU time, taskset, cargo.
@@ -191,6 +194,27 @@ print(f"  target {int(sys.argv[3]):>7,} events/s: seen {t['events'] / secs:9,.0f
 PY
 done
 
+# Part D: the kernel-side cost per event, paid by the traced process: CPU per UDP connect()
+# (python3, unpaced, CPU 0) without and with trace, interleaved $ROUNDS times.
+echo "Part D: CPU per UDP connect() without/with trace" >&2
+cat >"$WORK/flood.py" <<'PY'
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+n, t, end = 0, time.process_time(), time.monotonic() + 2
+while time.monotonic() < end:
+    for _ in range(1000):
+        s.connect(("127.0.0.1", 9))
+    n += 1000
+print(round((time.process_time() - t) / n * 1e9))
+PY
+: >"$WORK/udp.tsv"
+for round in $(seq "$ROUNDS"); do
+  printf '0\t%s\n' "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
+  start_trace "d$round"
+  printf '1\t%s\n' "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
+  stop_trace
+done
+
 python3 - "$RESULTS" <<'PY'
 import sys, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
@@ -237,3 +261,13 @@ PY
 echo
 echo "Part C: trace's own CPU at a given event rate (UDP connect() flood, 2 events per call)"
 cat "$WORK/floods.txt"
+python3 - "$WORK/udp.tsv" <<'PY'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+off = [int(v) for k, v in rows if k == "0"]
+on = [int(v) for k, v in rows if k == "1"]
+deltas = sorted(b - a for a, b in zip(off, on))
+print("\nPart D: kernel-side cost, CPU ns per UDP connect() (2 tracepoint hits) without / with trace")
+print(f"  without {statistics.median(off)} ns, with {statistics.median(on)} ns; paired difference median "
+      f"{statistics.median(deltas)} ns (spread {deltas[0]}–{deltas[-1]}) = about {statistics.median(deltas) / 2:.0f} ns per event")
+PY

@@ -109,7 +109,7 @@ fn flow_finding(e: &Evidence, trace: &TraceEvidence, f: &TracedFlow) -> Finding 
         }
         let usable = u64::from(e.settings.usable_ephemeral_ports());
         evidence.push(format!(
-            "{} TIME_WAIT entries to {dest} in the last 60 s against {} usable ports (this host's ip_local_port_range {}-{}; a namespace may have its own)",
+            "{} TIME_WAIT entries to {dest} in the last 60 s against {} usable ports (ip_local_port_range {}-{} of the namespace traced; without --netns, of the caller's)",
             rules::int(f.time_wait_held),
             rules::int(usable),
             e.settings.ip_local_port_range.low,

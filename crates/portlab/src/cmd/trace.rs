@@ -156,7 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let snap = tracer.stop();
-    let settings = portlab_sockets::PortPoolSettings::read().context("reading port settings")?;
+    let settings = settings_of(args.netns.as_deref())?;
     let evidence = Evidence {
         settings,
         loopback: false,
@@ -210,6 +210,26 @@ pub fn start(filter: Filter) -> anyhow::Result<Tracer> {
         TraceError::Filter(msg) => usage(msg),
         other => anyhow::Error::new(other).context("attaching to the connect() tracepoints"),
     })
+}
+
+/// The port-pool settings of the traced namespace (`--netns`), else of ours: /proc/sys/net
+/// shows the namespace of the task that reads it, so a thread enters the namespace first.
+fn settings_of(
+    netns: Option<&std::path::Path>,
+) -> anyhow::Result<portlab_sockets::PortPoolSettings> {
+    let Some(path) = netns else {
+        return portlab_sockets::PortPoolSettings::read().context("reading port settings");
+    };
+    let path = path.to_path_buf();
+    std::thread::spawn(move || -> anyhow::Result<_> {
+        let file = std::fs::File::open(&path)
+            .with_context(|| format!("opening network namespace {}", path.display()))?;
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
+            .with_context(|| format!("entering network namespace {}", path.display()))?;
+        portlab_sockets::PortPoolSettings::read().context("reading port settings")
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("reading the namespace's settings panicked"))?
 }
 
 fn online_cpus() -> usize {
