@@ -683,6 +683,22 @@ mod tests {
     }
 
     #[test]
+    fn without_syscall_events_no_port_still_means_eaddrnotavail() {
+        let mut a = agg();
+        a.push([
+            state(1, SK, st::CLOSE, st::SYN_SENT, 0, D),
+            state(9_000, SK, st::SYN_SENT, st::CLOSE, 0, D),
+        ]);
+        a.advance(ERRNO_WAIT_NS + 10_000);
+        let f = only_flow(&a);
+        assert_eq!(f.failures, vec![(libc::EADDRNOTAVAIL, 1)]);
+        assert_eq!(
+            (f.abandoned, f.search.count, f.search.max_ns),
+            (0, 1, 8_999)
+        );
+    }
+
+    #[test]
     fn socketless_errors_and_filters() {
         let mut a = agg();
         a.push([
