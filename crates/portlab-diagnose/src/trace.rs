@@ -51,6 +51,22 @@ pub struct TraceEvidence {
     pub flows: Vec<TracedFlow>,
 }
 
+impl Evidence {
+    /// Evidence of a host with only its settings known (no load run, no snapshot): what a
+    /// trace's findings are read against.
+    pub fn host(settings: portlab_sockets::PortPoolSettings) -> Evidence {
+        Evidence {
+            settings,
+            loopback: false,
+            run: None,
+            pool: None,
+            counters_delta: None,
+            counters_interval_ms: 0,
+            snapshot: None,
+        }
+    }
+}
+
 /// At most this many flows get a finding of their own; the rest are summed in the last line.
 const MAX_FLOW_FINDINGS: usize = 5;
 
@@ -243,15 +259,7 @@ mod tests {
     use portlab_sockets::PortPoolSettings;
 
     fn evidence() -> Evidence {
-        Evidence {
-            settings: PortPoolSettings::read().unwrap(),
-            loopback: false,
-            run: None,
-            pool: None,
-            counters_delta: None,
-            counters_interval_ms: 0,
-            snapshot: None,
-        }
+        Evidence::host(PortPoolSettings::read().unwrap())
     }
 
     fn flow(ana: u64, refused: u64) -> TracedFlow {

@@ -78,9 +78,10 @@ pub struct FlowReport {
     pub in_progress: u64,
     /// Connections open now (established, not yet closed).
     pub open: u64,
-    /// Connections this process closed first (ESTABLISHED → FIN_WAIT1): it is the active closer.
+    /// Connections this process closed first (they left FIN_WAIT1/FIN_WAIT2/CLOSING for CLOSE):
+    /// it is the active closer.
     pub closed_first: u64,
-    /// Connections the peer closed first (ESTABLISHED → CLOSE_WAIT).
+    /// Connections the peer closed first (they left CLOSE_WAIT/LAST_ACK for CLOSE).
     pub closed_by_peer: u64,
     /// Connections that entered TIME_WAIT on this host (active close completed).
     pub time_wait_entered: u64,

@@ -156,16 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     let snap = tracer.stop();
-    let settings = settings_of(args.netns.as_deref())?;
-    let evidence = Evidence {
-        settings,
-        loopback: false,
-        run: None,
-        pool: None,
-        counters_delta: None,
-        counters_interval_ms: 0,
-        snapshot: None,
-    };
+    let evidence = Evidence::host(settings_of(args.netns.as_deref())?);
     let findings = diagnose_with_trace(&evidence, &trace_evidence(&snap));
     let critical = findings.iter().any(|f| f.severity == Severity::Critical);
     if args.json {
