@@ -215,6 +215,7 @@ pub struct Aggregator {
     pub(crate) search: DurationHistogram,
     pub(crate) events: u64,
     pub(crate) lost_events: u64,
+    pub(crate) throttles: u64,
     pub(crate) unattributed: u64,
     pub(crate) flows_overflowed: u64,
     pub(crate) last_event_ns: u64,
@@ -236,6 +237,7 @@ impl Aggregator {
             search: DurationHistogram::new(),
             events: 0,
             lost_events: 0,
+            throttles: 0,
             unattributed: 0,
             flows_overflowed: 0,
             last_event_ns: 0,
@@ -257,6 +259,27 @@ impl Aggregator {
         if pid == tid {
             self.procs
                 .set_comm(pid, String::from_utf8_lossy(comm).into_owned());
+        }
+    }
+
+    /// Reads /proc for the processes of `events` that start a connect, now rather than when the
+    /// events are processed (up to ~100 ms later), so a short-lived process is still there.
+    pub(crate) fn note_processes(&mut self, events: &[Event]) {
+        if !self.scope.needs_proc() {
+            return;
+        }
+        for e in events {
+            let starts = matches!(
+                e.kind,
+                EventKind::SetState {
+                    old: st::CLOSE,
+                    new: st::SYN_SENT,
+                    ..
+                } | EventKind::ExitConnect { .. }
+            );
+            if starts && self.scope.pid.is_none_or(|p| p == e.pid) {
+                let _ = self.procs.get(e.pid);
+            }
         }
     }
 
@@ -312,14 +335,22 @@ impl Aggregator {
             return;
         }
         match call.sock {
-            Some(sk) => {
-                if matches!(
-                    self.socks.get(&sk).map(|s| s.phase),
-                    Some(Phase::Failed { .. })
-                ) {
-                    self.finish_failed(sk, Some(errno), e.time_ns);
+            Some(sk) => match self.socks.get(&sk).map(|s| s.phase) {
+                Some(Phase::Failed { .. }) => self.finish_failed(sk, Some(errno), e.time_ns),
+                // connect() gave up on this socket without a state change seen: a blocking
+                // connect's ETIMEDOUT/ECONNREFUSED whose CLOSE sample did not arrive (measured:
+                // it sometimes does not, docs/trace.md). Interrupted calls keep connecting.
+                Some(Phase::Connecting)
+                    if !matches!(errno, libc::EINTR | libc::EALREADY | libc::EAGAIN | 512) =>
+                {
+                    if let Some(sock) = self.socks.remove(&sk) {
+                        let flow = self.flow(sock.key);
+                        flow.in_progress -= 1;
+                        flow.fail(errno, e.time_ns);
+                    }
                 }
-            }
+                _ => {}
+            },
             None => {
                 // No TCP socket changed state in this call: a routing failure before a port was
                 // chosen (ENETUNREACH), or not a TCP socket at all (unix, UDP). No destination.
@@ -680,6 +711,22 @@ mod tests {
         let f = only_flow(&a);
         assert_eq!((f.abandoned, f.in_progress), (1, 0));
         assert!(f.failures.is_empty());
+    }
+
+    #[test]
+    fn a_blocking_connects_errno_counts_even_without_its_close_sample() {
+        let mut a = agg();
+        a.push([
+            ev(1, EventKind::EnterConnect),
+            state(2, SK, st::CLOSE, st::SYN_SENT, 0, D),
+            ev(3_000, EventKind::ExitConnect { ret: -110 }),
+            // The CLOSE sample arriving after all changes nothing.
+            state(3_001, SK, st::SYN_SENT, st::CLOSE, 40000, D),
+        ]);
+        a.advance(ERRNO_WAIT_NS * 3);
+        let f = only_flow(&a);
+        assert_eq!(f.failures, vec![(libc::ETIMEDOUT, 1)]);
+        assert_eq!((f.in_progress, f.abandoned), (0, 0));
     }
 
     #[test]

@@ -309,6 +309,7 @@ impl Reader {
 
     fn drain_all(&mut self, watermark_ns: u64) {
         let mut lost = 0;
+        let mut throttles = 0;
         let mut comms: Vec<(u32, u32, Vec<u8>)> = Vec::new();
         let layouts = &self.layouts;
         let batch = &mut self.batch;
@@ -330,6 +331,7 @@ impl Reader {
                     }
                 }
                 Record::Lost(n) => lost += n,
+                Record::Throttle => throttles += 1,
                 Record::Comm { pid, tid, comm } => comms.push((pid, tid, comm.to_vec())),
             });
         }
@@ -337,7 +339,9 @@ impl Reader {
         for (pid, tid, comm) in comms {
             agg.comm(pid, tid, &comm);
         }
+        agg.note_processes(&self.batch);
         agg.lost(lost);
+        agg.throttles += throttles;
         agg.push(self.batch.drain(..));
         if watermark_ns == u64::MAX {
             agg.flush();

@@ -27,6 +27,9 @@ pub enum Record<'a> {
     },
     /// The kernel dropped this many records: the ring was full.
     Lost(u64),
+    /// The kernel throttled the event (more samples per tick than
+    /// `kernel.perf_event_max_sample_rate` allows): samples are dropped until it unthrottles.
+    Throttle,
     /// A task took a new name (exec or prctl).
     Comm {
         /// Process id.
@@ -294,6 +297,7 @@ fn parse_record(rec_type: u32, body: &[u8]) -> Option<Record<'_>> {
         }
         // struct { u64 id; u64 lost; }
         bindings::PERF_RECORD_LOST => Some(Record::Lost(u64_at(8)?)),
+        bindings::PERF_RECORD_THROTTLE => Some(Record::Throttle),
         bindings::PERF_RECORD_COMM => {
             let name = body.get(8..)?;
             let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());

@@ -141,31 +141,64 @@ pub fn netns_inode(path: &Path) -> std::io::Result<u64> {
     std::fs::metadata(path).map(|m| m.ino())
 }
 
-/// A cgroup given as a directory under the cgroup v2 mount (`/sys/fs/cgroup/a/b`) or as a
-/// path relative to it (`/a/b`), as /proc/PID/cgroup names it.
+/// A cgroup given as a directory under the cgroup v2 mount (`/sys/fs/cgroup/a/b`, or
+/// `/sys/fs/cgroup/unified/a/b` on hybrid hosts) or as a path relative to it (`/a/b`), turned
+/// into the path /proc/PID/cgroup names it by.
 ///
 /// # Errors
-/// Neither form names an existing cgroup directory.
+/// No cgroup v2 mount, or neither form names an existing cgroup directory.
 pub fn cgroup_relative(path: &Path) -> Result<String, String> {
-    const MOUNT: &str = "/sys/fs/cgroup";
+    let mounts = std::fs::read_to_string("/proc/self/mounts")
+        .map_err(|e| format!("reading /proc/self/mounts: {e}"))?;
+    let mount = cgroup2_mount(&mounts)
+        .ok_or_else(|| "no cgroup v2 (cgroup2) file system is mounted".to_string())?;
     let text = path.to_string_lossy();
-    let rel = text.strip_prefix(MOUNT).unwrap_or(&text).to_string();
+    let rel = text
+        .strip_prefix(mount.as_str())
+        .unwrap_or(&text)
+        .to_string();
     let rel = if rel.starts_with('/') {
         rel
     } else {
         format!("/{rel}")
     };
-    let dir = format!("{MOUNT}{rel}");
+    let dir = format!("{}{rel}", mount.trim_end_matches('/'));
     if Path::new(&dir).is_dir() {
         Ok(rel.trim_end_matches('/').to_string())
     } else {
-        Err(format!("no cgroup directory {dir}"))
+        Err(format!(
+            "no cgroup directory {dir} (cgroup v2 is mounted on {mount})"
+        ))
     }
+}
+
+/// The mount point of the cgroup2 file system in the text of /proc/self/mounts.
+pub fn cgroup2_mount(mounts: &str) -> Option<String> {
+    mounts.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (_dev, dir, fstype) = (f.next()?, f.next()?, f.next()?);
+        (fstype == "cgroup2").then(|| dir.to_string())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cgroup2_mount_points() {
+        let hybrid =
+            "tmpfs /sys/fs/cgroup tmpfs ro 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            cgroup2_mount(hybrid).as_deref(),
+            Some("/sys/fs/cgroup/unified")
+        );
+        assert_eq!(
+            cgroup2_mount("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0"),
+            Some("/sys/fs/cgroup".into())
+        );
+        assert_eq!(cgroup2_mount("proc /proc proc rw 0 0"), None);
+    }
 
     #[test]
     fn cgroup_lines() {

@@ -142,6 +142,9 @@ pub struct TraceSnapshot {
     /// Records the kernel dropped because a ring was full (PERF_RECORD_LOST). Counts above are
     /// then lower bounds.
     pub lost_events: u64,
+    /// Times the kernel throttled a tracepoint event (PERF_RECORD_THROTTLE): samples were
+    /// dropped without a count until it unthrottled. Counts are lower bounds when > 0.
+    pub throttles: u64,
     /// Connects of processes that exited before their namespace or cgroup could be read, so a
     /// `--netns`/`--cgroup` filter could not decide; not counted in `flows`.
     pub unattributed: u64,
@@ -228,6 +231,7 @@ pub(crate) fn snapshot(agg: &mut Aggregator, elapsed_ms: u64, start_ns: u64) -> 
         elapsed_ms,
         events: agg.events,
         lost_events: agg.lost_events,
+        throttles: agg.throttles,
         unattributed: agg.unattributed,
         flows_overflowed: agg.flows_overflowed,
         flows,

@@ -347,6 +347,15 @@ pub fn render_table(snap: &TraceSnapshot, top: usize, p: Painter) -> String {
     } else {
         s.push_str("lost 0 events\n");
     }
+    if snap.throttles > 0 {
+        s.push_str(&format!(
+            "{}\n",
+            p.bad(&format!(
+                "the kernel throttled sampling {} times (kernel.perf_event_max_sample_rate): events were dropped uncounted, the counts below are lower bounds",
+                fmt_int(snap.throttles)
+            ))
+        ));
+    }
     if snap.unattributed > 0 {
         s.push_str(&format!(
             "{} connects of processes that exited before their namespace/cgroup could be read were not counted\n",
