@@ -18,7 +18,7 @@ const PORTLAB: &str = env!("CARGO_BIN_EXE_portlab");
 
 /// Holds an exclusive lock so the tests of this file trace one at a time: each tracer sees
 /// the whole host, so the others' connect storms are kept out of its rings.
-struct Serial(std::fs::File);
+struct Serial(#[allow(dead_code)] std::fs::File);
 
 fn serial() -> Serial {
     use std::os::fd::AsRawFd;
