@@ -44,12 +44,14 @@ pub mod evidence;
 pub mod nat;
 pub mod remedies;
 mod rules;
+pub mod trace;
 
 pub use agents::{combine as combine_agents, AgentFindings};
 pub use evidence::{Evidence, FailureCounts, Policy, PoolEvidence, RunEvidence};
 pub use nat::{diagnose_nat, NatEvidence};
 pub use remedies::{Correction, Os, Remedy};
 pub use rules::diagnose;
+pub use trace::{diagnose_with_trace, TraceEvidence, TracedFlow};
 
 use serde::Serialize;
 

@@ -66,6 +66,9 @@ enum Command {
     /// Read text captured on a Windows, macOS or Linux host (netstat, Get-NetTCPConnection,
     /// netsh, ss, load-tester errors): the pool report and the diagnosis for that OS.
     Analyze(cmd::analyze::Args),
+    /// Trace every connect() on this host from kernel tracepoints: outcomes per process and
+    /// destination, errnos, failed port-search time, TIME_WAIT entries; then the diagnosis.
+    Trace(cmd::trace::Args),
     /// Internal: the process that holds a `reproduce` sandbox's namespaces.
     #[command(name = "__sandbox-anchor", hide = true)]
     SandboxAnchor(cmd::reproduce::AnchorArgs),
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Completions(args) => cmd::docs::completions(&args, Cli::command()),
         Command::Man(args) => cmd::docs::man(&args, Cli::command()),
         Command::Analyze(args) => cmd::analyze::run(args),
+        Command::Trace(args) => cmd::trace::run(args),
     };
     match result {
         Ok(code) => code,

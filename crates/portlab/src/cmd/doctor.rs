@@ -25,7 +25,8 @@ Exit code: 0 when healthy or only warnings, 1 when a finding is critical, 2 for 
 Examples:
   portlab doctor                       this host, counters watched for 1 s
   portlab doctor --dest 10.0.0.5:443   focus on one destination
-  portlab doctor --interval 5 --json   watch counters for 5 s; machine-readable")]
+  portlab doctor --interval 5 --json   watch counters for 5 s; machine-readable
+  portlab doctor --trace 10s           also trace every connect() for 10 s (root)")]
 pub struct Args {
     /// Look only at the pools towards this destination.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -43,6 +44,11 @@ pub struct Args {
     /// Print one JSON object instead of the text report.
     #[arg(long)]
     json: bool,
+
+    /// Also trace every connect() on the host for this long (e.g. 10s) and add what failed,
+    /// per process and destination, to the diagnosis (root or CAP_PERFMON + CAP_BPF).
+    #[arg(long, value_name = "DURATION")]
+    trace: Option<String>,
 }
 
 fn parse_interval(text: &str) -> Result<f64, String> {
@@ -66,6 +72,8 @@ struct DoctorReport<'a> {
     findings: &'a [Finding],
     /// Conntrack and NAT pools of this namespace.
     nat: &'a crate::cmd::nat_view::NatSection,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace: Option<&'a portlab_trace::TraceSnapshot>,
 }
 
 /// Runs `portlab doctor`.
@@ -75,6 +83,28 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         top: usize::from(args.top),
         proc: false,
     };
+    let trace_for = args
+        .trace
+        .as_deref()
+        .map(|d| {
+            crate::cmd::model::parse_duration(d, "s")
+                .map_err(|e| crate::exit::usage(format!("--trace: {e}")))
+        })
+        .transpose()?;
+    let tracer = match trace_for {
+        Some(_) => Some(crate::cmd::trace::start(portlab_trace::Filter {
+            dest: args.dest,
+            ..Default::default()
+        })?),
+        None => None,
+    };
+    if let Some(d) = trace_for {
+        eprintln!(
+            "portlab doctor: tracing every connect() for {:.0} s; ready",
+            d.as_secs_f64()
+        );
+    }
+    let trace_started = std::time::Instant::now();
     let before = ports::read(view)?;
     let nat_before = NatSection::read();
     let mut reading = None;
@@ -97,7 +127,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .as_ref()
         .map(|e| CounterRates::between(&e.counters, &reading.counters, reading.at - e.at));
     let evidence = host_evidence(&reading, earlier.as_ref());
-    let mut findings = diagnose(&evidence);
+    let trace = tracer.map(|t| {
+        let left = trace_for
+            .unwrap_or_default()
+            .saturating_sub(trace_started.elapsed());
+        std::thread::sleep(left);
+        t.stop()
+    });
+    let mut findings = match &trace {
+        Some(snap) => portlab_diagnose::diagnose_with_trace(
+            &evidence,
+            &crate::cmd::trace::trace_evidence(snap),
+        ),
+        None => diagnose(&evidence),
+    };
     if nat_findings.iter().any(|f| f.severity > Severity::Info) {
         findings.retain(|f| f.cause != portlab_diagnose::Cause::Healthy);
     }
@@ -113,6 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             counter_rates_per_sec: rates,
             findings: &findings,
             nat: &nat,
+            trace: trace.as_ref(),
         };
         crate::exit::emit(&format!(
             "{}\n",
@@ -122,6 +166,20 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let p = Painter::for_stdout();
         let mut s = ports::render_text(&reading, rates, view, p);
         crate::cmd::nat_view::push_text(&mut s, &nat, view.top, p);
+        if let Some(snap) = &trace {
+            s.push_str(&format!(
+                "\n{}\n",
+                p.heading(&format!(
+                    "connect() outcomes traced for {:.1} s",
+                    snap.elapsed_ms as f64 / 1000.0
+                ))
+            ));
+            s.push_str(&crate::cmd::trace::render_table(
+                snap,
+                usize::from(args.top),
+                p,
+            ));
+        }
         push_findings(&mut s, "Diagnosis", &findings, Detail::Full, p);
         crate::exit::emit(&s)?;
     }

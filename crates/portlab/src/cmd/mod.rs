@@ -19,3 +19,4 @@ pub mod reproduce;
 pub mod reproduce_nat;
 pub mod serve;
 pub mod simulate;
+pub mod trace;

@@ -1,0 +1,273 @@
+#!/usr/bin/env bash
+# What `portlab trace` costs: new connections/s of `portlab load --connection close` against
+# nginx with and without `portlab trace` running (host-wide, no filter), and trace's own CPU.
+#
+# Part A, overhead at full speed: $ROUNDS interleaved rounds (ABBA order: without, with, with,
+#   without, …) of `portlab load -c $CONNS -z $DURATION --connection close`; load pinned to
+#   CPU 0, nginx to CPU 1 (taskset), trace unpinned. Prints conn/s per run, the median of the
+#   paired ratios with/without and their spread (min–max), load's CPU per connection, and
+#   trace's CPU (user+sys from GNU time) as % of one core with the events/s it processed.
+# Part B, cost per event: `portlab load --rate R` for each R in $RATES (each connection is
+#   about 8 tracepoint hits here — client and server are on this host — so 1,250 conn/s ≈
+#   10,000 events/s and 12,500 ≈ 100,000); reports events/s seen, trace CPU % of a core, CPU
+#   ns per event, lost events, and trace's CPU scaled to 10,000 connects/s.
+#
+# Part C, the reader at 10,000 and 100,000 events/s: a paced UDP connect() loop (2 hits per
+#   call, no packets) while trace runs; trace's CPU % of a core, ns per event, lost events.
+#
+# Part D, the kernel-side cost per event (paid by the traced process, not by trace): CPU per
+#   UDP connect() of an unpaced python3 loop without and with trace, paired rounds.
+#
+# Usage: scripts/bench-trace.sh
+#   (env: DURATION=5s CONNS=50 ROUNDS=6 RATES="1250 12500" FLOODS="10000 100000")
+# Needs: root (perf_event_open on tracepoints), nginx, python3, GNU time, taskset, cargo.
+set -euo pipefail
+
+DURATION=${DURATION:-5s}
+CONNS=${CONNS:-50}
+ROUNDS=${ROUNDS:-6}
+RATES=${RATES:-"1250 12500"}
+FLOODS=${FLOODS:-"10000 100000"}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PORTLAB=${PORTLAB:-$ROOT/target/release/portlab}
+
+for tool in nginx python3 /usr/bin/time taskset; do
+  command -v "$tool" >/dev/null || { echo "bench-trace: $tool is required" >&2; exit 2; }
+done
+[[ $(id -u) == 0 ]] || { echo "bench-trace: needs root (perf_event_open)" >&2; exit 2; }
+if [[ ! -x $PORTLAB || -n ${REBUILD:-} ]]; then
+  (cd "$ROOT" && cargo build --release -p portlab)
+fi
+
+WORK=$(mktemp -d /tmp/bench-trace.XXXXXX)
+NGINX_PID=
+TRACE_PID=
+cleanup() {
+  [[ -n $TRACE_PID ]] && kill "$TRACE_PID" 2>/dev/null && wait "$TRACE_PID" 2>/dev/null
+  [[ -n $NGINX_PID ]] && kill "$NGINX_PID" 2>/dev/null && wait "$NGINX_PID" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+chmod 755 "$WORK"
+mkdir -p "$WORK/html"
+echo "hello, portlab" >"$WORK/html/hello.html"
+chmod 644 "$WORK/html/hello.html"
+PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+cat >"$WORK/nginx.conf" <<EOF
+worker_processes 1;
+error_log $WORK/error.log;
+pid $WORK/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK; proxy_temp_path $WORK; fastcgi_temp_path $WORK;
+  uwsgi_temp_path $WORK; scgi_temp_path $WORK;
+  server { listen 127.0.0.1:$PORT backlog=4096; root $WORK/html; }
+}
+EOF
+taskset -c 1 nginx -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon off;' &
+NGINX_PID=$!
+for _ in $(seq 200); do
+  python3 -c 'import socket; socket.create_connection(("127.0.0.1",'"$PORT"'),0.1).close()' 2>/dev/null && break
+  sleep 0.05
+done
+URL="http://127.0.0.1:$PORT/hello.html"
+
+# start_trace NAME [ARGS]: starts `portlab trace --json ARGS` under GNU time, returns once it
+# is attached.
+start_trace() {
+  local name=$1
+  shift
+  /usr/bin/time -f "CPU %U %S" -o "$WORK/$name.time" "$PORTLAB" trace --json "$@" \
+    >"$WORK/$name.json" 2>"$WORK/$name.err" &
+  TRACE_PID=$!
+  for _ in $(seq 600); do
+    grep -q ready "$WORK/$name.err" 2>/dev/null && return 0
+    sleep 0.01 # polling for the condition "ready", bounded to 6 s
+  done
+  echo "bench-trace: trace did not attach: $(cat "$WORK/$name.err")" >&2
+  exit 1
+}
+stop_trace() {
+  # GNU time forwards nothing: signal trace itself (the child of time).
+  local child
+  child=$(ps -o pid= --ppid "$TRACE_PID" | tr -d ' ')
+  kill -INT "${child:-$TRACE_PID}"
+  wait "$TRACE_PID" || true
+  TRACE_PID=
+}
+
+# load NAME ARGS...: one load run (JSON report and GNU time output kept under $WORK)
+load() {
+  local name=$1
+  shift
+  /usr/bin/time -f "CPU %U %S" -o "$WORK/$name.ltime" taskset -c 0 "$PORTLAB" load \
+    -c "$CONNS" -z "$DURATION" --connection close --json "$@" "$URL" >"$WORK/$name.ljson" 2>/dev/null || true
+}
+
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+record() { # record PART NAME TRACED [RATE]
+  python3 - "$WORK" "$@" >>"$RESULTS" <<'PY'
+import json, sys
+work, part, name, traced = sys.argv[1:5]
+rate = sys.argv[5] if len(sys.argv) > 5 else "-"
+def cpu(path):
+    line = [l for l in open(path) if l.startswith("CPU")][0].split()
+    return float(line[1]) + float(line[2])
+r = json.load(open(f"{work}/{name}.ljson"))
+s = r["summary"]
+conns = s["succeeded"]
+lcpu = cpu(f"{work}/{name}.ltime")
+tcpu = events = lost = elapsed = reader = "-"
+if traced != "0":
+    t = json.load(open(f"{work}/{name}.json"))
+    tcpu, events, lost = cpu(f"{work}/{name}.time"), t["events"], t["lost_events"]
+    elapsed, reader = t["elapsed_ms"] / 1000, t["reader_cpu_ms"] / 1000
+print("\t".join(str(x) for x in (part, name, traced, rate, conns, lcpu, tcpu, events, lost, elapsed, reader, s.get("requests_per_sec", 0))))
+PY
+}
+
+echo "nginx on $URL (CPU 1); load on CPU 0: -c $CONNS -z $DURATION --connection close" >&2
+"$PORTLAB" load -c "$CONNS" -z 1s --connection close "$URL" >/dev/null 2>&1 || true # warm-up
+
+# Variants: 0 = no trace, 1 = portlab trace, 2 = portlab trace --no-syscalls; the order
+# rotates every round.
+echo "Part A: $ROUNDS rounds, rotating order" >&2
+for round in $(seq "$ROUNDS"); do
+  case $(( round % 3 )) in 1) order="0 1 2" ;; 2) order="1 2 0" ;; 0) order="2 0 1" ;; esac
+  for traced in $order; do
+    name="a$round-$traced"
+    case $traced in 1) start_trace "$name" ;; 2) start_trace "$name" --no-syscalls ;; esac
+    load "$name"
+    if [[ $traced != 0 ]]; then stop_trace; fi
+    record A "$name" "$traced"
+    tail -1 "$RESULTS" | awk -F'\t' '{printf "  round %s traced=%s: %8.0f conn/s\n", "'"$round"'", $3, $12}' >&2
+  done
+done
+
+echo "Part B: fixed rates $RATES" >&2
+for rate in $RATES; do
+  for traced in 0 1; do
+    name="b$rate-$traced"
+    if [[ $traced == 1 ]]; then start_trace "$name"; fi
+    load "$name" --rate "$rate"
+    if [[ $traced == 1 ]]; then stop_trace; fi
+    record B "$name" "$traced" "$rate"
+  done
+done
+
+# Part C: the reader's cost at a given event rate, without the cost of TCP itself: a python3
+# loop connect()s a UDP socket (2 tracepoint hits per call: sys_enter/sys_exit_connect, no
+# packet sent) at a paced rate for $DURATION while trace runs.
+echo "Part C: event floods $FLOODS events/s" >&2
+SECS=$(python3 -c "d='$DURATION'; print(float(d[:-1]) if d.endswith('s') else float(d))")
+for events in $FLOODS; do
+  name="c$events"
+  start_trace "$name"
+  taskset -c 0 python3 - "$events" "$SECS" <<'PY'
+import socket, sys, time
+per_sec, secs = int(sys.argv[1]) // 2, float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+start = time.monotonic()
+done = 0
+while True:
+    now = time.monotonic() - start
+    if now >= secs:
+        break
+    due = int(now * per_sec)
+    while done < due:
+        s.connect(("127.0.0.1", 9))
+        done += 1
+    time.sleep(0.001)
+print(done, file=sys.stderr)
+PY
+  stop_trace
+  python3 - "$WORK/$name.json" "$WORK/$name.time" "$events" >>"$WORK/floods.txt" <<'PY'
+import json, sys
+t = json.load(open(sys.argv[1]))
+line = [l for l in open(sys.argv[2]) if l.startswith("CPU")][0].split()
+cpu = float(line[1]) + float(line[2])
+secs = t["elapsed_ms"] / 1000
+print(f"  target {int(sys.argv[3]):>7,} events/s: seen {t['events'] / secs:9,.0f} events/s, trace CPU {cpu / secs * 100:5.2f} % of a core "
+      f"({cpu / max(t['events'], 1) * 1e9:,.0f} ns/event; reader thread {t['reader_cpu_ms'] / 10 / secs:.2f} %), lost {t['lost_events']}")
+PY
+done
+
+# Part D: the kernel-side cost per event, paid by the traced process: CPU per UDP connect()
+# (python3, unpaced, CPU 0) without and with trace, interleaved $ROUNDS times.
+echo "Part D: CPU per UDP connect() without/with trace" >&2
+cat >"$WORK/flood.py" <<'PY'
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+n, t, end = 0, time.process_time(), time.monotonic() + 2
+while time.monotonic() < end:
+    for _ in range(1000):
+        s.connect(("127.0.0.1", 9))
+    n += 1000
+print(round((time.process_time() - t) / n * 1e9))
+PY
+: >"$WORK/udp.tsv"
+for round in $(seq "$ROUNDS"); do
+  printf '0\t%s\n' "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
+  start_trace "d$round"
+  printf '1\t%s\n' "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
+  stop_trace
+done
+
+python3 - "$RESULTS" <<'PY'
+import sys, statistics
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
+A = [r for r in rows if r[0] == "A"]
+B = [r for r in rows if r[0] == "B"]
+def f(x):
+    return float(x)
+print("\nPart A: portlab load --connection close, new connections/s without and with portlab trace")
+base = {r[1].split("-")[0]: r for r in A if r[2] == "0"}
+for variant, label in (("1", "portlab trace"), ("2", "portlab trace --no-syscalls")):
+  print(f" {label}:")
+  trac = {r[1].split("-")[0]: r for r in A if r[2] == variant}
+  ratios, cpu_ratios, trace_pct, ev_rates = [], [], [], []
+  for k in sorted(base):
+      b, t = base[k], trac.get(k)
+      if not t:
+          continue
+      rb, rt = f(b[11]), f(t[11])
+      ratios.append(rt / rb)
+      cpu_ratios.append((f(t[5]) / f(t[4])) / (f(b[5]) / f(b[4])))
+      trace_pct.append(f(t[6]) / f(t[9]) * 100)
+      ev_rates.append(f(t[7]) / f(t[9]))
+      print(f"  {k}: without {rb:8.0f}/s  with {rt:8.0f}/s  ratio {rt/rb:.3f}  load CPU/conn ratio {cpu_ratios[-1]:.3f}  "
+            f"trace CPU {trace_pct[-1]:.1f} % of a core at {ev_rates[-1]:,.0f} events/s, lost {t[8]}")
+  if ratios:
+      print(f"  median ratio with/without {statistics.median(ratios):.3f} (spread {min(ratios):.3f}–{max(ratios):.3f}); "
+            f"load CPU per connection ×{statistics.median(cpu_ratios):.3f}; trace CPU median {statistics.median(trace_pct):.1f} % of a core")
+print("\nPart B: fixed rates (portlab load --rate R --connection close)")
+for r in [x for x in B if x[2] == "1"]:
+    b = next((x for x in B if x[2] == "0" and x[3] == r[3]), None)
+    secs = f(r[9])
+    ev = f(r[7]) / secs
+    pct = f(r[6]) / secs * 100
+    conn_rate = f(r[11])
+    ns_per_event = f(r[6]) / f(r[7]) * 1e9 if f(r[7]) else float("nan")
+    at10k = pct * 10000 / conn_rate if conn_rate else float("nan")
+    extra = ""
+    if b:
+        extra = f", load CPU/conn with/without ×{(f(r[5])/f(r[4]))/(f(b[5])/f(b[4])):.3f}"
+    print(f"  rate {r[3]:>6}/s: {conn_rate:8.0f} conn/s, {ev:9,.0f} events/s, trace CPU {pct:5.2f} % of a core "
+          f"({ns_per_event:,.0f} ns/event, reader thread {f(r[10]):.2f} s), lost {r[8]}; "
+          f"scaled to 10,000 connects/s: {at10k:.1f} % of a core{extra}")
+PY
+echo
+echo "Part C: trace's own CPU at a given event rate (UDP connect() flood, 2 events per call)"
+cat "$WORK/floods.txt"
+python3 - "$WORK/udp.tsv" <<'PY'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+off = [int(v) for k, v in rows if k == "0"]
+on = [int(v) for k, v in rows if k == "1"]
+deltas = sorted(b - a for a, b in zip(off, on))
+print("\nPart D: kernel-side cost, CPU ns per UDP connect() (2 tracepoint hits) without / with trace")
+print(f"  without {statistics.median(off)} ns, with {statistics.median(on)} ns; paired difference median "
+      f"{statistics.median(deltas)} ns (spread {deltas[0]}–{deltas[-1]}) = about {statistics.median(deltas) / 2:.0f} ns per event")
+PY
