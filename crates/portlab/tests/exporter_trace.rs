@@ -178,7 +178,7 @@ fn exporter_trace_counts_a_python_loops_own_failures_and_successes() {
 }
 
 #[test]
-fn trace_without_privileges_is_one_line_naming_them_and_exit_2() {
+fn trace_without_privileges_or_with_a_stray_flag_is_one_line_and_exit_2() {
     let out = Command::new("setpriv")
         .args([
             "--reuid=65534",

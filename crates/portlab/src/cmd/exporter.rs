@@ -78,7 +78,7 @@ pub struct Args {
 
     /// With --trace, leave out the syscall tracepoints (they slow every syscall on the host by
     /// ~75 ns, docs/trace.md); EADDRNOTAVAIL, refusals and timeouts are still counted.
-    #[arg(long, requires = "trace")]
+    #[arg(long)]
     trace_no_syscalls: bool,
 }
 
@@ -122,6 +122,11 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 /// # Errors
 /// Usage errors (exit 2) for bad flags, and for `--trace` without root/CAP_PERFMON.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.trace_no_syscalls && !args.trace {
+        return Err(crate::exit::usage(
+            "--trace-no-syscalls only applies with --trace; add --trace or drop it",
+        ));
+    }
     let mut extra: Vec<ExtraCollector> = Vec::new();
     if args.trace {
         // Attached before the listening line is printed: every connect after it is counted.
