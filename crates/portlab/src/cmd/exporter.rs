@@ -5,6 +5,7 @@
 //! `prometheus-client`. A failed reading answers 500 with the reason; the next scrape retries.
 
 mod metrics;
+mod trace;
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -23,6 +24,8 @@ pub use metrics::{ExtraCollector, CONTENT_TYPE};
 Metrics (docs/exporter.md): portlab_destination_port_utilization_ratio{src_ip,dst_ip,dst_port},
 portlab_destination_ports_in_use{...,state}, portlab_destination_max_new_connections_per_second,
 portlab_bind_ports_in_use{src_ip}, portlab_ephemeral_ports, portlab_tcp_tw_reuse, kernel counters.
+With --trace: portlab_connect_failures_total{dst_ip,dst_port,errno}, portlab_connections_opened_total,
+portlab_time_wait_entered_total, portlab_failed_port_search_duration_seconds, portlab_trace_lost_events_total.
 Served as Prometheus text format 0.0.4. Alert rules: deploy/prometheus/portlab-alerts.yml.
 
 Cardinality: pools matching --destination are always exported; of the rest the --top most
@@ -33,7 +36,8 @@ Examples:
   portlab exporter                                   serve 127.0.0.1:7919/metrics
   portlab exporter --listen 0.0.0.0:7919             let Prometheus scrape from elsewhere
   portlab exporter --destination 10.0.0.0/8:443      always export pools to port 443 in 10/8
-  portlab exporter --netns /proc/4242/ns/net         watch a pod's namespace (listen stays here)")]
+  portlab exporter --netns /proc/4242/ns/net         watch a pod's namespace (listen stays here)
+  sudo portlab exporter --trace                      also count connect() failures by errno")]
 pub struct Args {
     /// Address to serve /metrics on (port 0 picks a free port; the line on stdout names it).
     #[arg(long, default_value = "127.0.0.1:7919", value_name = "ADDR:PORT")]
@@ -63,6 +67,19 @@ pub struct Args {
     /// Read /proc/net/tcp{,6} instead of NETLINK_SOCK_DIAG (slower, not atomic).
     #[arg(long)]
     proc: bool,
+
+    /// Also export connect() outcomes per destination from kernel tracepoints (as `portlab
+    /// trace`; needs root or CAP_PERFMON): portlab_connect_failures_total{dst_ip,dst_port,errno},
+    /// portlab_connections_opened_total, portlab_time_wait_entered_total,
+    /// portlab_failed_port_search_duration_seconds, portlab_trace_lost_events_total. With
+    /// --netns, only processes in that namespace are counted.
+    #[arg(long)]
+    trace: bool,
+
+    /// With --trace, leave out the syscall tracepoints (they slow every syscall on the host by
+    /// ~75 ns, docs/trace.md); EADDRNOTAVAIL, refusals and timeouts are still counted.
+    #[arg(long)]
+    trace_no_syscalls: bool,
 }
 
 fn parse_matcher(text: &str) -> Result<Matcher, String> {
@@ -100,9 +117,31 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     }
 }
 
-/// Runs `portlab exporter` with portlab's own metrics only.
+/// Runs `portlab exporter`: portlab's own metrics, plus connect() tracing with `--trace`.
+///
+/// # Errors
+/// Usage errors (exit 2) for bad flags, and for `--trace` without root/CAP_PERFMON.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    run_with(args, Vec::new())
+    if args.trace_no_syscalls && !args.trace {
+        return Err(crate::exit::usage(
+            "--trace-no-syscalls only applies with --trace; add --trace or drop it",
+        ));
+    }
+    let mut extra: Vec<ExtraCollector> = Vec::new();
+    if args.trace {
+        // Attached before the listening line is printed: every connect after it is counted.
+        let tracer = crate::cmd::trace::start(portlab_trace::Filter {
+            netns: args.netns.clone(),
+            skip_syscalls: args.trace_no_syscalls,
+            ..portlab_trace::Filter::default()
+        })?;
+        extra.push(std::sync::Arc::new(trace::TraceCollector::new(
+            tracer,
+            args.destinations.clone(),
+            usize::from(args.top),
+        )));
+    }
+    run_with(args, extra)
 }
 
 /// Runs `portlab exporter`, encoding `extra` collectors into every scrape after portlab's own

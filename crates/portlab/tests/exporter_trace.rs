@@ -1,0 +1,205 @@
+//! `portlab exporter --trace` against a process that is not portlab: a python3 loop in a
+//! namespace made by the test (1,000 ephemeral ports, tcp_tw_reuse=0) exhausts its pool toward
+//! one destination; /metrics must show exactly that process's own EADDRNOTAVAIL failures and
+//! successes under the names the shipped alert PortlabConnectAddrNotAvail uses, and promtool
+//! must accept the output. Needs root, iproute2, python3 and promtool.
+
+mod common;
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::exporter::{get, parse, value, Proc, PORTLAB};
+use portlab_testkit::{wait_until, NetNs};
+use serde_json::Value;
+
+/// The lock of tests/trace.rs: tracers see the whole host, so tracing tests run one at a time.
+struct Serial(#[allow(dead_code)] std::fs::File);
+
+fn serial() -> Serial {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("portlab-trace-tests.lock"))
+        .expect("lock file");
+    // SAFETY: flock on a descriptor we own; blocks until the other test releases it.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(rc, 0, "flock");
+    Serial(file)
+}
+
+/// Connect, close at once (the client closes first), count outcomes by errno.
+const CHURN: &str = r#"
+import errno, json, os, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+ok = ana = other = 0
+for _ in range(n):
+    s = socket.socket()
+    try:
+        s.connect(("127.0.0.1", port))
+        ok += 1
+    except OSError as e:
+        if e.errno == errno.EADDRNOTAVAIL:
+            ana += 1
+        else:
+            other += 1
+    s.close()
+print(json.dumps({"pid": os.getpid(), "ok": ok, "eaddrnotavail": ana, "other": other}))
+"#;
+
+fn promtool_check_metrics(body: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), body.as_bytes())
+        .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn exporter_trace_counts_a_python_loops_own_failures_and_successes() {
+    let ns = NetNs::new("exptr").expect("create netns (needs root)");
+    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40999")
+        .expect("sysctl");
+    ns.sysctl("net.ipv4.tcp_tw_reuse", "0").expect("sysctl");
+    // As in tests/trace.rs: no RST may assassinate a TIME_WAIT entry and free a port.
+    ns.sysctl("net.ipv4.tcp_rfc1337", "1").expect("sysctl");
+    let listener = ns
+        .run(|| {
+            let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().expect("addr");
+            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+            socket.bind(&addr.into())?;
+            socket.listen(4096)?;
+            Ok::<TcpListener, std::io::Error>(socket.into())
+        })
+        .expect("enter netns")
+        .expect("bind");
+    std::thread::spawn(move || {
+        for mut conn in listener.incoming().map_while(Result::ok) {
+            let _ = conn.read_to_end(&mut Vec::new());
+        }
+    });
+    let _serial = serial();
+    let netns = format!("/var/run/netns/{}", ns.name());
+    let mut cmd = Command::new(PORTLAB);
+    cmd.args([
+        "exporter",
+        "--listen",
+        "127.0.0.1:0",
+        "--trace",
+        "--netns",
+        &netns,
+    ]);
+    // The listening line comes after the tracer attached.
+    let (_exp, addr) = Proc::start_listening(cmd);
+
+    let out = ns
+        .command("python3")
+        .arg("-c")
+        .arg(CHURN)
+        .args(["8080", "1300"])
+        .output()
+        .expect("run python3");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let counts: Value = serde_json::from_str(stdout.trim()).expect("python3 JSON");
+    let ok = counts["ok"].as_u64().expect("ok") as f64;
+    let ana = counts["eaddrnotavail"].as_u64().expect("eaddrnotavail") as f64;
+    assert_eq!(counts["other"], 0, "{counts}");
+    assert_eq!((ok, ana), (1000.0, 300.0), "the pool has 1,000 ports");
+
+    let dst = [("dst_ip", "127.0.0.1"), ("dst_port", "8080")];
+    let failures = |s: &_| {
+        value(
+            s,
+            "portlab_connect_failures_total",
+            &[dst[0], dst[1], ("errno", "EADDRNOTAVAIL")],
+        )
+    };
+    // The tracer orders events for ~100 ms before they count: wait for them, with a deadline.
+    let mut body = String::new();
+    let settled = wait_until(Duration::from_secs(10), || {
+        body = get(addr, "/metrics").body;
+        let s = parse(&body);
+        failures(&s) == Some(ana)
+            && value(&s, "portlab_connections_opened_total", &dst) == Some(ok)
+            && value(&s, "portlab_time_wait_entered_total", &dst) == Some(ok)
+    });
+    let samples = parse(&body);
+    assert!(
+        settled,
+        "metrics never matched the process's counts {counts}:\n{body}"
+    );
+    // Exactly, not at least: nothing else in the namespace, no double counting.
+    assert_eq!(failures(&samples), Some(ana));
+    assert_eq!(
+        value(
+            &samples,
+            "portlab_failed_port_search_duration_seconds_count",
+            &[]
+        ),
+        Some(ana)
+    );
+    assert_eq!(
+        value(&samples, "portlab_trace_lost_events_total", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "portlab_connect_failures_total",
+            &[("dst_ip", "other"), ("errno", "EADDRNOTAVAIL")]
+        ),
+        None,
+        "one destination, nothing folded: {body}"
+    );
+    assert!(body.contains("# TYPE portlab_connect_failures_total counter"));
+    assert!(body.contains("# TYPE portlab_failed_port_search_duration_seconds histogram"));
+    assert!(!body.contains("{}"), "no empty label sets");
+    promtool_check_metrics(&body);
+}
+
+#[test]
+fn trace_without_privileges_or_with_a_stray_flag_is_one_line_and_exit_2() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            PORTLAB,
+            "exporter",
+            "--listen",
+            "127.0.0.1:0",
+            "--trace",
+        ])
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("CAP_PERFMON") && err.contains("root"), "{err}");
+    assert!(
+        out.stdout.is_empty(),
+        "no listening line before the failure"
+    );
+}
