@@ -8,7 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::exporter::{get, parse, value, Proc, PORTLAB};
+use common::exporter::{get, parse, promtool_check_metrics, value, Proc, PORTLAB};
 use portlab_testkit::{wait_until, NetNs};
 use serde_json::Value;
 
@@ -204,25 +204,7 @@ fn metrics_are_text_004_that_promtool_accepts_and_the_landing_page_links_them() 
         "text/plain; version=0.0.4; charset=utf-8"
     );
     assert!(!answer.body.contains("# EOF"), "0.0.4, not OpenMetrics");
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    std::io::Write::write_all(
-        &mut promtool.stdin.take().expect("stdin"),
-        answer.body.as_bytes(),
-    )
-    .expect("feed promtool");
-    let out = promtool.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    promtool_check_metrics(&answer.body);
     let samples = parse(&answer.body);
     // 5 of 1,000 ports is under the default 1 % floor: folded, not exported on its own.
     assert_eq!(

@@ -8,67 +8,13 @@ mod common;
 
 use std::io::Read;
 use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use common::exporter::{get, parse, value, Proc, PORTLAB};
+use common::exporter::{get, parse, promtool_check_metrics, value, Proc, PORTLAB};
+use common::trace::{serial, CHURN};
 use portlab_testkit::{wait_until, NetNs};
 use serde_json::Value;
-
-/// The lock of tests/trace.rs: tracers see the whole host, so tracing tests run one at a time.
-struct Serial(#[allow(dead_code)] std::fs::File);
-
-fn serial() -> Serial {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("portlab-trace-tests.lock"))
-        .expect("lock file");
-    // SAFETY: flock on a descriptor we own; blocks until the other test releases it.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock");
-    Serial(file)
-}
-
-/// Connect, close at once (the client closes first), count outcomes by errno.
-const CHURN: &str = r#"
-import errno, json, os, socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-ok = ana = other = 0
-for _ in range(n):
-    s = socket.socket()
-    try:
-        s.connect(("127.0.0.1", port))
-        ok += 1
-    except OSError as e:
-        if e.errno == errno.EADDRNOTAVAIL:
-            ana += 1
-        else:
-            other += 1
-    s.close()
-print(json.dumps({"pid": os.getpid(), "ok": ok, "eaddrnotavail": ana, "other": other}))
-"#;
-
-fn promtool_check_metrics(body: &str) {
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    std::io::Write::write_all(&mut promtool.stdin.take().expect("stdin"), body.as_bytes())
-        .expect("feed promtool");
-    let out = promtool.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 #[test]
 fn exporter_trace_counts_a_python_loops_own_failures_and_successes() {

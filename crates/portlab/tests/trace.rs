@@ -11,28 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
+mod common;
+
+use common::trace::{serial, Serial, CHURN};
 use portlab_testkit::{wait_until, NetNs};
 use serde_json::Value;
 
 const PORTLAB: &str = env!("CARGO_BIN_EXE_portlab");
-
-/// Holds an exclusive lock so the tests of this file trace one at a time: each tracer sees
-/// the whole host, so the others' connect storms are kept out of its rings.
-struct Serial(#[allow(dead_code)] std::fs::File);
-
-fn serial() -> Serial {
-    use std::os::fd::AsRawFd;
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(std::env::temp_dir().join("portlab-trace-tests.lock"))
-        .expect("lock file");
-    // SAFETY: flock on a descriptor we own; blocks until the other test releases it.
-    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
-    assert_eq!(rc, 0, "flock");
-    Serial(file)
-}
 
 /// `portlab trace --json` started with `args`, returned once it printed "ready".
 struct Trace {
@@ -136,26 +121,6 @@ fn failures(flow: &Value, errno_name: &str) -> u64 {
         .map(|f| f["count"].as_u64().unwrap_or(0))
         .sum()
 }
-
-/// Connect, close at once (the client closes first), count outcomes by errno.
-const CHURN: &str = r#"
-import errno, json, os, socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-ok = ana = other = 0
-for _ in range(n):
-    s = socket.socket()
-    try:
-        s.connect(("127.0.0.1", port))
-        ok += 1
-    except OSError as e:
-        if e.errno == errno.EADDRNOTAVAIL:
-            ana += 1
-        else:
-            other += 1
-    s.close()
-comm = open("/proc/self/comm").read().strip()
-print(json.dumps({"pid": os.getpid(), "comm": comm, "ok": ok, "eaddrnotavail": ana, "other": other}))
-"#;
 
 fn listen(addr: &str, backlog: i32) -> std::io::Result<TcpListener> {
     let addr: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;

@@ -168,3 +168,27 @@ pub fn value(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> Option<f6
         })
         .map(|s| s.value)
 }
+
+/// Asserts that `promtool check metrics` (Debian package prometheus) accepts `body`.
+pub fn promtool_check_metrics(body: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus)");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(body.as_bytes())
+        .expect("feed promtool");
+    let out = promtool.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
