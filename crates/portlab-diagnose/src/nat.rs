@@ -14,7 +14,7 @@ use portlab_sockets::{ConntrackStats, L4Protocol, NatPool, NatRule, StatCounters
 use serde::Serialize;
 
 use crate::evidence::Evidence;
-use crate::remedies::{Os, Remedy};
+use crate::remedies::{remedy, Os, Remedy};
 use crate::{Cause, Finding, Severity};
 
 const SRC_NAT_CORE: &str =
@@ -328,24 +328,6 @@ fn cloud_remedy() -> Remedy {
         "Cloud NATs do not show on this host; AWS: 55,000 ports per NAT IP per destination, Azure NAT Gateway 50,000, GCP 64 per VM by default.",
         SRC_CLOUD,
     )
-}
-
-fn remedy(
-    os: Os,
-    action: &str,
-    command: Option<&str>,
-    effect: &str,
-    caveat: &str,
-    source: &'static str,
-) -> Remedy {
-    Remedy {
-        os,
-        action: action.to_string(),
-        command: command.map(str::to_string),
-        effect: effect.to_string(),
-        caveat: caveat.to_string(),
-        source,
-    }
 }
 
 /// Client-side rule: connects timed out (ETIMEDOUT) or needed SYN retransmits (≥ 1 s), with no

@@ -78,7 +78,8 @@ const NGINX_UPSTREAM: &str = "nginx ngx_http_upstream_module: keepalive; HAProxy
 const LISTEN_BACKLOG: &str = "listen(2) backlog, capped by net.core.somaxconn; Linux net/ipv4/tcp_ipv4.c tcp_v4_syn_recv_sock() counts ListenOverflows";
 const RLIMIT: &str = "getrlimit(2) RLIMIT_NOFILE; EMFILE in socket(2)";
 
-fn remedy(
+/// A [`Remedy`] from its parts (also the NAT findings' remedies).
+pub(crate) fn remedy(
     os: Os,
     action: &str,
     command: Option<&str>,
