@@ -144,8 +144,7 @@ impl Snapshot {
         options: &SnapshotOptions,
     ) -> Result<Snapshot, SockDiagError> {
         let mut entries = Vec::new();
-        let split_port = midpoint(settings);
-        let (source, source_note) = read_table(options.table, split_port, &mut entries)?;
+        let (source, source_note) = read_table(options.table, &mut entries)?;
         let mut snapshot = Self::from_entries(settings, &entries, options.destination);
         snapshot.source = source;
         snapshot.source_note = source_note;
@@ -244,15 +243,8 @@ impl Snapshot {
     }
 }
 
-/// The middle of the ephemeral range: where [`diag::read_table_parallel`] splits the table.
-fn midpoint(settings: &PortPoolSettings) -> u16 {
-    let range = settings.ip_local_port_range;
-    (u32::from(range.low) + u32::from(range.high)).div_ceil(2) as u16
-}
-
 fn read_table(
     choice: TableChoice,
-    split_port: u16,
     entries: &mut Vec<SocketEntry>,
 ) -> Result<(TableSource, Option<String>), SockDiagError> {
     if choice == TableChoice::Proc {
@@ -262,7 +254,7 @@ fn read_table(
             Some("/proc/net/tcp{,6} requested".into()),
         ));
     }
-    match diag::read_table_parallel(StateMask::ALL, split_port) {
+    match diag::read_table_parallel(StateMask::ALL) {
         Ok(read) => {
             *entries = read;
             Ok((TableSource::SockDiag, None))

@@ -49,7 +49,7 @@ fn parallel_halves_cover_the_table_exactly_once() {
         .run(|| {
             let mut single = Vec::new();
             for_each_socket_netlink(StateMask::ALL, |e| single.push(e)).expect("dump");
-            let parallel = read_table_parallel(StateMask::ALL, 40500).expect("parallel dump");
+            let parallel = read_table_parallel(StateMask::ALL).expect("parallel dump");
             let mut via_proc = Vec::new();
             for_each_socket_proc(StateMask::ALL, |e| via_proc.push(e)).expect("proc");
             (single, parallel, via_proc)

@@ -2,7 +2,8 @@
 //! namespace made by the test (1,000 ephemeral ports, tcp_tw_reuse=0) exhausts its pool toward
 //! one destination; /metrics must show exactly that process's own EADDRNOTAVAIL failures and
 //! successes under the names the shipped alert PortlabConnectAddrNotAvail uses, and promtool
-//! must accept the output. Needs root, iproute2, python3 and promtool.
+//! must accept the output, and the shipped Grafana dashboard must chart only what is served.
+//! Needs root, iproute2, python3 and promtool.
 
 mod common;
 
@@ -11,7 +12,9 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use common::exporter::{get, parse, promtool_check_metrics, value, Proc, PORTLAB};
+use common::exporter::{
+    check_grafana_dashboard, get, parse, promtool_check_metrics, value, Proc, PORTLAB,
+};
 use common::trace::{serial, CHURN};
 use portlab_testkit::{wait_until, NetNs};
 use serde_json::Value;
@@ -121,6 +124,8 @@ fn exporter_trace_counts_a_python_loops_own_failures_and_successes() {
     assert!(body.contains("# TYPE portlab_failed_port_search_duration_seconds histogram"));
     assert!(!body.contains("{}"), "no empty label sets");
     promtool_check_metrics(&body);
+    // With the tracer on, every family the shipped dashboard charts is served.
+    check_grafana_dashboard(&body);
 }
 
 #[test]

@@ -192,3 +192,93 @@ pub fn promtool_check_metrics(body: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Checks the shipped Grafana dashboard (deploy/grafana/portlab-dashboard.json) against a real
+/// scrape `body`: every `portlab_…` metric its queries name is served, and every query is valid
+/// PromQL (promtool parses each one as a recording rule, with Grafana's variables substituted).
+pub fn check_grafana_dashboard(body: &str) {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/grafana/portlab-dashboard.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("read the dashboard"))
+            .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() >= 8, "dashboard queries: {exprs:?}");
+    let served: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    for expr in &exprs {
+        for name in metric_names(expr) {
+            assert!(
+                served.contains(name.as_str()),
+                "dashboard query {expr:?} names {name}, which the exporter does not serve"
+            );
+        }
+    }
+    let rules: Vec<serde_json::Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let promql = e
+                .replace("$__rate_interval", "1m")
+                .replace("$instance", ".*");
+            serde_json::json!({"record": format!("dashboard:query_{i}"), "expr": promql})
+        })
+        .collect();
+    let file = std::env::temp_dir().join(format!(
+        "portlab-dashboard-{}.rules.yml",
+        std::process::id()
+    ));
+    std::fs::write(
+        &file,
+        serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]}).to_string(),
+    )
+    .expect("write rules");
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool (Debian package prometheus)");
+    let _ = std::fs::remove_file(&file);
+    assert!(
+        out.status.success(),
+        "dashboard queries are not valid PromQL: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn collect_exprs(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match (key.as_str(), v) {
+                    ("expr", serde_json::Value::String(s)) => out.push(s.clone()),
+                    _ => collect_exprs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
+/// The `portlab_…` identifiers in a PromQL expression.
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("portlab_") {
+        let tail = &rest[at..];
+        let end = tail
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(tail.len());
+        names.push(tail[..end].to_string());
+        rest = &tail[end..];
+    }
+    names
+}
