@@ -13,7 +13,9 @@ fn main() {
     let obj = out.join("trace.bpf.o");
     let clang = std::env::var("PORTLAB_BPF_CLANG").unwrap_or_else(|_| "clang".to_string());
     let result = Command::new(&clang)
-        .args(["-target", "bpf", "-O2", "-g", "-Wall", "-Werror", "-c", src, "-o"])
+        .args([
+            "-target", "bpf", "-O2", "-g", "-Wall", "-Werror", "-c", src, "-o",
+        ])
         .arg(&obj)
         .output();
     let ok = match result {

@@ -230,7 +230,7 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 262144);
+    __uint(max_entries, 65536);
     __type(key, __u64);
     __type(value, struct sock_state);
 } socks SEC(".maps");

@@ -210,10 +210,26 @@ impl Layouts {
     /// to 6.18 on 64-bit); the BPF route is not used otherwise.
     pub fn matches_bpf_program(&self) -> bool {
         let sock = |f: &SockFields, base: usize| {
-            (f.sport, f.dport, f.family, f.protocol, f.saddr, f.daddr, f.saddr_v6, f.daddr_v6)
-                == (base, base + 2, base + 4, base + 6, base + 8, base + 12, base + 16, base + 32)
+            (
+                f.sport, f.dport, f.family, f.protocol, f.saddr, f.daddr, f.saddr_v6, f.daddr_v6,
+            ) == (
+                base,
+                base + 2,
+                base + 4,
+                base + 6,
+                base + 8,
+                base + 12,
+                base + 16,
+                base + 32,
+            )
         };
-        (self.skaddr, self.oldstate, self.newstate, self.error, self.ret) == (8, 16, 20, 8, 16)
+        (
+            self.skaddr,
+            self.oldstate,
+            self.newstate,
+            self.error,
+            self.ret,
+        ) == (8, 16, 20, 8, 16)
             && sock(&self.set_state, 24)
             && sock(&self.error_report, 12)
     }

@@ -183,7 +183,10 @@ fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
     let (report, code) = trace.finish();
     // The trace agrees with the process's own counts…
     assert_eq!(report["schema"], "portlab.trace/1");
-    assert_eq!(report["route"], "bpf", "auto picks BPF when it loads: {report}");
+    assert_eq!(
+        report["route"], "bpf",
+        "auto picks BPF when it loads: {report}"
+    );
     assert_eq!(report["lost_events"], 0);
     let pid = counts["pid"].as_u64().expect("pid");
     let f = flow(&report, pid, &format!("127.0.0.1:{port}"));
@@ -442,6 +445,10 @@ fn cgroup_filter_keeps_only_processes_in_the_cgroup() {
     let res: Value = serde_json::from_str(&line).expect("python3 JSON");
     assert_eq!(res["refused"], 2);
     let (report, _) = trace.finish();
+    assert_eq!(
+        report["route"], "bpf",
+        "the cgroup filter runs in the kernel"
+    );
     drop(stdin);
     child.wait().expect("python3 exits");
     let dest = format!("127.0.0.1:{closed_port}");
