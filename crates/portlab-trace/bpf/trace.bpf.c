@@ -141,12 +141,15 @@ struct flow_key {
 };
 
 #define BUCKETS 15
+// in_progress and open are not kept here (two atomics fewer per connection): user space
+// derives them, in_progress = attempts - successes - failures - abandoned and
+// open = successes - closed_first - closed_by_peer - closed_other.
 struct flow {
     __u64 attempts;
     __u64 successes;
     __u64 abandoned;
-    __s64 in_progress;
-    __s64 open;
+    __u64 closed_other; // left ESTABLISHED for CLOSE without an orderly close (reset)
+    __u64 pad;
     __u64 closed_first;
     __u64 closed_by_peer;
     __u64 time_wait_entered;
@@ -376,7 +379,6 @@ INLINE void finish_failed(__u64 sk, struct failed *w, __s32 err, __u64 now) {
     struct flow *f = bpf_map_lookup_elem(&flows, &copy.key);
     if (!f)
         return;
-    __sync_fetch_and_add(&f->in_progress, -1);
     if (!err && copy.no_port)
         err = EADDRNOTAVAIL;
     if (err)
@@ -386,22 +388,9 @@ INLINE void finish_failed(__u64 sk, struct failed *w, __s32 err, __u64 now) {
 }
 
 INLINE void syn_sent(const struct set_state_args *ctx, __u64 sk, __u64 now) {
-    // The kernel reuses a socket's memory: whatever we knew under this address is over.
-    struct sock_state *old = bpf_map_lookup_elem(&socks, &sk);
-    if (old) {
-        struct flow *of = bpf_map_lookup_elem(&flows, &old->key);
-        if (of) {
-            if (old->phase == PHASE_CONNECTING)
-                __sync_fetch_and_add(&of->in_progress, -1);
-            else
-                __sync_fetch_and_add(&of->open, -1);
-        }
-        bpf_map_delete_elem(&socks, &sk);
-    }
-    struct failed *w = bpf_map_lookup_elem(&failed, &sk);
-    if (w)
-        finish_failed(sk, w, 0, now);
-
+    // No lookup of what this socket address held before: a TCP socket always passes through
+    // CLOSE (traced, which deletes its entry) before its memory is reused; a socket still
+    // waiting in `failed` is settled when the next failure finds it there (below).
     struct config *c = bpf_map_lookup_elem(&config, &ZERO);
     if (!c)
         return;
@@ -435,16 +424,18 @@ INLINE void syn_sent(const struct set_state_args *ctx, __u64 sk, __u64 now) {
         }
     }
     __sync_fetch_and_add(&f->attempts, 1);
-    __sync_fetch_and_add(&f->in_progress, 1);
     struct sock_state s = {};
     s.key = key;
     s.syn_sent_ns = now;
     s.phase = PHASE_CONNECTING;
     if (bpf_map_update_elem(&socks, &sk, &s, BPF_ANY) != 0)
         count_lost(); // its outcome will not be seen: it stays in_progress
-    struct call *call = bpf_map_lookup_elem(&calls, &tid);
-    if (call)
-        call->sk = sk;
+    if (c->syscalls) {
+        // Pairs this socket with the connect() return on this thread (sys_exit_connect).
+        struct call call = {.sk = sk};
+        if (bpf_map_update_elem(&calls, &tid, &call, BPF_ANY) != 0)
+            count_lost();
+    }
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")
@@ -476,8 +467,6 @@ int inet_sock_set_state(struct set_state_args *ctx) {
             return 0;
         if (new == TCP_ESTABLISHED) {
             __sync_fetch_and_add(&f->successes, 1);
-            __sync_fetch_and_add(&f->in_progress, -1);
-            __sync_fetch_and_add(&f->open, 1);
             s->phase = PHASE_ESTABLISHED;
             return 0;
         }
@@ -498,14 +487,22 @@ int inet_sock_set_state(struct set_state_args *ctx) {
         }
         bpf_map_delete_elem(&socks, &sk);
         __u32 tid = (__u32)bpf_get_current_pid_tgid();
-        int in_call = bpf_map_lookup_elem(&calls, &tid) != 0;
-        if (w.no_port && !in_call) {
+        struct call *call = bpf_map_lookup_elem(&calls, &tid);
+        if (w.no_port && !(call && call->sk == sk)) {
             // No connect() return to wait for (no syscall tracepoints, or not in the call).
-            __sync_fetch_and_add(&f->in_progress, -1);
             fail(f, &w.key, EADDRNOTAVAIL, now);
             return 0;
         }
-        if (bpf_map_update_elem(&failed, &sk, &w, BPF_ANY) != 0) {
+        long err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
+        if (err != 0) {
+            // An earlier failure of this socket address still waits for its errno (closed
+            // while connecting, memory reused within 50 ms): it got none, count it now.
+            struct failed *old = bpf_map_lookup_elem(&failed, &sk);
+            if (old)
+                finish_failed(sk, old, 0, now);
+            err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
+        }
+        if (err != 0) {
             count_lost();
             return 0;
         }
@@ -521,8 +518,9 @@ int inet_sock_set_state(struct set_state_args *ctx) {
         __sync_fetch_and_add(&f->time_wait_entered, 1);
     } else if (old == TCP_CLOSE_WAIT || old == TCP_LAST_ACK) {
         __sync_fetch_and_add(&f->closed_by_peer, 1);
+    } else {
+        __sync_fetch_and_add(&f->closed_other, 1);
     }
-    __sync_fetch_and_add(&f->open, -1);
     bpf_map_delete_elem(&socks, &sk);
     return 0;
 }
@@ -549,17 +547,13 @@ int inet_sk_error_report(struct error_report_args *ctx) {
     return 0;
 }
 
+// A new connect() on this thread: forget a socket left from a SYN_SENT outside connect()
+// (TCP Fast Open's sendmsg), so its exit is not paired with it. Usually a lookup that misses.
 SEC("tracepoint/syscalls/sys_enter_connect")
 int sys_enter_connect(void *ctx) {
-    struct config *c = bpf_map_lookup_elem(&config, &ZERO);
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
-    if (!c || (c->tgid && c->tgid != (__u32)(pid_tgid >> 32)))
-        return 0;
-    count_event();
-    __u32 tid = (__u32)pid_tgid;
-    struct call call = {};
-    if (bpf_map_update_elem(&calls, &tid, &call, BPF_ANY) != 0)
-        count_lost();
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    if (bpf_map_lookup_elem(&calls, &tid))
+        bpf_map_delete_elem(&calls, &tid);
     return 0;
 }
 
@@ -567,15 +561,16 @@ SEC("tracepoint/syscalls/sys_exit_connect")
 int sys_exit_connect(struct sys_exit_args *ctx) {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 tid = (__u32)pid_tgid;
-    struct call *cp = bpf_map_lookup_elem(&calls, &tid);
-    if (!cp)
-        return 0;
-    count_event();
-    __u64 sk = cp->sk;
-    bpf_map_delete_elem(&calls, &tid);
     long ret = ctx->ret;
+    struct call *cp = bpf_map_lookup_elem(&calls, &tid);
+    __u64 sk = 0;
+    if (cp) {
+        sk = cp->sk;
+        bpf_map_delete_elem(&calls, &tid);
+    }
     if (ret >= 0 || ret == -EINPROGRESS)
         return 0;
+    count_event();
     __s32 err = (__s32)-ret;
     __u64 now = bpf_ktime_get_ns();
     if (sk) {
@@ -595,10 +590,8 @@ int sys_exit_connect(struct sys_exit_args *ctx) {
         if (bpf_map_delete_elem(&socks, &sk) != 0)
             return 0;
         struct flow *f = bpf_map_lookup_elem(&flows, &key);
-        if (!f)
-            return 0;
-        __sync_fetch_and_add(&f->in_progress, -1);
-        fail(f, &key, err, now);
+        if (f)
+            fail(f, &key, err, now);
         return 0;
     }
     // No TCP socket changed state in this call: a routing failure before a port was chosen

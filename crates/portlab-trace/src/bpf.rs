@@ -66,8 +66,8 @@ struct KFlow {
     attempts: u64,
     successes: u64,
     abandoned: u64,
-    in_progress: i64,
-    open: i64,
+    closed_other: u64,
+    pad: u64,
     closed_first: u64,
     closed_by_peer: u64,
     time_wait_entered: u64,
@@ -278,7 +278,6 @@ impl BpfRoute {
             ("inet_sk_error_report", "sock"),
         ];
         if !filter.skip_syscalls {
-            // Exit first: an enter without its exit program would leave entries behind.
             progs.push(("sys_exit_connect", "syscalls"));
             progs.push(("sys_enter_connect", "syscalls"));
         }
@@ -334,9 +333,17 @@ impl BpfRoute {
             if key == OVERFLOW_KEY && v.attempts == 0 {
                 continue;
             }
-            let done_here = self.user_abandoned.get(&k).copied().unwrap_or(0)
-                + self.user_eaddrnotavail.get(&k).copied().unwrap_or(0);
             let mut failures = failures.remove(&k).unwrap_or_default();
+            let abandoned = v.abandoned + self.user_abandoned.get(&k).copied().unwrap_or(0);
+            // The kernel keeps no gauges (fewer atomics per event): derived from the counters.
+            // Maps are read one after the other while the kernel counts, so saturate.
+            let failures_total: u64 = failures.iter().map(|&(_, n)| n).sum();
+            let in_progress = v
+                .attempts
+                .saturating_sub(v.successes + failures_total + abandoned);
+            let open = v
+                .successes
+                .saturating_sub(v.closed_first + v.closed_by_peer + v.closed_other);
             failures.sort_by_key(|&(e, _)| e);
             let flow_search = DurationHistogram::from_parts(
                 v.search_buckets.to_vec(),
@@ -353,9 +360,9 @@ impl BpfRoute {
                     attempts: v.attempts,
                     successes: v.successes,
                     failures,
-                    abandoned: v.abandoned + self.user_abandoned.get(&k).copied().unwrap_or(0),
-                    in_progress: (v.in_progress - done_here as i64).max(0) as u64,
-                    open: v.open.max(0) as u64,
+                    abandoned,
+                    in_progress,
+                    open,
                     closed_first: v.closed_first,
                     closed_by_peer: v.closed_by_peer,
                     time_wait_entered: v.time_wait_entered,
@@ -397,5 +404,47 @@ impl BpfRoute {
                 *self.user_abandoned.entry(w.key).or_default() += 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_decode_like_the_perf_route() {
+        let v4: SocketAddr = "10.0.0.5:443".parse().unwrap();
+        let k = KFlowKey {
+            tgid: 4711,
+            dport: 443,
+            pad: 0,
+            daddr: v6_bytes(v4.ip()),
+        };
+        assert_eq!(
+            flow_key(&k),
+            FlowKey {
+                pid: 4711,
+                dest: v4
+            }
+        );
+        let v6: SocketAddr = "[2001:db8::1]:80".parse().unwrap();
+        let k6 = KFlowKey {
+            tgid: 1,
+            dport: 80,
+            pad: 0,
+            daddr: v6_bytes(v6.ip()),
+        };
+        assert_eq!(flow_key(&k6).dest, v6);
+        assert_eq!(flow_key(&KFlowKey::default()), OVERFLOW_KEY);
+    }
+
+    #[test]
+    fn map_values_have_the_c_layout() {
+        // bpf/trace.bpf.c: struct flow, failed, config, errno_key (aya also checks the sizes
+        // against the object's map definitions when it opens a map).
+        assert_eq!(std::mem::size_of::<KFlow>(), 27 * 8 + 16);
+        assert_eq!(std::mem::size_of::<Failed>(), 72);
+        assert_eq!(std::mem::size_of::<Config>(), 48);
+        assert_eq!(std::mem::size_of::<ErrnoKey>(), 32);
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! Every connect() on the host, by process and destination, from kernel tracepoints — the
 //! failures included, which bcc's `tcpconnect` drops and bpftrace's never sees (it hooks
-//! `tcp_connect`, after a port was chosen). No kprobes, no BPF toolchain: `perf_event_open` on
-//! four tracepoints, per-CPU mmap rings read in Rust, aggregation in user space.
+//! `tcp_connect`, after a port was chosen). No kprobes: four tracepoints, read by one of two
+//! routes ([`Route`]): **bpf** ([`bpf`]: a C program built by build.rs with clang, loaded with
+//! `aya`, runs the state machine in the kernel and counts in BPF maps that user space reads;
+//! nothing is copied per event) or **perf** ([`perf`]: `perf_event_open` per-CPU mmap rings
+//! read in Rust, aggregation in user space). [`Route::Auto`] takes bpf when it loads.
 //!
 //! - `sock:inet_sock_set_state`: `CLOSE → SYN_SENT` starts an attempt (on the caller's thread,
 //!   so it names the process); `SYN_SENT → ESTABLISHED` is a success; `SYN_SENT → CLOSE` with
@@ -31,8 +34,8 @@
 //! # Ok::<(), portlab_trace::TraceError>(())
 //! ```
 //!
-//! Needs root, or CAP_PERFMON (system-wide tracepoints) with read access to tracefs; nothing
-//! here prints.
+//! Needs root, or CAP_BPF + CAP_PERFMON (bpf) / CAP_PERFMON (perf), with read access to
+//! tracefs; nothing here prints.
 #![warn(missing_docs)]
 
 mod aggregate;

@@ -197,6 +197,11 @@ fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
     assert_eq!(f["failures_total"], ana);
     assert_eq!(f["closed_first"], ok);
     assert_eq!(f["time_wait_entered"], ok);
+    assert_eq!(
+        (&f["in_progress"], &f["open"]),
+        (&0.into(), &0.into()),
+        "{f}"
+    );
     assert_eq!(f["failed_port_search"]["count"], ana);
     assert!(f["failed_port_search"]["max_ns"].as_u64().unwrap_or(0) > 0);
     // … and the pool behaved as the kernel says it must.
