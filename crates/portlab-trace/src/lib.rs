@@ -253,6 +253,7 @@ impl Tracer {
             match bpf::BpfRoute::start(&filter, &layouts) {
                 Ok(route) => return Ok(Self::start_bpf(scope, route, bpf_unavailable)),
                 Err(e) if filter.route == Route::Bpf => return Err(e),
+                Err(TraceError::Bpf(why)) => bpf_unavailable = Some(why),
                 Err(e) => bpf_unavailable = Some(e.to_string()),
             }
         }
