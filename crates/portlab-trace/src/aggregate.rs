@@ -584,9 +584,14 @@ impl Aggregator {
             let comm = if key == OVERFLOW_KEY {
                 String::new()
             } else {
-                self.procs
-                    .get(key.pid)
-                    .map_or_else(|| k.comm.clone(), |p| p.comm.clone())
+                match self.procs.get(key.pid) {
+                    Some(p) => p.comm.clone(),
+                    None => {
+                        // Gone already: remember the kernel's name for its other rows too.
+                        self.procs.set_comm(key.pid, k.comm.clone());
+                        k.comm.clone()
+                    }
+                }
             };
             self.flow(key).comm = comm;
         }
