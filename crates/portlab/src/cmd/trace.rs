@@ -69,8 +69,8 @@ pub struct Args {
     #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     top: u16,
 
-    /// Ring-buffer pages per CPU (4 KiB each, rounded up to a power of two); raise it when
-    /// events are lost.
+    /// Ring-buffer pages per CPU (4 KiB each, rounded up to a power of two) on the perf route;
+    /// raise it when events are lost.
     #[arg(long, value_name = "PAGES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=65536))]
     ring_pages: u32,
 
