@@ -18,16 +18,37 @@
 # Part D, the kernel-side cost per event (paid by the traced process, not by trace): CPU per
 #   UDP connect() of an unpaced python3 loop without and with trace, paired rounds.
 #
-# Usage: scripts/bench-trace.sh
-#   (env: DURATION=5s CONNS=50 ROUNDS=6 RATES="1250 12500" FLOODS="10000 100000")
+# Every traced variant runs on each route of $ROUTES (default "bpf perf": the BPF route that
+# counts in kernel maps, and the perf_event_open route beside it), so A and D print one block
+# per route: traced ÷ untraced conn/s (bar ≥ 0.95) and the kernel-side ns per event with the
+# % of a core it makes at 10,000 connects/s (5.5 events per connection; bar < 2 %).
+#
+# Part E, the BPF route's kernel-side cost measured by the kernel: with
+#   kernel.bpf_stats_enabled=1 (restored after), `load --rate $E_RATE --connection close` while
+#   `trace --route bpf` runs; the run_time_ns / run_cnt of its four programs (from the trace
+#   process's /proc/PID/fdinfo) per connection, and as % of a core at 10,000 connects/s. On a
+#   busy host this overstates (a preempted program's time counts), so read it quiet.
+#
+# Usage: scripts/bench-trace.sh            (the full run: ~6 min with the defaults)
+#        QUICK=1 scripts/bench-trace.sh    (DURATION=2s ROUNDS=2, parts A and D only)
+#   (env: DURATION=5s CONNS=50 ROUNDS=6 RATES="1250 12500" FLOODS="10000 100000"
+#         ROUTES="bpf perf" QUICK=1 REBUILD=1)
 # Needs: root (perf_event_open on tracepoints), nginx, python3, GNU time, taskset, cargo.
 set -euo pipefail
 
+if [[ -n ${QUICK:-} ]]; then
+  DURATION=${DURATION:-2s}
+  ROUNDS=${ROUNDS:-2}
+  RATES=${RATES:-}
+  FLOODS=${FLOODS:-}
+fi
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-6}
-RATES=${RATES:-"1250 12500"}
-FLOODS=${FLOODS:-"10000 100000"}
+ROUTES=${ROUTES:-"bpf perf"}
+E_RATE=${E_RATE:-2000}
+RATES=${RATES-"1250 12500"}
+FLOODS=${FLOODS-"10000 100000"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PORTLAB=${PORTLAB:-$ROOT/target/release/portlab}
 
@@ -131,14 +152,23 @@ PY
 echo "nginx on $URL (CPU 1); load on CPU 0: -c $CONNS -z $DURATION --connection close" >&2
 "$PORTLAB" load -c "$CONNS" -z 1s --connection close "$URL" >/dev/null 2>&1 || true # warm-up
 
-# Variants: 0 = no trace, 1 = portlab trace, 2 = portlab trace --no-syscalls; the order
-# rotates every round.
-echo "Part A: $ROUNDS rounds, rotating order" >&2
+# Variants: 0 = no trace, ROUTE = portlab trace --route ROUTE, ROUTE-nosys = the same with
+# --no-syscalls; the order rotates every round.
+VARIANTS="0"
+for r in $ROUTES; do VARIANTS="$VARIANTS $r $r-nosys"; done
+read -r -a VARS <<<"$VARIANTS"
+echo "Part A: $ROUNDS rounds of variants ($VARIANTS), rotating order" >&2
 for round in $(seq "$ROUNDS"); do
-  case $(( round % 3 )) in 1) order="0 1 2" ;; 2) order="1 2 0" ;; 0) order="2 0 1" ;; esac
-  for traced in $order; do
+  n=${#VARS[@]}
+  order=()
+  for i in $(seq 0 $((n - 1))); do order+=("${VARS[$(((i + round) % n))]}"); done
+  for traced in "${order[@]}"; do
     name="a$round-$traced"
-    case $traced in 1) start_trace "$name" ;; 2) start_trace "$name" --no-syscalls ;; esac
+    case $traced in
+      0) ;;
+      *-nosys) start_trace "$name" --route "${traced%-nosys}" --no-syscalls ;;
+      *) start_trace "$name" --route "$traced" ;;
+    esac
     load "$name"
     if [[ $traced != 0 ]]; then stop_trace; fi
     record A "$name" "$traced"
@@ -146,13 +176,13 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-echo "Part B: fixed rates $RATES" >&2
+echo "Part B: fixed rates ${RATES:-(none)}" >&2
 for rate in $RATES; do
-  for traced in 0 1; do
+  for traced in 0 $ROUTES; do
     name="b$rate-$traced"
-    if [[ $traced == 1 ]]; then start_trace "$name"; fi
+    if [[ $traced != 0 ]]; then start_trace "$name" --route "$traced"; fi
     load "$name" --rate "$rate"
-    if [[ $traced == 1 ]]; then stop_trace; fi
+    if [[ $traced != 0 ]]; then stop_trace; fi
     record B "$name" "$traced" "$rate"
   done
 done
@@ -160,11 +190,13 @@ done
 # Part C: the reader's cost at a given event rate, without the cost of TCP itself: a python3
 # loop connect()s a UDP socket (2 tracepoint hits per call: sys_enter/sys_exit_connect, no
 # packet sent) at a paced rate for $DURATION while trace runs.
-echo "Part C: event floods $FLOODS events/s" >&2
+echo "Part C: event floods ${FLOODS:-(none)} events/s" >&2
 SECS=$(python3 -c "d='$DURATION'; print(float(d[:-1]) if d.endswith('s') else float(d))")
+: >"$WORK/floods.txt"
+for route in $ROUTES; do
 for events in $FLOODS; do
-  name="c$events"
-  start_trace "$name"
+  name="c$events-$route"
+  start_trace "$name" --route "$route"
   taskset -c 0 python3 - "$events" "$SECS" <<'PY'
 import socket, sys, time
 per_sec, secs = int(sys.argv[1]) // 2, float(sys.argv[2])
@@ -183,15 +215,17 @@ while True:
 print(done, file=sys.stderr)
 PY
   stop_trace
-  python3 - "$WORK/$name.json" "$WORK/$name.time" "$events" >>"$WORK/floods.txt" <<'PY'
+  python3 - "$WORK/$name.json" "$WORK/$name.time" "$events" "$route" >>"$WORK/floods.txt" <<'PY'
 import json, sys
 t = json.load(open(sys.argv[1]))
+print(f"  route {sys.argv[4]}:", end="")
 line = [l for l in open(sys.argv[2]) if l.startswith("CPU")][0].split()
 cpu = float(line[1]) + float(line[2])
 secs = t["elapsed_ms"] / 1000
 print(f"  target {int(sys.argv[3]):>7,} events/s: seen {t['events'] / secs:9,.0f} events/s, trace CPU {cpu / secs * 100:5.2f} % of a core "
       f"({cpu / max(t['events'], 1) * 1e9:,.0f} ns/event; reader thread {t['reader_cpu_ms'] / 10 / secs:.2f} %), lost {t['lost_events']}")
 PY
+done
 done
 
 # Part D: the kernel-side cost per event, paid by the traced process: CPU per UDP connect()
@@ -210,12 +244,41 @@ PY
 : >"$WORK/udp.tsv"
 for round in $(seq "$ROUNDS"); do
   printf '0\t%s\n' "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
-  start_trace "d$round"
-  printf '1\t%s\n' "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
-  stop_trace
+  for route in $ROUTES; do
+    start_trace "d$round-$route" --route "$route"
+    printf '%s\t%s\n' "$route" "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
+    stop_trace
+  done
 done
 
-python3 - "$RESULTS" <<'PY'
+# Part E: the kernel's own accounting of the BPF programs (kernel.bpf_stats_enabled).
+: >"$WORK/bpfstats.txt"
+if [[ " $ROUTES " == *" bpf "* && -w /proc/sys/kernel/bpf_stats_enabled ]]; then
+  echo "Part E: bpf_stats at --rate $E_RATE" >&2
+  old_stats=$(cat /proc/sys/kernel/bpf_stats_enabled)
+  echo 1 >/proc/sys/kernel/bpf_stats_enabled
+  start_trace e --route bpf
+  load e --rate "$E_RATE"
+  child=$(ps -o pid= --ppid "$TRACE_PID" | tr -d ' ')
+  for fd in /proc/"${child:-$TRACE_PID}"/fdinfo/*; do
+    grep -q '^prog_type' "$fd" 2>/dev/null || continue
+    awk '/^run_time_ns/ {t=$2} /^run_cnt/ {c=$2} END {print t, c}' "$fd"
+  done >"$WORK/bpfstats.raw"
+  stop_trace
+  echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
+  python3 - "$WORK/bpfstats.raw" "$WORK/e.ljson" >"$WORK/bpfstats.txt" <<'PY'
+import json, sys
+rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
+ns, runs = sum(r[0] for r in rows), sum(r[1] for r in rows)
+conns = json.load(open(sys.argv[2]))["summary"]["succeeded"]
+per_conn = ns / max(conns, 1)
+print(f"  {conns:,} connections, {runs:,} program runs ({runs / max(conns, 1):.1f} per connection, all four programs), "
+      f"{ns / max(runs, 1):.0f} ns per run, {per_conn:,.0f} ns per connection "
+      f"= {per_conn * 10000 / 1e9 * 100:.2f} % of a core at 10,000 connects/s (bar < 2 %)")
+PY
+fi
+
+python3 - "$RESULTS" "$ROUTES" <<'PY'
 import sys, statistics
 rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1]) if l.strip()]
 A = [r for r in rows if r[0] == "A"]
@@ -224,7 +287,8 @@ def f(x):
     return float(x)
 print("\nPart A: portlab load --connection close, new connections/s without and with portlab trace")
 base = {r[1].split("-")[0]: r for r in A if r[2] == "0"}
-for variant, label in (("1", "portlab trace"), ("2", "portlab trace --no-syscalls")):
+routes = sys.argv[2].split()
+for variant, label in [v for r in routes for v in ((r, f"portlab trace --route {r}"), (f"{r}-nosys", f"portlab trace --route {r} --no-syscalls"))]:
   print(f" {label}:")
   trac = {r[1].split("-")[0]: r for r in A if r[2] == variant}
   ratios, cpu_ratios, trace_pct, ev_rates = [], [], [], []
@@ -243,7 +307,7 @@ for variant, label in (("1", "portlab trace"), ("2", "portlab trace --no-syscall
       print(f"  median ratio with/without {statistics.median(ratios):.3f} (spread {min(ratios):.3f}–{max(ratios):.3f}); "
             f"load CPU per connection ×{statistics.median(cpu_ratios):.3f}; trace CPU median {statistics.median(trace_pct):.1f} % of a core")
 print("\nPart B: fixed rates (portlab load --rate R --connection close)")
-for r in [x for x in B if x[2] == "1"]:
+for r in [x for x in B if x[2] != "0"]:
     b = next((x for x in B if x[2] == "0" and x[3] == r[3]), None)
     secs = f(r[9])
     ev = f(r[7]) / secs
@@ -254,20 +318,29 @@ for r in [x for x in B if x[2] == "1"]:
     extra = ""
     if b:
         extra = f", load CPU/conn with/without ×{(f(r[5])/f(r[4]))/(f(b[5])/f(b[4])):.3f}"
-    print(f"  rate {r[3]:>6}/s: {conn_rate:8.0f} conn/s, {ev:9,.0f} events/s, trace CPU {pct:5.2f} % of a core "
+    print(f"  route {r[2]} rate {r[3]:>6}/s: {conn_rate:8.0f} conn/s, {ev:9,.0f} events/s, trace CPU {pct:5.2f} % of a core "
           f"({ns_per_event:,.0f} ns/event, reader thread {f(r[10]):.2f} s), lost {r[8]}; "
           f"scaled to 10,000 connects/s: {at10k:.1f} % of a core{extra}")
 PY
 echo
 echo "Part C: trace's own CPU at a given event rate (UDP connect() flood, 2 events per call)"
 cat "$WORK/floods.txt"
-python3 - "$WORK/udp.tsv" <<'PY'
+python3 - "$WORK/udp.tsv" "$ROUTES" <<'PY'
 import sys, statistics
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
 off = [int(v) for k, v in rows if k == "0"]
-on = [int(v) for k, v in rows if k == "1"]
-deltas = sorted(b - a for a, b in zip(off, on))
-print("\nPart D: kernel-side cost, CPU ns per UDP connect() (2 tracepoint hits) without / with trace")
-print(f"  without {statistics.median(off)} ns, with {statistics.median(on)} ns; paired difference median "
-      f"{statistics.median(deltas)} ns (spread {deltas[0]}–{deltas[-1]}) = about {statistics.median(deltas) / 2:.0f} ns per event")
+print("\nPart D: kernel-side cost, CPU ns per UDP connect() (2 tracepoint hits: sys_enter/exit_connect) without / with trace")
+for route in sys.argv[2].split():
+    on = [int(v) for k, v in rows if k == route]
+    deltas = sorted(b - a for a, b in zip(off, on))
+    if not deltas:
+        continue
+    per_event = statistics.median(deltas) / 2
+    # 10,000 connects/s with both ends on this host ≈ 55,000 events/s (docs/trace.md).
+    print(f"  route {route}: without {statistics.median(off)} ns, with {statistics.median(on)} ns; paired difference median "
+          f"{statistics.median(deltas)} ns (spread {deltas[0]}–{deltas[-1]}) = about {per_event:.0f} ns per event "
+          f"= {per_event * 55000 / 1e9 * 100:.2f} % of a core at 10,000 connects/s (bar < 2 %)")
 PY
+echo
+echo "Part E: BPF route, kernel-side cost from kernel.bpf_stats_enabled (client and server on this host)"
+cat "$WORK/bpfstats.txt"

@@ -55,12 +55,33 @@ pub struct DurationHistogram {
 }
 
 impl DurationHistogram {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         DurationHistogram {
             bounds_ns: PORT_SEARCH_BOUNDS_NS.to_vec(),
             counts: vec![0; PORT_SEARCH_BOUNDS_NS.len() + 1],
             ..Default::default()
         }
+    }
+
+    /// A histogram from the BPF route's counters (`counts` per bucket, not cumulative).
+    pub(crate) fn from_parts(counts: Vec<u64>, count: u64, sum_ns: u64, max_ns: u64) -> Self {
+        DurationHistogram {
+            bounds_ns: PORT_SEARCH_BOUNDS_NS.to_vec(),
+            counts,
+            count,
+            sum_ns,
+            max_ns,
+        }
+    }
+
+    /// Adds `other`'s observations (same bounds).
+    pub(crate) fn merge(&mut self, other: &DurationHistogram) {
+        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
+            *a += b;
+        }
+        self.count += other.count;
+        self.sum_ns += other.sum_ns;
+        self.max_ns = self.max_ns.max(other.max_ns);
     }
 
     fn record(&mut self, ns: u64) {
@@ -98,10 +119,14 @@ struct SecondWindow {
 
 impl SecondWindow {
     fn add(&mut self, time_ns: u64) {
+        self.add_n(time_ns, 1);
+    }
+
+    fn add_n(&mut self, time_ns: u64, count: u64) {
         let sec = time_ns / 1_000_000_000;
         match self.slots.back_mut() {
-            Some((s, n)) if *s == sec => *n += 1,
-            _ => self.slots.push_back((sec, 1)),
+            Some((s, n)) if *s == sec => *n += count,
+            _ => self.slots.push_back((sec, count)),
         }
         self.trim(sec);
     }
@@ -160,6 +185,24 @@ impl FlowCounters {
     }
 }
 
+/// One flow's counters as the BPF route read them from the kernel's maps (cumulative).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct KernelFlow {
+    /// The name of the task that made the first connect (kernel `comm`).
+    pub comm: String,
+    pub attempts: u64,
+    pub successes: u64,
+    pub failures: Vec<(i32, u64)>,
+    pub abandoned: u64,
+    pub in_progress: u64,
+    pub open: u64,
+    pub closed_first: u64,
+    pub closed_by_peer: u64,
+    pub time_wait_entered: u64,
+    pub search: DurationHistogram,
+    pub first_failure_ns: Option<u64>,
+}
+
 /// Which (process, destination) a socket counts towards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct FlowKey {
@@ -168,7 +211,7 @@ pub(crate) struct FlowKey {
 }
 
 /// The row that counts flows beyond [`MAX_FLOWS`].
-const OVERFLOW_KEY: FlowKey = FlowKey {
+pub(crate) const OVERFLOW_KEY: FlowKey = FlowKey {
     pid: 0,
     dest: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
 };
@@ -531,6 +574,43 @@ impl Aggregator {
             search: DurationHistogram::new(),
             ..Default::default()
         })
+    }
+
+    /// Replaces a flow's counters with the kernel's (BPF route). TIME_WAIT entries new since
+    /// the last call are put in the 60 s window at `now_ns`. The name is the process's from
+    /// /proc when it is still there at first sight, else the kernel's.
+    pub(crate) fn set_kernel_flow(&mut self, key: FlowKey, k: KernelFlow, now_ns: u64) {
+        if !self.flows.contains_key(&key) {
+            let comm = if key == OVERFLOW_KEY {
+                String::new()
+            } else {
+                match self.procs.get(key.pid) {
+                    Some(p) => p.comm.clone(),
+                    None => {
+                        // Gone already: remember the kernel's name for its other rows too.
+                        self.procs.set_comm(key.pid, k.comm.clone());
+                        k.comm.clone()
+                    }
+                }
+            };
+            self.flow(key).comm = comm;
+        }
+        let f = self.flow(key);
+        let new_tw = k.time_wait_entered.saturating_sub(f.time_wait_entered);
+        if new_tw > 0 {
+            f.time_wait_window.add_n(now_ns, new_tw);
+        }
+        f.attempts = k.attempts;
+        f.successes = k.successes;
+        f.failures = k.failures;
+        f.abandoned = k.abandoned;
+        f.in_progress = k.in_progress;
+        f.open = k.open;
+        f.closed_first = k.closed_first;
+        f.closed_by_peer = k.closed_by_peer;
+        f.time_wait_entered = k.time_wait_entered;
+        f.search = k.search;
+        f.first_failure_ns = k.first_failure_ns;
     }
 
     /// Whether the scope selects `pid`: None when the process is gone before we could look.

@@ -206,6 +206,34 @@ impl Layouts {
         ]
     }
 
+    /// Whether the records have the layout bpf/trace.bpf.c declares (the one of Linux 4.16
+    /// to 6.18 on 64-bit); the BPF route is not used otherwise.
+    pub fn matches_bpf_program(&self) -> bool {
+        let sock = |f: &SockFields, base: usize| {
+            (
+                f.sport, f.dport, f.family, f.protocol, f.saddr, f.daddr, f.saddr_v6, f.daddr_v6,
+            ) == (
+                base,
+                base + 2,
+                base + 4,
+                base + 6,
+                base + 8,
+                base + 12,
+                base + 16,
+                base + 32,
+            )
+        };
+        (
+            self.skaddr,
+            self.oldstate,
+            self.newstate,
+            self.error,
+            self.ret,
+        ) == (8, 16, 20, 8, 16)
+            && sock(&self.set_state, 24)
+            && sock(&self.error_report, 12)
+    }
+
     /// Decodes one raw record; None for another tracepoint, a non-TCP socket or a short record.
     pub fn decode(&self, raw: &[u8]) -> Option<EventKind> {
         let id = u16_at(raw, 0)?;

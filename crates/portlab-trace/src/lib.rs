@@ -2,8 +2,11 @@
 //!
 //! Every connect() on the host, by process and destination, from kernel tracepoints — the
 //! failures included, which bcc's `tcpconnect` drops and bpftrace's never sees (it hooks
-//! `tcp_connect`, after a port was chosen). No kprobes, no BPF toolchain: `perf_event_open` on
-//! four tracepoints, per-CPU mmap rings read in Rust, aggregation in user space.
+//! `tcp_connect`, after a port was chosen). No kprobes: four tracepoints, read by one of two
+//! routes ([`Route`]): **bpf** ([`bpf`]: a C program built by build.rs with clang, loaded with
+//! `aya`, runs the state machine in the kernel and counts in BPF maps that user space reads;
+//! nothing is copied per event) or **perf** ([`perf`]: `perf_event_open` per-CPU mmap rings
+//! read in Rust, aggregation in user space). [`Route::Auto`] takes bpf when it loads.
 //!
 //! - `sock:inet_sock_set_state`: `CLOSE → SYN_SENT` starts an attempt (on the caller's thread,
 //!   so it names the process); `SYN_SENT → ESTABLISHED` is a success; `SYN_SENT → CLOSE` with
@@ -31,11 +34,12 @@
 //! # Ok::<(), portlab_trace::TraceError>(())
 //! ```
 //!
-//! Needs root, or CAP_PERFMON (system-wide tracepoints) with read access to tracefs; nothing
-//! here prints.
+//! Needs root, or CAP_BPF + CAP_PERFMON (bpf) / CAP_PERFMON (perf), with read access to
+//! tracefs; nothing here prints.
 #![warn(missing_docs)]
 
 mod aggregate;
+pub mod bpf;
 pub mod decode;
 pub mod perf;
 pub mod procs;
@@ -47,6 +51,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+
+use serde::Serialize;
 use std::time::{Duration, Instant};
 
 pub use aggregate::{class_of, DurationHistogram, MAX_FLOWS, PORT_SEARCH_BOUNDS_NS};
@@ -80,6 +86,34 @@ pub enum TraceError {
     /// A filter was invalid (unreadable namespace file, unknown cgroup).
     #[error("{0}")]
     Filter(String),
+    /// The BPF route could not be used (`--route bpf`): not built with clang, refused by the
+    /// verifier, or the kernel's tracepoint records differ.
+    #[error("BPF route: {0}")]
+    Bpf(String),
+}
+
+/// How the tracepoints are read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Route {
+    /// BPF when it loads, else perf (what `start` picks is in [`TraceSnapshot::route`]).
+    #[default]
+    Auto,
+    /// A BPF program counts in kernel maps (bpf/trace.bpf.c); user space reads the maps.
+    Bpf,
+    /// perf_event_open rings: every event is copied to user space and aggregated there.
+    Perf,
+}
+
+impl Route {
+    /// `bpf`, `perf` or `auto`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Route::Auto => "auto",
+            Route::Bpf => "bpf",
+            Route::Perf => "perf",
+        }
+    }
 }
 
 /// What to count. Everything on the host by default.
@@ -102,6 +136,8 @@ pub struct Filter {
     /// socket's synchronous failure is not (it counts as `abandoned`), nor are connect()
     /// errors without a TCP socket.
     pub skip_syscalls: bool,
+    /// Which route to use; [`Route::Auto`] tries BPF first.
+    pub route: Route,
 }
 
 impl Filter {
@@ -146,9 +182,15 @@ impl Filter {
 /// How often the reader wakes when the rings stay below their wake-up mark.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
+/// How often the BPF route's thread reads the maps between snapshots.
+const BPF_REFRESH: Duration = Duration::from_secs(1);
+
 struct Shared {
     stop: AtomicBool,
     agg: Mutex<Aggregator>,
+    /// The BPF route's maps (None on the perf route).
+    bpf: Option<Mutex<bpf::BpfRoute>>,
+    route: Route,
     reader_cpu_ns: AtomicU64,
     started: Instant,
     start_ns: u64,
@@ -161,10 +203,23 @@ impl Shared {
     }
 
     fn snapshot(&self) -> TraceSnapshot {
+        self.refresh_bpf(false);
         let elapsed_ms = self.started.elapsed().as_millis() as u64;
         let mut snap = report::snapshot(&mut self.lock(), elapsed_ms, self.start_ns);
         snap.reader_cpu_ms = self.reader_cpu_ns.load(Ordering::Relaxed) / 1_000_000;
+        snap.route = self.route;
         snap
+    }
+
+    /// BPF route: copies the kernel maps into the aggregation.
+    fn refresh_bpf(&self, flush: bool) {
+        if let Some(b) = &self.bpf {
+            let mut b = b.lock().unwrap_or_else(|e| e.into_inner());
+            if flush {
+                b.detach();
+            }
+            b.refresh(&mut self.lock(), monotonic_ns(), flush);
+        }
     }
 }
 
@@ -173,6 +228,7 @@ impl Shared {
 pub struct Tracer {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    bpf_unavailable: Option<String>,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -192,6 +248,59 @@ impl Tracer {
         let scope = filter.scope()?;
         let fs = tracefs::TraceFs::open()?;
         let layouts = Layouts::read(&fs)?;
+        let mut bpf_unavailable = None;
+        if filter.route != Route::Perf {
+            match bpf::BpfRoute::start(&filter, &layouts) {
+                Ok(route) => return Ok(Self::start_bpf(scope, route, bpf_unavailable)),
+                Err(e) if filter.route == Route::Bpf => return Err(e),
+                Err(TraceError::Bpf(why)) => bpf_unavailable = Some(why),
+                Err(e) => bpf_unavailable = Some(e.to_string()),
+            }
+        }
+        let mut tracer = Self::start_perf(&filter, scope, layouts)?;
+        tracer.bpf_unavailable = bpf_unavailable;
+        Ok(tracer)
+    }
+
+    fn shared(scope: Scope, bpf: Option<bpf::BpfRoute>, start_ns: u64) -> Arc<Shared> {
+        Arc::new(Shared {
+            stop: AtomicBool::new(false),
+            agg: Mutex::new(Aggregator::new(scope, ProcLookup::live())),
+            route: if bpf.is_some() {
+                Route::Bpf
+            } else {
+                Route::Perf
+            },
+            bpf: bpf.map(Mutex::new),
+            reader_cpu_ns: AtomicU64::new(0),
+            started: Instant::now(),
+            start_ns,
+        })
+    }
+
+    fn start_bpf(scope: Scope, route: bpf::BpfRoute, note: Option<String>) -> Tracer {
+        let shared = Self::shared(scope, Some(route), monotonic_ns());
+        let s = Arc::clone(&shared);
+        // Reads the maps every second (TIME_WAIT window, sockets whose errno never came) even
+        // when nobody asks for snapshots. A failed spawn only loses that; snapshots still read.
+        let thread = std::thread::Builder::new()
+            .name("portlab-trace".into())
+            .spawn(move || {
+                while !s.stop.load(Ordering::Relaxed) {
+                    s.refresh_bpf(false);
+                    s.reader_cpu_ns.store(thread_cpu_ns(), Ordering::Relaxed);
+                    std::thread::park_timeout(BPF_REFRESH);
+                }
+            })
+            .ok();
+        Tracer {
+            shared,
+            thread,
+            bpf_unavailable: note,
+        }
+    }
+
+    fn start_perf(filter: &Filter, scope: Scope, layouts: Layouts) -> Result<Tracer, TraceError> {
         let pages = match filter.ring_pages {
             0 => perf::DEFAULT_RING_PAGES,
             n => n.next_power_of_two(),
@@ -212,13 +321,7 @@ impl Tracer {
         for ring in &rings {
             ring.enable()?;
         }
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            agg: Mutex::new(Aggregator::new(scope, ProcLookup::live())),
-            reader_cpu_ns: AtomicU64::new(0),
-            started: Instant::now(),
-            start_ns,
-        });
+        let shared = Self::shared(scope, None, start_ns);
         let reader = Reader {
             rings,
             layouts,
@@ -232,7 +335,18 @@ impl Tracer {
         Ok(Tracer {
             shared,
             thread: Some(thread),
+            bpf_unavailable: None,
         })
+    }
+
+    /// The route in use: [`Route::Bpf`] or [`Route::Perf`].
+    pub fn route(&self) -> Route {
+        self.shared.route
+    }
+
+    /// Why [`Route::Auto`] fell back to perf (None when BPF runs or perf was asked for).
+    pub fn bpf_unavailable(&self) -> Option<&str> {
+        self.bpf_unavailable.as_deref()
     }
 
     /// Counters so far (cumulative since `start`). Events of the last ~100 ms are still being
@@ -250,8 +364,11 @@ impl Tracer {
     fn shutdown(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
+            t.thread().unpark();
             let _ = t.join();
         }
+        // BPF route: detach, then count what is left (once: later calls find nothing waiting).
+        self.shared.refresh_bpf(true);
     }
 }
 

@@ -158,6 +158,8 @@ pub struct TraceSnapshot {
     pub socketless_failures: Vec<SocketlessFailures>,
     /// CPU time of the tracer's reader thread, ms.
     pub reader_cpu_ms: u64,
+    /// How the tracepoints were read: `bpf` (kernel maps) or `perf` (rings).
+    pub route: crate::Route,
 }
 
 impl TraceSnapshot {
@@ -238,6 +240,7 @@ pub(crate) fn snapshot(agg: &mut Aggregator, elapsed_ms: u64, start_ns: u64) -> 
         failed_port_search: agg.search.clone(),
         socketless_failures: socketless,
         reader_cpu_ms: 0,
+        route: crate::Route::Perf,
     }
 }
 

@@ -5,15 +5,26 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use portlab_testkit::wait_until;
-use portlab_trace::{Filter, Tracer};
+use portlab_trace::{Filter, Route, Tracer};
 
 #[test]
-fn snapshots_count_this_process_connects_cumulatively() {
+fn snapshots_count_this_process_connects_cumulatively_bpf() {
+    counts_this_process(Route::Bpf);
+}
+
+#[test]
+fn snapshots_count_this_process_connects_cumulatively_perf() {
+    counts_this_process(Route::Perf);
+}
+
+fn counts_this_process(route: Route) {
     let tracer = Tracer::start(Filter {
         pid: Some(std::process::id()),
+        route,
         ..Filter::default()
     })
-    .expect("attach (needs root)");
+    .expect("attach (needs root; the BPF route needs clang at build time)");
+    assert_eq!(tracer.route(), route);
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let open: SocketAddr = listener.local_addr().expect("addr");
     let closed: SocketAddr = {
@@ -36,6 +47,7 @@ fn snapshots_count_this_process_connects_cumulatively() {
     });
     assert!(seen, "{:#?}", tracer.snapshot().flows);
     let last = tracer.stop();
+    assert_eq!(last.route, route);
     assert_eq!(last.lost_events, 0);
     let d = last.destinations();
     let to_open = d.iter().find(|x| x.destination == open).expect("open dest");

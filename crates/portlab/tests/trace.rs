@@ -183,6 +183,10 @@ fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
     let (report, code) = trace.finish();
     // The trace agrees with the process's own counts…
     assert_eq!(report["schema"], "portlab.trace/1");
+    assert_eq!(
+        report["route"], "bpf",
+        "auto picks BPF when it loads: {report}"
+    );
     assert_eq!(report["lost_events"], 0);
     let pid = counts["pid"].as_u64().expect("pid");
     let f = flow(&report, pid, &format!("127.0.0.1:{port}"));
@@ -193,6 +197,11 @@ fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
     assert_eq!(f["failures_total"], ana);
     assert_eq!(f["closed_first"], ok);
     assert_eq!(f["time_wait_entered"], ok);
+    assert_eq!(
+        (&f["in_progress"], &f["open"]),
+        (&0.into(), &0.into()),
+        "{f}"
+    );
     assert_eq!(f["failed_port_search"]["count"], ana);
     assert!(f["failed_port_search"]["max_ns"].as_u64().unwrap_or(0) > 0);
     // … and the pool behaved as the kernel says it must.
@@ -239,6 +248,17 @@ print(json.dumps(res))
 
 #[test]
 fn refused_and_dropped_syns_are_told_apart() {
+    refused_and_dropped(&[], "bpf");
+}
+
+/// The same on the perf route (the fallback): for blocking connects the errno also comes from
+/// sys_exit_connect, so ETIMEDOUT counts even when a CLOSE sample goes missing.
+#[test]
+fn refused_and_dropped_syns_are_told_apart_on_the_perf_route() {
+    refused_and_dropped(&["--route", "perf"], "perf");
+}
+
+fn refused_and_dropped(route_args: &[&str], route: &str) {
     let ns = NetNs::new("trace2").expect("create netns (needs root)");
     // Give up after one SYN retransmission (1 s + 2 s) instead of six (127 s).
     ns.sysctl("net.ipv4.tcp_syn_retries", "1").expect("sysctl");
@@ -260,7 +280,7 @@ fn refused_and_dropped_syns_are_told_apart() {
     ])
     .expect("nft rule");
     let netns = format!("/var/run/netns/{}", ns.name());
-    let trace = Trace::start(&["--netns", &netns]);
+    let trace = Trace::start(&[&["--netns", &netns], route_args].concat());
     let res = python(
         &ns,
         REFUSED_AND_DROPPED,
@@ -269,6 +289,7 @@ fn refused_and_dropped_syns_are_told_apart() {
     assert_eq!(res["refused"], 3, "{res}");
     assert_eq!(res["timedout"], 2, "{res}");
     let (report, _) = trace.finish();
+    assert_eq!(report["route"], route);
     let pid = res["pid"].as_u64().expect("pid");
     let refused = flow(&report, pid, &format!("127.0.0.1:{closed_port}"));
     assert_eq!(failures(refused, "ECONNREFUSED"), 3, "{refused}");
@@ -429,6 +450,10 @@ fn cgroup_filter_keeps_only_processes_in_the_cgroup() {
     let res: Value = serde_json::from_str(&line).expect("python3 JSON");
     assert_eq!(res["refused"], 2);
     let (report, _) = trace.finish();
+    assert_eq!(
+        report["route"], "bpf",
+        "the cgroup filter runs in the kernel"
+    );
     drop(stdin);
     child.wait().expect("python3 exits");
     let dest = format!("127.0.0.1:{closed_port}");

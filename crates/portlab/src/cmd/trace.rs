@@ -13,7 +13,7 @@ use anyhow::Context;
 use portlab_diagnose::{diagnose_with_trace, Evidence, FailureCounts, Finding, Severity};
 use portlab_diagnose::{TraceEvidence, TracedFlow};
 use portlab_load::ErrorClass;
-use portlab_trace::{Filter, FlowReport, TraceError, TraceSnapshot, Tracer};
+use portlab_trace::{Filter, FlowReport, Route, TraceError, TraceSnapshot, Tracer};
 use serde::Serialize;
 
 use crate::cmd::model::parse_duration;
@@ -25,8 +25,11 @@ use crate::style::Painter;
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
 Reads the tracepoints sock:inet_sock_set_state, sock:inet_sk_error_report and
-syscalls:sys_{enter,exit}_connect with perf_event_open (no kprobes, no BPF compiler). Needs root
-or CAP_PERFMON + CAP_BPF. Counts are cumulative since the start; lost events are reported.
+syscalls:sys_{enter,exit}_connect (no kprobes). Route `bpf` (the default when it loads): a BPF
+program built into portlab counts in kernel maps, nothing is copied per event; route `perf`:
+perf_event_open rings read and aggregated in user space. The report names the route. Needs
+root, or CAP_BPF + CAP_PERFMON (perf route: CAP_PERFMON). Counts are cumulative since the
+start; lost events are reported.
 
 Exit code: 0 when no finding is critical, 1 when one is (e.g. EADDRNOTAVAIL seen), 2 for bad
 flags or missing privileges.
@@ -66,8 +69,8 @@ pub struct Args {
     #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     top: u16,
 
-    /// Ring-buffer pages per CPU (4 KiB each, rounded up to a power of two); raise it when
-    /// events are lost.
+    /// Ring-buffer pages per CPU (4 KiB each, rounded up to a power of two) on the perf route;
+    /// raise it when events are lost.
     #[arg(long, value_name = "PAGES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=65536))]
     ring_pages: u32,
 
@@ -77,9 +80,35 @@ pub struct Args {
     #[arg(long)]
     no_syscalls: bool,
 
+    /// How to read the tracepoints: bpf (count in kernel maps), perf (copy every event to
+    /// user space), auto (bpf when it loads, else perf).
+    #[arg(long, value_enum, default_value_t = RouteArg::Auto)]
+    route: RouteArg,
+
     /// Print one JSON object (schema portlab.trace/1, docs/trace.md) instead of text.
     #[arg(long)]
     json: bool,
+}
+
+/// `--route`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RouteArg {
+    /// BPF when it loads, else perf.
+    Auto,
+    /// A BPF program counts in kernel maps; fails when it cannot load.
+    Bpf,
+    /// perf_event_open rings, aggregated in user space.
+    Perf,
+}
+
+impl From<RouteArg> for Route {
+    fn from(r: RouteArg) -> Route {
+        match r {
+            RouteArg::Auto => Route::Auto,
+            RouteArg::Bpf => Route::Bpf,
+            RouteArg::Perf => Route::Perf,
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -96,6 +125,8 @@ struct TraceReport<'a> {
     filter: FilterReport,
     /// CPU time of the whole portlab process (reader, rendering), ms.
     cpu_ms: u64,
+    /// Why `--route auto` fell back to perf (null when BPF runs or perf was asked for).
+    bpf_unavailable: Option<&'a str>,
     #[serde(flatten)]
     snapshot: &'a TraceSnapshot,
     destinations: Vec<portlab_trace::DestinationTotals>,
@@ -120,10 +151,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         netns: args.netns.clone(),
         ring_pages: args.ring_pages as usize,
         skip_syscalls: args.no_syscalls,
+        route: args.route.into(),
     };
     let tracer = start(filter)?;
+    let route = tracer.route();
+    let bpf_unavailable = tracer.bpf_unavailable().map(str::to_string);
+    // One line: scripts and tests wait for the first line ending in "ready".
     eprintln!(
-        "portlab trace: attached to {} tracepoints on {} CPUs; ready{}",
+        "portlab trace: route {}{}, attached to {} tracepoints on {} CPUs; ready{}",
+        route.name(),
+        bpf_unavailable
+            .as_deref()
+            .map(|why| format!(" (BPF route unavailable: {why})"))
+            .unwrap_or_default(),
         if args.no_syscalls { 2 } else { 4 },
         online_cpus(),
         match duration {
@@ -169,6 +209,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 netns: args.netns.clone(),
             },
             cpu_ms: process_cpu_ms(),
+            bpf_unavailable: bpf_unavailable.as_deref(),
             snapshot: &snap,
             destinations: snap.destinations(),
             findings: &findings,
@@ -199,6 +240,9 @@ pub fn start(filter: Filter) -> anyhow::Result<Tracer> {
             "trace needs root, or CAP_PERFMON and CAP_BPF, to read kernel tracepoints ({what})"
         )),
         TraceError::Filter(msg) => usage(msg),
+        TraceError::Bpf(msg) => usage(format!(
+            "--route bpf: {msg}; use --route perf (or auto, which falls back to it)"
+        )),
         other => anyhow::Error::new(other).context("attaching to the connect() tracepoints"),
     })
 }
@@ -447,10 +491,11 @@ pub fn render_table(snap: &TraceSnapshot, top: usize, p: Painter) -> String {
 
 fn render_snapshot(snap: &TraceSnapshot, args: &Args, what: &str, p: Painter) -> String {
     let mut s = format!(
-        "{} — {:.1} s, {} ({what})\n",
+        "{} — {:.1} s, {}, route {} ({what})\n",
         p.heading("portlab trace"),
         snap.elapsed_ms as f64 / 1000.0,
-        scope_line(args)
+        scope_line(args),
+        snap.route.name()
     );
     s.push_str(&render_table(snap, usize::from(args.top), p));
     s

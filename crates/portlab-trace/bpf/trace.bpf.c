@@ -1,0 +1,619 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+//
+// portlab trace, BPF route: the connect() state machine of src/aggregate.rs, run in the kernel
+// on the same four tracepoints, counting into hash maps that user space reads (src/bpf.rs).
+// Nothing is sent to user space per event.
+//
+// Built by build.rs with `clang -target bpf -O2 -g`; no vmlinux.h, no libbpf headers: the
+// tracepoint records are declared from /sys/kernel/tracing/events/*/*/format (stable since
+// Linux 4.16; src/bpf.rs checks the running kernel's offsets before loading), the helpers by
+// their ids in include/uapi/linux/bpf.h, and the three kernel structs read for the --netns
+// filter with preserve_access_index (CO-RE: the loader fixes the offsets from the kernel's BTF).
+//
+// Kernel sequence (measured on Linux 6.18, docs/trace.md):
+//   connect() -> tcp_v4_connect(): CLOSE -> SYN_SENT on the caller's thread, sport 0
+//   no free port: SYN_SENT -> CLOSE with sport 0 (net/ipv4/inet_hashtables.c), then
+//                 sys_exit_connect = -EADDRNOTAVAIL; the gap is the failed port search
+//   SYN-ACK:      SYN_SENT -> ESTABLISHED
+//   RST/timeout:  SYN_SENT -> CLOSE with a port, then inet_sk_error_report (same 4-tuple)
+//   active close: FIN_WAIT1/FIN_WAIT2/CLOSING -> CLOSE (tcp_time_wait(): a TIME_WAIT entry)
+//   passive:      CLOSE_WAIT/LAST_ACK -> CLOSE
+
+typedef unsigned char __u8;
+typedef unsigned short __u16;
+typedef unsigned int __u32;
+typedef unsigned long long __u64;
+typedef int __s32;
+typedef long long __s64;
+
+#define SEC(name) __attribute__((section(name), used))
+#define __uint(name, val) int(*name)[val]
+#define __type(name, val) typeof(val) *name
+#define INLINE static __attribute__((always_inline)) inline
+
+// include/uapi/linux/bpf.h
+#define BPF_MAP_TYPE_HASH 1
+#define BPF_MAP_TYPE_ARRAY 2
+#define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_ANY 0
+#define BPF_NOEXIST 1
+
+static void *(*bpf_map_lookup_elem)(void *map, const void *key) = (void *)1;
+static long (*bpf_map_update_elem)(void *map, const void *key, const void *value,
+                                   __u64 flags) = (void *)2;
+static long (*bpf_map_delete_elem)(void *map, const void *key) = (void *)3;
+static __u64 (*bpf_ktime_get_ns)(void) = (void *)5;
+static __u64 (*bpf_get_current_pid_tgid)(void) = (void *)14;
+static long (*bpf_get_current_comm)(void *buf, __u32 size) = (void *)16;
+static __u64 (*bpf_get_current_task)(void) = (void *)35;
+static long (*bpf_probe_read_kernel)(void *dst, __u32 size, const void *src) = (void *)113;
+static __u64 (*bpf_get_current_ancestor_cgroup_id)(int level) = (void *)123;
+
+// include/net/tcp_states.h
+#define TCP_ESTABLISHED 1
+#define TCP_SYN_SENT 2
+#define TCP_FIN_WAIT1 4
+#define TCP_FIN_WAIT2 5
+#define TCP_CLOSE 7
+#define TCP_CLOSE_WAIT 8
+#define TCP_LAST_ACK 9
+#define TCP_CLOSING 11
+#define IPPROTO_TCP 6
+
+#define E2BIG 7
+#define EINTR 4
+#define EAGAIN 11
+#define EADDRNOTAVAIL 99
+#define EALREADY 114
+#define EINPROGRESS 115
+#define ERESTARTSYS 512
+
+// The tracepoint records (common header: 8 bytes).
+struct set_state_args {
+    __u64 common;
+    const void *skaddr;
+    int oldstate;
+    int newstate;
+    __u16 sport;
+    __u16 dport;
+    __u16 family;
+    __u16 protocol;
+    __u8 saddr[4];
+    __u8 daddr[4];
+    __u8 saddr_v6[16];
+    __u8 daddr_v6[16];
+};
+
+struct error_report_args {
+    __u64 common;
+    int error;
+    __u16 sport;
+    __u16 dport;
+    __u16 family;
+    __u16 protocol;
+    __u8 saddr[4];
+    __u8 daddr[4];
+    __u8 saddr_v6[16];
+    __u8 daddr_v6[16];
+};
+
+struct sys_exit_args {
+    __u64 common;
+    __s32 nr;
+    __s32 pad;
+    long ret;
+};
+
+// Read only for the --netns filter: current->nsproxy->net_ns->ns.inum.
+struct ns_common {
+    unsigned int inum;
+} __attribute__((preserve_access_index));
+struct net {
+    struct ns_common ns;
+} __attribute__((preserve_access_index));
+struct nsproxy {
+    struct net *net_ns;
+} __attribute__((preserve_access_index));
+struct task_struct {
+    struct nsproxy *nsproxy;
+} __attribute__((preserve_access_index));
+
+// ---- maps (layouts mirrored in src/bpf.rs) ----
+
+// What to count; written once by user space before the programs attach.
+struct config {
+    __u32 tgid;         // 0: every process
+    __u16 dport;        // 0: every destination
+    __u16 match_daddr;  // 1: only daddr
+    __u8 daddr[16];     // IPv6 or v4-mapped IPv6, as the tracepoint's daddr_v6
+    __u64 cgroup_id;    // 0: every cgroup; else this cgroup v2 or below
+    __u32 cgroup_level; // depth of cgroup_id below the root
+    __u32 netns;        // 0: every network namespace; else this one's inode
+    __u32 syscalls;     // 1: the two syscall tracepoints are attached
+    __u32 pad;
+};
+
+struct flow_key {
+    __u32 tgid;
+    __u16 dport;
+    __u16 pad;
+    __u8 daddr[16];
+};
+
+#define BUCKETS 15
+// in_progress and open are not kept here (two atomics fewer per connection): user space
+// derives them, in_progress = attempts - successes - failures - abandoned and
+// open = successes - closed_first - closed_by_peer - closed_other.
+struct flow {
+    __u64 attempts;
+    __u64 successes;
+    __u64 abandoned;
+    __u64 closed_other; // left ESTABLISHED for CLOSE without an orderly close (reset)
+    __u64 pad;
+    __u64 closed_first;
+    __u64 closed_by_peer;
+    __u64 time_wait_entered;
+    __u64 first_failure_ns;
+    __u64 search_count;
+    __u64 search_sum_ns;
+    __u64 search_max_ns;
+    __u64 search_buckets[BUCKETS];
+    char comm[16];
+};
+
+struct errno_key {
+    struct flow_key flow;
+    __s32 err;
+    __u32 pad;
+};
+
+#define PHASE_CONNECTING 1
+#define PHASE_ESTABLISHED 2
+struct sock_state {
+    struct flow_key key;
+    __u64 syn_sent_ns;
+    __u32 phase;
+    __u32 pad;
+};
+
+struct tuple {
+    __u16 sport;
+    __u16 dport;
+    __u8 saddr[16];
+    __u8 daddr[16];
+};
+
+// A socket that left SYN_SENT for CLOSE and waits for its errno (error report or connect()
+// return). User space counts the ones that wait longer than 50 ms (src/bpf.rs).
+struct failed {
+    struct flow_key key;
+    __u64 closed_ns;
+    struct tuple tuple;
+    __u32 no_port;
+};
+
+struct call {
+    __u64 sk;
+};
+
+struct socketless_key {
+    __u32 tgid;
+    __s32 err;
+};
+
+struct stats {
+    __u64 events;
+    __u64 lost;
+    __u64 flows_overflowed;
+};
+
+#define MAX_FLOWS 4096
+
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct config);
+} config SEC(".maps");
+
+// One more than MAX_FLOWS: user space inserts the overflow row (tgid 0, :: port 0) first.
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, MAX_FLOWS + 1);
+    __type(key, struct flow_key);
+    __type(value, struct flow);
+} flows SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 32768);
+    __type(key, struct errno_key);
+    __type(value, __u64);
+} failures SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, struct sock_state);
+} socks SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, struct failed);
+} failed SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct tuple);
+    __type(value, __u64);
+} by_tuple SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u32);
+    __type(value, struct call);
+} calls SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, struct socketless_key);
+    __type(value, __u64);
+} socketless SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct stats);
+} stats SEC(".maps");
+
+// Upper bounds of the failed-port-search buckets, ns (src/aggregate.rs PORT_SEARCH_BOUNDS_NS).
+static const __u64 bounds_ns[BUCKETS - 1] = {
+    1000,    2500,    5000,    10000,   25000,    50000,    100000,
+    250000,  500000,  1000000, 2500000, 5000000,  10000000, 50000000,
+};
+
+// A key 0 on the stack (a global would need a .rodata map).
+#define ZERO (*(&(__u32){0}))
+
+INLINE struct stats *stat(void) { return bpf_map_lookup_elem(&stats, &ZERO); }
+
+INLINE void count_event(void) {
+    struct stats *s = stat();
+    if (s)
+        s->events++;
+}
+
+INLINE void count_lost(void) {
+    struct stats *s = stat();
+    if (s)
+        s->lost++;
+}
+
+INLINE void copy16(__u8 *dst, const __u8 *src) {
+    __builtin_memcpy(dst, src, 16);
+}
+
+// 16 bytes equal? (__builtin_memcmp would be a call to memcmp, which BPF has not.)
+INLINE int same16(const __u8 *a, const __u8 *b) {
+    int diff = 0;
+#pragma unroll
+    for (int i = 0; i < 16; i++)
+        diff |= a[i] ^ b[i];
+    return diff == 0;
+}
+
+// Whether the current task passes the --pid, --cgroup and --netns filters.
+INLINE int task_selected(const struct config *c, __u32 tgid) {
+    if (c->tgid && c->tgid != tgid)
+        return 0;
+    if (c->cgroup_id && bpf_get_current_ancestor_cgroup_id(c->cgroup_level) != c->cgroup_id)
+        return 0;
+    if (c->netns) {
+        struct task_struct *t = (void *)bpf_get_current_task();
+        struct nsproxy *nsp = 0;
+        struct net *net = 0;
+        unsigned int inum = 0;
+        bpf_probe_read_kernel(&nsp, sizeof(nsp), &t->nsproxy);
+        if (!nsp)
+            return 0;
+        bpf_probe_read_kernel(&net, sizeof(net), &nsp->net_ns);
+        if (!net)
+            return 0;
+        bpf_probe_read_kernel(&inum, sizeof(inum), &net->ns.inum);
+        if (inum != c->netns)
+            return 0;
+    }
+    return 1;
+}
+
+INLINE void fail(struct flow *f, const struct flow_key *key, __s32 err, __u64 now) {
+    struct errno_key ek = {};
+    ek.flow = *key;
+    ek.err = err;
+    __u64 *n = bpf_map_lookup_elem(&failures, &ek);
+    if (n) {
+        __sync_fetch_and_add(n, 1);
+    } else {
+        __u64 one = 1;
+        if (bpf_map_update_elem(&failures, &ek, &one, BPF_NOEXIST) != 0) {
+            n = bpf_map_lookup_elem(&failures, &ek);
+            if (n)
+                __sync_fetch_and_add(n, 1);
+            else
+                count_lost();
+        }
+    }
+    if (!f->first_failure_ns)
+        f->first_failure_ns = now;
+}
+
+INLINE void record_search(struct flow *f, __u64 ns) {
+    __u32 i = 0;
+#pragma unroll
+    for (int b = 0; b < BUCKETS - 1; b++) {
+        if (ns > bounds_ns[b])
+            i = b + 1;
+    }
+    if (i < BUCKETS)
+        __sync_fetch_and_add(&f->search_buckets[i], 1);
+    __sync_fetch_and_add(&f->search_count, 1);
+    __sync_fetch_and_add(&f->search_sum_ns, ns);
+    if (ns > f->search_max_ns)
+        f->search_max_ns = ns;
+}
+
+// Counts a socket that waited in `failed` with the errno that came (0: none).
+INLINE void finish_failed(__u64 sk, struct failed *w, __s32 err, __u64 now) {
+    struct failed copy = *w;
+    if (bpf_map_delete_elem(&failed, &sk) != 0)
+        return; // user space or another CPU counted it
+    if (!copy.no_port)
+        bpf_map_delete_elem(&by_tuple, &copy.tuple);
+    struct flow *f = bpf_map_lookup_elem(&flows, &copy.key);
+    if (!f)
+        return;
+    if (!err && copy.no_port)
+        err = EADDRNOTAVAIL;
+    if (err)
+        fail(f, &copy.key, err, now);
+    else
+        __sync_fetch_and_add(&f->abandoned, 1);
+}
+
+INLINE void syn_sent(const struct set_state_args *ctx, __u64 sk, __u64 now) {
+    // No lookup of what this socket address held before: a TCP socket always passes through
+    // CLOSE (traced, which deletes its entry) before its memory is reused; a socket still
+    // waiting in `failed` is settled when the next failure finds it there (below).
+    struct config *c = bpf_map_lookup_elem(&config, &ZERO);
+    if (!c)
+        return;
+    if (c->match_daddr && !same16(c->daddr, ctx->daddr_v6))
+        return;
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    __u32 tgid = pid_tgid >> 32;
+    __u32 tid = (__u32)pid_tgid;
+    if (!task_selected(c, tgid))
+        return;
+
+    struct flow_key key = {};
+    key.tgid = tgid;
+    key.dport = ctx->dport;
+    copy16(key.daddr, ctx->daddr_v6);
+    struct flow *f = bpf_map_lookup_elem(&flows, &key);
+    if (!f) {
+        struct flow fresh = {};
+        bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
+        long err = bpf_map_update_elem(&flows, &key, &fresh, BPF_NOEXIST);
+        if (err == -E2BIG) {
+            struct stats *s = stat();
+            if (s)
+                s->flows_overflowed++;
+            __builtin_memset(&key, 0, sizeof(key));
+        }
+        f = bpf_map_lookup_elem(&flows, &key);
+        if (!f) {
+            count_lost();
+            return;
+        }
+    }
+    __sync_fetch_and_add(&f->attempts, 1);
+    struct sock_state s = {};
+    s.key = key;
+    s.syn_sent_ns = now;
+    s.phase = PHASE_CONNECTING;
+    if (bpf_map_update_elem(&socks, &sk, &s, BPF_ANY) != 0)
+        count_lost(); // its outcome will not be seen: it stays in_progress
+    if (c->syscalls) {
+        // Pairs this socket with the connect() return on this thread (sys_exit_connect).
+        struct call call = {.sk = sk};
+        if (bpf_map_update_elem(&calls, &tid, &call, BPF_ANY) != 0)
+            count_lost();
+    }
+}
+
+SEC("tracepoint/sock/inet_sock_set_state")
+int inet_sock_set_state(struct set_state_args *ctx) {
+    if (ctx->protocol != IPPROTO_TCP)
+        return 0;
+    int old = ctx->oldstate;
+    int new = ctx->newstate;
+    if (!(new == TCP_SYN_SENT || old == TCP_SYN_SENT || new == TCP_CLOSE))
+        return 0;
+    struct config *c = bpf_map_lookup_elem(&config, &ZERO);
+    if (!c || (c->dport && c->dport != ctx->dport))
+        return 0;
+    count_event();
+    __u64 sk = (__u64)ctx->skaddr;
+    __u64 now = bpf_ktime_get_ns();
+    if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
+        syn_sent(ctx, sk, now);
+        return 0;
+    }
+    struct sock_state *s = bpf_map_lookup_elem(&socks, &sk);
+    if (!s)
+        return 0;
+    struct flow *f = bpf_map_lookup_elem(&flows, &s->key);
+    if (!f)
+        return 0;
+    if (s->phase == PHASE_CONNECTING) {
+        if (old != TCP_SYN_SENT)
+            return 0;
+        if (new == TCP_ESTABLISHED) {
+            __sync_fetch_and_add(&f->successes, 1);
+            s->phase = PHASE_ESTABLISHED;
+            return 0;
+        }
+        if (new != TCP_CLOSE)
+            return 0;
+        struct failed w = {};
+        w.key = s->key;
+        w.closed_ns = now;
+        w.no_port = ctx->sport == 0;
+        if (w.no_port) {
+            // __inet_hash_connect() found no free port: the failed port search.
+            record_search(f, now - s->syn_sent_ns);
+        } else {
+            w.tuple.sport = ctx->sport;
+            w.tuple.dport = ctx->dport;
+            copy16(w.tuple.saddr, ctx->saddr_v6);
+            copy16(w.tuple.daddr, ctx->daddr_v6);
+        }
+        bpf_map_delete_elem(&socks, &sk);
+        __u32 tid = (__u32)bpf_get_current_pid_tgid();
+        struct call *call = bpf_map_lookup_elem(&calls, &tid);
+        if (w.no_port && !(call && call->sk == sk)) {
+            // No connect() return to wait for (no syscall tracepoints, or not in the call).
+            fail(f, &w.key, EADDRNOTAVAIL, now);
+            return 0;
+        }
+        long err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
+        if (err != 0) {
+            // An earlier failure of this socket address still waits for its errno (closed
+            // while connecting, memory reused within 50 ms): it got none, count it now.
+            struct failed *old = bpf_map_lookup_elem(&failed, &sk);
+            if (old)
+                finish_failed(sk, old, 0, now);
+            err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
+        }
+        if (err != 0) {
+            count_lost();
+            return 0;
+        }
+        if (!w.no_port && bpf_map_update_elem(&by_tuple, &w.tuple, &sk, BPF_ANY) != 0)
+            count_lost();
+        return 0;
+    }
+    // Established: who closed first is read from the state it leaves for CLOSE.
+    if (new != TCP_CLOSE)
+        return 0;
+    if (old == TCP_FIN_WAIT1 || old == TCP_FIN_WAIT2 || old == TCP_CLOSING) {
+        __sync_fetch_and_add(&f->closed_first, 1);
+        __sync_fetch_and_add(&f->time_wait_entered, 1);
+    } else if (old == TCP_CLOSE_WAIT || old == TCP_LAST_ACK) {
+        __sync_fetch_and_add(&f->closed_by_peer, 1);
+    } else {
+        __sync_fetch_and_add(&f->closed_other, 1);
+    }
+    bpf_map_delete_elem(&socks, &sk);
+    return 0;
+}
+
+SEC("tracepoint/sock/inet_sk_error_report")
+int inet_sk_error_report(struct error_report_args *ctx) {
+    if (ctx->protocol != IPPROTO_TCP || ctx->error == 0)
+        return 0;
+    count_event();
+    struct tuple t = {};
+    t.sport = ctx->sport;
+    t.dport = ctx->dport;
+    copy16(t.saddr, ctx->saddr_v6);
+    copy16(t.daddr, ctx->daddr_v6);
+    __u64 *skp = bpf_map_lookup_elem(&by_tuple, &t);
+    if (!skp)
+        return 0;
+    __u64 sk = *skp;
+    struct failed *w = bpf_map_lookup_elem(&failed, &sk);
+    if (w)
+        finish_failed(sk, w, ctx->error, bpf_ktime_get_ns());
+    else
+        bpf_map_delete_elem(&by_tuple, &t);
+    return 0;
+}
+
+// A new connect() on this thread: forget a socket left from a SYN_SENT outside connect()
+// (TCP Fast Open's sendmsg), so its exit is not paired with it. Usually a lookup that misses.
+SEC("tracepoint/syscalls/sys_enter_connect")
+int sys_enter_connect(void *ctx) {
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    if (bpf_map_lookup_elem(&calls, &tid))
+        bpf_map_delete_elem(&calls, &tid);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect(struct sys_exit_args *ctx) {
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    __u32 tid = (__u32)pid_tgid;
+    long ret = ctx->ret;
+    struct call *cp = bpf_map_lookup_elem(&calls, &tid);
+    __u64 sk = 0;
+    if (cp) {
+        sk = cp->sk;
+        bpf_map_delete_elem(&calls, &tid);
+    }
+    if (ret >= 0 || ret == -EINPROGRESS)
+        return 0;
+    count_event();
+    __s32 err = (__s32)-ret;
+    __u64 now = bpf_ktime_get_ns();
+    if (sk) {
+        struct failed *w = bpf_map_lookup_elem(&failed, &sk);
+        if (w) {
+            finish_failed(sk, w, err, now);
+            return 0;
+        }
+        // connect() gave up on a socket still connecting with no state change seen (a
+        // blocking connect's timeout or refusal). Interrupted calls keep connecting.
+        if (err == EINTR || err == EALREADY || err == EAGAIN || err == ERESTARTSYS)
+            return 0;
+        struct sock_state *s = bpf_map_lookup_elem(&socks, &sk);
+        if (!s || s->phase != PHASE_CONNECTING)
+            return 0;
+        struct flow_key key = s->key;
+        if (bpf_map_delete_elem(&socks, &sk) != 0)
+            return 0;
+        struct flow *f = bpf_map_lookup_elem(&flows, &key);
+        if (f)
+            fail(f, &key, err, now);
+        return 0;
+    }
+    // No TCP socket changed state in this call: a routing failure before a port was chosen
+    // (ENETUNREACH), or not a TCP socket. No destination.
+    struct config *c = bpf_map_lookup_elem(&config, &ZERO);
+    if (!c || c->dport || c->match_daddr || !task_selected(c, (__u32)(pid_tgid >> 32)))
+        return 0;
+    struct socketless_key k = {};
+    k.tgid = pid_tgid >> 32;
+    k.err = err;
+    __u64 *n = bpf_map_lookup_elem(&socketless, &k);
+    if (n) {
+        __sync_fetch_and_add(n, 1);
+    } else {
+        __u64 one = 1;
+        if (bpf_map_update_elem(&socketless, &k, &one, BPF_NOEXIST) != 0) {
+            n = bpf_map_lookup_elem(&socketless, &k);
+            if (n)
+                __sync_fetch_and_add(n, 1);
+        }
+    }
+    return 0;
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";
