@@ -54,12 +54,14 @@ pub struct ScanCost {
 }
 
 impl ScanCost {
-    /// Linux 6.18 on loopback, measured on the project's 2-core lab machine: base from the
-    /// calibration's empty-pool points, per-port cost from churn fills past half
-    /// (11.5 ms for 27,500 even ports: 0.42 µs per port) and from CPU time per connect.
+    /// Linux 6.18 on loopback, measured on the project's 2-core lab machine: base and request
+    /// time from quiet calibration runs at low fill (connect p50 34–52 µs, median 41;
+    /// 4,984–7,046 req/s, median ≈ 6,300); per-port cost from CPU time per connect with the
+    /// first parity full of TIME_WAIT (0.34–0.43 µs over 10,000- and 30,000-port ranges) and
+    /// a churn fill past half (11.5 ms for 27,500 even ports: 0.42 µs).
     pub const LINUX_LOOPBACK: ScanCost = ScanCost {
         connect_base_us: 41.0,
-        per_port_us: 0.42,
+        per_port_us: 0.40,
         request_us: 118.0,
     };
 
