@@ -146,7 +146,7 @@ impl PortWalk {
         let ports = range.len();
         let remaining = if ports > 1 { ports & !1 } else { ports };
         let words = |n: u32| vec![0u64; (n as usize).div_ceil(64)];
-        let mut rng = SplitMix64(seed ^ 0x5EED_C0DE_0F5C_A4);
+        let mut rng = SplitMix64(seed ^ 0x005E_EDC0_DE0F_5CA4);
         let hash = rng.next_u64() as u32;
         let perturb = rng.next_u64() as u32;
         Self {
