@@ -276,10 +276,10 @@ fn render_fill_curve(p: &OsProfile, c: &FillCurve, paint: Painter) -> String {
     );
     let _ = writeln!(
         s,
-        "  fill      {} order; held ports are TIME_WAIT entries that cannot be reused",
+        "  fill      {}; held ports are TIME_WAIT entries that cannot be reused",
         match c.order {
-            portlab_model::FillOrder::Kernel => "kernel (churn of unbound connects)",
-            portlab_model::FillOrder::Random => "random (pinned ports, first parity first)",
+            portlab_model::FillOrder::Kernel => "kernel order (a churn of unbound connects)",
+            portlab_model::FillOrder::Random => "random order (pinned ports, first parity first)",
         }
     );
     let _ = writeln!(
