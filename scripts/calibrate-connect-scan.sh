@@ -35,8 +35,10 @@
 # Usage: scripts/calibrate-connect-scan.sh [PORTLAB_BIN]      (root; needs ip, ss, python3, jq)
 #   PORTLAB_BIN defaults to target/debug/portlab. FILLS="0 10 50 90" and RANGES="10000" limit
 #   the grid; QUICK=1 is RANGES=10000 FILLS="0 20 50 80". PERPORT=1 also measures the
-#   per-port cost first. Output: a table on stdout (also written to $OUT, default
-#   target/connect-scan.tsv). Exit 0 when every prediction is within 25 % of its
+#   per-port cost first; SCAN_PER_PORT_US=0.45 predicts with another per-port cost (a what-if:
+#   fitting it to these points makes the comparison circular). Output: a table on stdout (also written to $OUT, default
+#   target/connect-scan.tsv; each point's `portlab load --json` beside it as
+#   connect-scan-PORTS-FILL.json). Exit 0 when every prediction is within 25 % of its
 #   measurement, 1 otherwise, 2 on a set-up error. Takes about 8 min for the full grid.
 #   Quiet-machine run for the record:
 #     cargo build --release -p portlab && PERPORT=1 scripts/calibrate-connect-scan.sh target/release/portlab
@@ -184,6 +186,7 @@ measure_point() {
   json=$(in_ns "$BIN" load -c 1 -z "$MEASURE" --connection close --no-sample --json http://127.0.0.1:8080/ || true)
   stop_server
   ip netns delete "$NS"
+  printf '%s\n' "$json" > "$(dirname "$OUT")/connect-scan-$ports-$fill.json"
   local p50 rps
   p50=$(jq -r '.connections.connect_latency.p50_us' <<<"$json")
   rps=$(jq -r '.summary.requests_per_sec' <<<"$json")
@@ -273,8 +276,9 @@ while IFS=$'\t' read -r ports fill tw p50 rps; do
   [ "$ports" = ports ] && continue
   low=$(( ports == 10000 ? 40000 : 30000 ))
   fit=()
+  if [ -n "${SCAN_PER_PORT_US:-}" ]; then fit+=(--scan-per-port-us "$SCAN_PER_PORT_US"); fi
   if [ -n "${BASE_US[$ports]:-}" ]; then
-    fit=(--connect-base-us "${BASE_US[$ports]}" --request-us "${REQ_US[$ports]}")
+    fit+=(--connect-base-us "${BASE_US[$ports]}" --request-us "${REQ_US[$ports]}")
   fi
   pred=$("$BIN" simulate --range "$low-$(( low + ports - 1 ))" --fill-curve --fills "$fill" "${fit[@]}" --json)
   pp50=$(jq -r '.fill_curve.points[0].connect_us' <<<"$pred")
