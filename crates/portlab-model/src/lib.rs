@@ -13,6 +13,9 @@
 //!   timeline.
 //! - [`nat`]: a source-NAT port pool (Linux ≤ 6.4 / ≥ 6.5, AWS, Azure NAT Gateway, Azure LB
 //!   SNAT, GCP Cloud NAT profiles): sustainable new flows per destination and predicted loss.
+//! - [`scan`]: the slow-connect cliff — `__inet_hash_connect()`'s port search walked port by
+//!   port, its cost as one destination's pool fills ([`fill_curve`]) and the fill at which
+//!   connect() slows by 10× ([`slow_connect_cliff`]).
 //!
 //! The kernel facts behind the model, with their sources, are in the project's research notes
 //! (`research/port-allocation.md`); each one is cited where the code relies on it.
@@ -39,6 +42,7 @@
 mod capacity;
 pub mod nat;
 mod profile;
+pub mod scan;
 mod sim;
 mod workload;
 
@@ -50,6 +54,10 @@ pub use nat::{
     simulate_nat, NatCapacity, NatProfile, NatProtocol, NatSecond, NatSimReport, NatWorkload,
 };
 pub use profile::{Os, OsProfile, PoolScope, PortRange, TimeWaitCap, TwReuse};
+pub use scan::{
+    fill_curve, slow_connect_cliff, Cliff, CliffKind, FillCurve, FillOrder, FillPoint, FillQuery,
+    PortWalk, ScanCost,
+};
 pub use sim::{simulate, SecondSample, SimReport, Totals, MAX_SIMULATED};
 pub use workload::{
     failed_connect_estimate, ConnectionPolicy, Latency, LoadShape, RetryPolicy, RunLimit, Workload,

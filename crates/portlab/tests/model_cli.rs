@@ -130,3 +130,43 @@ fn bad_input_is_a_one_line_usage_error() {
         assert!(err.starts_with("portlab: "), "{args:?}: {err}");
     }
 }
+
+#[test]
+fn fill_curve_json_has_the_cliff_past_half() {
+    let v = json(&[
+        "simulate",
+        "--range",
+        "40000-49999",
+        "--fill-curve",
+        "--fills",
+        "20,60",
+        "--json",
+    ]);
+    let points = v["fill_curve"]["points"].as_array().expect("points");
+    assert_eq!(points.len(), 2);
+    let low = points[0]["connect_us"].as_f64().unwrap();
+    let high = points[1]["connect_us"].as_f64().unwrap();
+    assert!(low < 50.0 && high > 1_500.0, "{low} {high}");
+    assert_eq!(points[1]["skipped_p50"].as_f64(), Some(5000.0));
+    let rps = points[1]["requests_per_sec"].as_f64().unwrap();
+    assert!((300.0..600.0).contains(&rps), "{rps}");
+    assert_eq!(v["fill_curve"]["cliff"]["kind"], "at-half");
+    let model = json(&["model", "--range", "40000-49999", "--json"]);
+    assert_eq!(model["slow_connect_cliff"]["fill_pct"].as_f64(), Some(50.0));
+}
+
+#[test]
+fn fill_curve_refuses_bad_input_in_one_line() {
+    for args in [
+        &["simulate", "--fill-curve", "--fills", "100"][..],
+        &["simulate", "--fill-curve", "--fill-order", "sideways"][..],
+        &["simulate", "--fill-curve", "-c", "50"][..],
+        &["simulate", "--fill-curve", "--os", "windows"][..],
+        &["simulate", "--fill-curve", "--scan-per-port-us", "-1"][..],
+    ] {
+        let out = portlab(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+    }
+}

@@ -98,6 +98,8 @@ pub struct Args {
     pub json: bool,
     #[command(flatten)]
     pub nat: crate::cmd::model_nat::NatModelArgs,
+    #[command(flatten)]
+    pub scan_cost: crate::cmd::simulate::ScanCostArgs,
 }
 
 const MODEL_JSON_HELP: &str = "\
@@ -109,7 +111,9 @@ null,
 sustainable_per_pool_per_sec, sustainable_total_per_sec, folk{ports, time_wait_secs,
 rate_per_sec}, differences[{code, explanation}], churn{offered_per_sec,
 offered_per_pool_per_sec, ports_needed_per_pool, exhausts, time_to_exhaustion_secs,
-steady_state_failure_fraction, steady_state_successes_per_sec} | null}}";
+steady_state_failure_fraction, steady_state_successes_per_sec} | null},
+\"slow_connect_cliff\": {factor, kind (at-half|near-full|never), fill_pct, held_ports,
+skipped_for_factor, min_ports_for_step, past_half_connect_us} | null (not Linux)}";
 
 /// Runs `portlab model`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
@@ -119,6 +123,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let profile = build_profile(&args.profile)?;
     let query = build_query(&args.workload)?;
     let cap = capacity(&profile, &query);
+    let cost = args.scan_cost.cost()?;
+    let cliff = (profile.os == Os::Linux)
+        .then(|| portlab_model::slow_connect_cliff(profile.range, &cost, 10.0));
     if args.json {
         let out = ModelJson {
             profile: &profile,
@@ -131,10 +138,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             },
             workload: query.churn.as_ref(),
             capacity: &cap,
+            slow_connect_cliff: cliff.as_ref(),
         };
         crate::exit::emit(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
     } else {
-        crate::exit::emit(&render(&profile, &query, &cap, Painter::for_stdout()))?;
+        let mut text = render(&profile, &query, &cap, Painter::for_stdout());
+        if let Some(c) = &cliff {
+            text.push_str(&render_cliff(c, &cost, Painter::for_stdout()));
+        }
+        crate::exit::emit(&text)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -146,6 +158,25 @@ struct ModelJson<'a> {
     layout: Layout,
     workload: Option<&'a Workload>,
     capacity: &'a Capacity,
+    slow_connect_cliff: Option<&'a portlab_model::Cliff>,
+}
+
+/// The slow-connect cliff for one destination's pool (Linux's port search).
+fn render_cliff(
+    c: &portlab_model::Cliff,
+    cost: &portlab_model::ScanCost,
+    paint: Painter,
+) -> String {
+    format!(
+        "\n{}\n  {}\n  {}\n",
+        paint.heading("Slow-connect cliff (one destination, TIME_WAIT-held ports)"),
+        crate::cmd::simulate::cliff_sentence(c),
+        paint.dim(&format!(
+            "model: connect {:.0} us + {:.2} us per skipped port (Linux 6.18, loopback); \
+             portlab simulate --fill-curve for the whole curve",
+            cost.connect_base_us, cost.per_port_us
+        ))
+    )
 }
 
 #[derive(Serialize)]

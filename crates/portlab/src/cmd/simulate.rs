@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use portlab_model::{
-    capacity, simulate, Capacity, CapacityQuery, LoadShape, OsProfile, SimReport, Workload,
+    capacity, fill_curve, simulate, Capacity, CapacityQuery, CliffKind, FillCurve, FillQuery,
+    LoadShape, Os, OsProfile, ScanCost, SimReport, Workload,
 };
 use serde::Serialize;
 
@@ -50,6 +51,70 @@ pub struct Args {
     /// NAT pool flags (with --scope nat).
     #[command(flatten)]
     pub nat: crate::cmd::model_nat::NatModelArgs,
+    /// The slow-connect cliff: predict connect p50 and closed-loop requests/s (one worker,
+    /// Connection: close) as one destination's pool fills, from the kernel's port search
+    /// (Linux; the held ports are TIME_WAIT entries that cannot be reused).
+    #[arg(long)]
+    pub fill_curve: bool,
+    /// With --fill-curve: fills to predict for, in percent of the range (comma-separated).
+    #[arg(
+        long,
+        value_name = "PCT,..",
+        value_delimiter = ',',
+        default_value = "10,20,30,40,50,60,70,80,90",
+        requires = "fill_curve"
+    )]
+    pub fills: Vec<f64>,
+    /// With --fill-curve: how the pool was filled — kernel (a churn of unbound connects:
+    /// sequential behind the kernel's cursor) or random (ports pinned at random, first
+    /// parity first).
+    #[arg(
+        long,
+        value_name = "ORDER",
+        default_value = "kernel",
+        requires = "fill_curve"
+    )]
+    pub fill_order: String,
+    /// With --fill-curve: measured connects per fill point (the p50 is over these).
+    #[arg(long, value_name = "N", default_value_t = 301, requires = "fill_curve")]
+    pub probes: u32,
+    #[command(flatten)]
+    pub scan_cost: ScanCostArgs,
+}
+
+/// The cost constants of the port search (default: calibrated on Linux 6.18, loopback).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScanCostArgs {
+    /// Connect latency when the port search takes the first port it tries, in microseconds
+    /// (default 41, measured).
+    #[arg(long, value_name = "US")]
+    pub connect_base_us: Option<f64>,
+    /// Extra connect latency per TIME_WAIT-held port the search skips, in microseconds
+    /// (default 0.40, measured).
+    #[arg(long, value_name = "US")]
+    pub scan_per_port_us: Option<f64>,
+    /// The rest of one Connection: close request (send, server, response, close), in
+    /// microseconds (default 118, measured).
+    #[arg(long, value_name = "US")]
+    pub request_us: Option<f64>,
+}
+
+impl ScanCostArgs {
+    /// The calibrated cost with the overrides given; exit 2 for a bad figure.
+    pub fn cost(&self) -> anyhow::Result<ScanCost> {
+        let mut c = ScanCost::default();
+        if let Some(v) = self.connect_base_us {
+            c.connect_base_us = v;
+        }
+        if let Some(v) = self.scan_per_port_us {
+            c.per_port_us = v;
+        }
+        if let Some(v) = self.request_us {
+            c.request_us = v;
+        }
+        c.validate().map_err(|e| usage(e.to_string()))?;
+        Ok(c)
+    }
 }
 
 const SIMULATE_JSON_HELP: &str = "\
@@ -60,7 +125,13 @@ retry{retries, backoff_ms}, failed_connect_us, limit{max_attempts, duration_secs
 totals{attempts, successes, addr_not_available, connects, requests_failed, time_wait_recycled,
 time_wait_overflow, time_wait_evicted}, failure_fraction, first_failure_secs, peak_time_wait,
 peak_pool_in_use, elapsed_secs, events, truncated, timeline[{second, attempts, successes,
-addr_not_available, time_wait, ports_in_use}]}}";
+addr_not_available, time_wait, ports_in_use}]}}
+
+With --fill-curve: {\"profile\": {..}, \"fill_curve\": {ports, first_parity_ports, order
+(kernel|random), cost{connect_base_us, per_port_us, request_us}, probes, seed,
+points[{fill_pct, held_ports, skipped_p50, skipped_mean, connect_us (p50), connect_mean_us,
+requests_per_sec, slowdown}], cliff{factor, kind (at-half|near-full|never), fill_pct,
+held_ports, skipped_for_factor, min_ports_for_step, past_half_connect_us}}}";
 
 #[derive(Serialize)]
 struct SimulateJson<'a> {
@@ -72,6 +143,9 @@ struct SimulateJson<'a> {
 
 /// Runs `portlab simulate`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if args.fill_curve {
+        return run_fill_curve(&args);
+    }
     if args.profile.scope.as_deref() == Some("nat") {
         return crate::cmd::model_nat::run_simulate(
             &args.nat,
@@ -133,6 +207,144 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct FillCurveJson<'a> {
+    profile: &'a OsProfile,
+    fill_curve: &'a FillCurve,
+}
+
+/// `portlab simulate --fill-curve`: the slow-connect cliff for the profile's range.
+fn run_fill_curve(args: &Args) -> anyhow::Result<ExitCode> {
+    let w = &args.workload;
+    if w.rate.is_some() || w.concurrency.is_some_and(|c| c != 1) {
+        return Err(usage(
+            "--fill-curve models one worker (-c 1, Connection: close): drop -c/--rate",
+        ));
+    }
+    if args.requests.is_some() || args.duration.is_some() || args.plot.is_some() {
+        return Err(usage(
+            "--fill-curve takes no -n/--duration/--plot: it predicts per fill point",
+        ));
+    }
+    let profile = build_profile(&args.profile)?;
+    if profile.os != Os::Linux {
+        return Err(usage(
+            "--fill-curve models Linux's port search (__inet_hash_connect): use --os linux",
+        ));
+    }
+    if args.probes == 0 || args.probes > 100_000 {
+        return Err(usage("--probes must be between 1 and 100000"));
+    }
+    let order = args
+        .fill_order
+        .parse()
+        .map_err(|e: portlab_model::ModelError| usage(format!("--fill-order: {e}")))?;
+    let query = FillQuery {
+        range: profile.range,
+        fills_pct: args.fills.clone(),
+        order,
+        cost: args.scan_cost.cost()?,
+        probes: args.probes,
+        seed: args.seed,
+    };
+    let curve = fill_curve(&query).map_err(|e| usage(format!("--fills: {e}")))?;
+    if args.json {
+        let out = FillCurveJson {
+            profile: &profile,
+            fill_curve: &curve,
+        };
+        crate::exit::emit(&format!("{}\n", serde_json::to_string_pretty(&out)?))?;
+    } else {
+        crate::exit::emit(&render_fill_curve(&profile, &curve, Painter::for_stdout()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn render_fill_curve(p: &OsProfile, c: &FillCurve, paint: Painter) -> String {
+    use std::fmt::Write as _;
+    let mut s = String::new();
+    let _ = writeln!(s, "{}", paint.heading("portlab simulate --fill-curve"));
+    let _ = writeln!(
+        s,
+        "  pool      one destination, ports {}-{} ({} ports, {} of the first parity)",
+        p.range.low,
+        p.range.high,
+        group(u64::from(c.ports)),
+        group(u64::from(c.first_parity_ports))
+    );
+    let _ = writeln!(
+        s,
+        "  fill      {}; held ports are TIME_WAIT entries that cannot be reused",
+        match c.order {
+            portlab_model::FillOrder::Kernel => "kernel order (a churn of unbound connects)",
+            portlab_model::FillOrder::Random => "random order (pinned ports, first parity first)",
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  cost      connect {:.0} us + {:.2} us per skipped port; request {:.0} us; {} probes, seed {}",
+        c.cost.connect_base_us, c.cost.per_port_us, c.cost.request_us, c.probes, c.seed
+    );
+    let _ = writeln!(
+        s,
+        "\n{}",
+        paint.heading("Prediction (one worker, Connection: close)")
+    );
+    let _ = writeln!(
+        s,
+        "  {:>6} {:>8} {:>13} {:>14} {:>10} {:>10}",
+        "fill", "held", "skipped p50", "connect p50", "slowdown", "req/s"
+    );
+    for pt in &c.points {
+        let slow = format!("{:.1}x", pt.slowdown);
+        let _ = writeln!(
+            s,
+            "  {:>5.1}% {:>8} {:>13} {:>11} us {:>10} {:>10}",
+            pt.fill_pct,
+            group(u64::from(pt.held_ports)),
+            group(pt.skipped_p50.round() as u64),
+            group(pt.connect_us.round() as u64),
+            if pt.slowdown >= 10.0 {
+                paint.bad(&slow)
+            } else {
+                slow
+            },
+            group(pt.requests_per_sec.round() as u64)
+        );
+    }
+    let _ = writeln!(s, "\n  {}", cliff_sentence(&c.cliff));
+    s
+}
+
+/// One sentence on where connect() slows by the cliff's factor (shared with `portlab model`).
+pub fn cliff_sentence(c: &portlab_model::Cliff) -> String {
+    match (c.kind, c.fill_pct) {
+        (CliffKind::AtHalf, Some(f)) => format!(
+            "connect() slows {:.0}x at {f:.1} % full: past half every connect walks all {} \
+             first-parity ports ({} us); ranges of {} ports or more have this step",
+            c.factor,
+            group(u64::from(c.held_ports.unwrap_or(0))),
+            group(c.past_half_connect_us.round() as u64),
+            group(u64::from(c.min_ports_for_step))
+        ),
+        (CliffKind::NearFull, Some(f)) => format!(
+            "connect() slows {:.0}x only near full, at about {f:.1} %: the step at half \
+             ({:.0} us) is smaller; the step alone reaches {:.0}x from {} ports",
+            c.factor,
+            c.past_half_connect_us,
+            c.factor,
+            group(u64::from(c.min_ports_for_step))
+        ),
+        _ => format!(
+            "connect() never slows {:.0}x: even a walk of the whole range costs less; the \
+             step at half reaches {:.0}x from {} ports",
+            c.factor,
+            c.factor,
+            group(u64::from(c.min_ports_for_step))
+        ),
+    }
 }
 
 fn render(
