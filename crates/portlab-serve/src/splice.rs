@@ -213,7 +213,14 @@ mod tests {
         let relay_pool = std::sync::Arc::clone(&pool);
         let relay_task = tokio::spawn(async move {
             let mut relayed = Relayed::default();
-            let result = relay(&client_side, &upstream_side, pipes, &relay_pool, &mut relayed).await;
+            let result = relay(
+                &client_side,
+                &upstream_side,
+                pipes,
+                &relay_pool,
+                &mut relayed,
+            )
+            .await;
             (result.is_ok(), relayed)
         });
         // More than one pipe's worth each way, so the loop runs many times.
@@ -227,8 +234,14 @@ mod tests {
             back
         });
         let mut got = Vec::new();
-        upstream.read_to_end(&mut got).await.expect("upstream reads to EOF");
-        assert_eq!(got, big, "client → upstream bytes arrive unchanged, then EOF");
+        upstream
+            .read_to_end(&mut got)
+            .await
+            .expect("upstream reads to EOF");
+        assert_eq!(
+            got, big,
+            "client → upstream bytes arrive unchanged, then EOF"
+        );
         upstream.write_all(b"reply").await.expect("reply");
         upstream.shutdown().await.expect("upstream half-close");
         assert_eq!(writer.await.expect("writer"), b"reply");
@@ -254,7 +267,14 @@ mod tests {
         let relay_pool = std::sync::Arc::clone(&pool);
         let relay_task = tokio::spawn(async move {
             let mut relayed = Relayed::default();
-            relay(&client_side, &upstream_side, pipes, &relay_pool, &mut relayed).await
+            relay(
+                &client_side,
+                &upstream_side,
+                pipes,
+                &relay_pool,
+                &mut relayed,
+            )
+            .await
         });
         socket2::SockRef::from(&client)
             .set_linger(Some(std::time::Duration::ZERO))
@@ -265,6 +285,10 @@ mod tests {
             .expect("relay ends after the reset although the upstream stays open")
             .expect("task");
         assert!(result.is_err(), "a reset is an error: {result:?}");
-        assert_eq!(pool.idle(), 0, "pipes that may hold bytes are closed, not pooled");
+        assert_eq!(
+            pool.idle(),
+            0,
+            "pipes that may hold bytes are closed, not pooled"
+        );
     }
 }
