@@ -20,13 +20,17 @@
 #   drop       client-closes churn (portlab --connection drop, no peer has it), pinned, in a
 #              network namespace with ip_local_port_range 1024 65535 and tcp_tw_reuse=1: new
 #              connections/s, CPU µs per connection.
+#   sampler    the port-pool sampler's cost: portlab (sampler on, as users run it) vs portlab
+#              --no-sample, pinned keep-alive; the CPU/req delta × rate, and the sampler
+#              thread's own CPU time (telemetry.sampler.cpu_us) as a share of a core, for every
+#              portlab run of every table (bar ≤ 2 %).
 #   rss        portlab's peak RSS at RSS_REQUESTS (10 M) requests and at a tenth of it (bar ≤ 16 MiB).
 # Syscalls per request come from a separate SYSCALL_DURATION run of each tool under
 # `perf stat -e raw_syscalls:sys_enter` (counting inherits to every thread), so the timed rounds
 # carry no tracing cost.
 #
 # Env: ROUNDS=5 DURATION=5s CONNS=50 SERVER_CPU=0 CLIENT_CPU=1 RSS_REQUESTS=10000000
-#      SYSCALL_DURATION=2s TABLES="pinned unpinned close drop rss" EXTRA="hey oha"
+#      SYSCALL_DURATION=2s TABLES="pinned unpinned close drop sampler rss" EXTRA="hey oha"
 #      ENGINE=auto|uring|tokio (passed as `portlab load --engine` when the binary has it;
 #      unset = portlab's default) PORTLAB=path REBUILD=1 KEEP_TMP=1
 #      QUICK=1 = ROUNDS=2 DURATION=2s RSS_REQUESTS=1000000 SYSCALL_DURATION=1s unless set.
@@ -46,7 +50,7 @@ SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 RSS_REQUESTS=${RSS_REQUESTS:-10000000}
 SYSCALL_DURATION=${SYSCALL_DURATION:-2s}
-TABLES=${TABLES:-pinned unpinned close drop rss}
+TABLES=${TABLES:-pinned unpinned close drop sampler rss}
 EXTRA=${EXTRA-hey oha}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PORTLAB=${PORTLAB:-$ROOT/target/release/portlab}
@@ -119,7 +123,7 @@ text = open(path, errors="replace").read()
 def num(pattern, default=0.0):
     m = re.search(pattern, text)
     return float(m.group(1)) if m else default
-if tool == "portlab":
+if tool in ("portlab", "nosample"):
     try:
         s = json.loads(text)["summary"]
         print(s["succeeded"], s["requests_per_sec"])
@@ -197,8 +201,9 @@ cmd_for() {
   [[ $table == unpinned ]] && threads=$NCPU
   local url=$URL
   case $tool in
-    portlab)
+    portlab | nosample)
       CMD=("$PORTLAB" load "${ENGINE_ARGS[@]}" -c "$CONNS" -z "$d" --json)
+      [[ $tool == nosample ]] && CMD+=(--no-sample)
       [[ $table == unpinned ]] || CMD+=(--threads 1)
       case $table in
         close) CMD+=(--connection close "$(close_url portlab)") ;;
@@ -221,7 +226,9 @@ cmd_for() {
 }
 
 RESULTS=$WORK/results.tsv
+SAMPLER=$WORK/sampler.tsv
 : >"$RESULTS"
+: >"$SAMPLER"
 # measure TABLE ROUND TOOL: one timed run; appends a row to RESULTS.
 measure() {
   local table=$1 round=$2 tool=$3 pin=() ns=()
@@ -235,6 +242,13 @@ measure() {
   parsed=$(python3 "$WORK/parse.py" "$tool" "$out.out")
   rusage=$(cat "$out.rusage" 2>/dev/null || echo "0 0 0 0 1")
   printf '%s\t%s\t%s\t%s\t%s\n' "$table" "$round" "$tool" "$parsed" "$rusage" | tr ' ' '\t' >>"$RESULTS"
+  if [[ $tool == portlab ]]; then # the sampler thread's own CPU time, as a share of the run
+    python3 -c 'import json, sys
+r = json.load(open(sys.argv[1]))
+s = (r.get("telemetry") or {}).get("sampler") or {}
+if "cpu_us" in s:
+    print(sys.argv[2], sys.argv[3], s["cpu_us"] / 1e6 / r["summary"]["elapsed_secs"], sep="\t")' "$out.out" "$table" "$round" >>"$SAMPLER" 2>/dev/null || true
+  fi
   read -r n rate <<<"$parsed"
   printf '  %-8s %-8s round %s: %9s requests %10.0f/s  cpu %s\n' "$table" "$tool" "$round" "$n" "$rate" \
     "$(awk '{printf "%.2f+%.2f s", $1, $2}' <<<"$rusage")" >&2
@@ -283,6 +297,7 @@ echo "nginx (1 worker) on $URL; -c $CONNS; $NCPU CPUs; $(uname -r); engine: ${EN
 for table in $TABLES; do
   case $table in
     pinned | unpinned) run_table "$table" portlab wrk h2load "${EXTRAS[@]}" ;;
+    sampler) run_table sampler portlab nosample ;;
     close)
       run_table close portlab wrk "${EXTRAS[@]}" ;;
     drop)
@@ -299,7 +314,7 @@ for table in $TABLES; do
       wait_tcp "$NS_PORT" "$NS"
       run_table drop portlab ;;
     rss) ;;
-    *) echo "bench-load: unknown table $table (pinned unpinned close drop rss)" >&2; exit 2 ;;
+    *) echo "bench-load: unknown table $table (pinned unpinned close drop sampler rss)" >&2; exit 2 ;;
   esac
 done
 
@@ -325,9 +340,9 @@ PY
   done
 fi
 
-python3 - "$RESULTS" "$SYSCALLS" "$RSS" "$ROUNDS" "$DURATION" "$CONNS" "${ENGINE:-default}" <<'PY'
+python3 - "$RESULTS" "$SYSCALLS" "$RSS" "$ROUNDS" "$DURATION" "$CONNS" "${ENGINE:-default}" "$SAMPLER" <<'PY'
 import statistics, sys
-results, syscalls, rss, rounds, duration, conns, engine = sys.argv[1:8]
+results, syscalls, rss, rounds, duration, conns, engine, sampler = sys.argv[1:9]
 rows = [l.rstrip("\n").split("\t") for l in open(results) if l.strip()]
 # table round tool requests rate user sys maxrss wall exit
 runs = {}
@@ -359,11 +374,12 @@ titles = {
     "unpinned": f"keep-alive, -c {conns}, default thread counts, nothing pinned",
     "close": f"Connection: close, -c {conns}, one client thread, pinned (req/s = new connections/s)",
     "drop": f"--connection drop (client closes), -c {conns}, one thread, pinned, netns: range 1024-65535, tcp_tw_reuse=1",
+    "sampler": f"keep-alive, -c {conns}, one thread, pinned: portlab (sampler on) vs portlab --no-sample",
 }
 unit = {"close": "conn", "drop": "conn"}
 print(f"\nportlab engine: {engine}; {rounds} interleaved rounds of {duration}; medians; ratio columns: "
       "portlab/peer per round, median [min–max]")
-for t in ("pinned", "unpinned", "close", "drop"):
+for t in ("pinned", "unpinned", "close", "drop", "sampler"):
     if t not in runs:
         continue
     tools = runs[t]
@@ -384,6 +400,23 @@ for t in ("pinned", "unpinned", "close", "drop"):
     print("  per round (req/s; CPU µs/req):")
     for tool, by_round in tools.items():
         print(f"    {tool:<8} " + "  ".join(f"{by_round[r]['rate']:8.0f}; {by_round[r]['cpu']:6.2f}" for r in sorted(by_round)))
+share = {}
+for line in open(sampler):
+    if line.strip():
+        t, r, frac = line.split("\t")
+        share.setdefault(t, []).append(float(frac))
+if share or "sampler" in runs:
+    print("\n== sampler cost (bar ≤ 2 % of a core)")
+    for t, xs in share.items():
+        xs.sort()
+        print(f"  {t:<9} sampler thread CPU: {100 * statistics.median(xs):.2f} % of a core "
+              f"[{100 * xs[0]:.2f}–{100 * xs[-1]:.2f}] (telemetry.sampler.cpu_us / elapsed)")
+    s = runs.get("sampler", {})
+    if "portlab" in s and "nosample" in s:
+        common = sorted(set(s["portlab"]) & set(s["nosample"]))
+        delta = sorted((s["portlab"][r]["cpu"] - s["nosample"][r]["cpu"]) * s["portlab"][r]["rate"] / 1e6 for r in common)
+        print(f"  CPU/req delta × rate (sampler on − --no-sample): {100 * statistics.median(delta):+.2f} % of a core "
+              f"[{100 * delta[0]:+.2f}–{100 * delta[-1]:+.2f}] (noisy: a difference of two noisy figures)")
 if t := [l.split("\t") for l in open(rss) if l.strip()]:
     print("\n== rss: portlab load -c %s --threads 1, keep-alive (bar: peak RSS ≤ 16 MiB at 10 M requests)" % conns)
     for n, kb, ok, failed, rate in t:
