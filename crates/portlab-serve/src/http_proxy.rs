@@ -511,13 +511,10 @@ impl ClientConn<'_> {
 
     /// Forwards one request and its response over the pool.
     async fn proxy_upstream(&mut self, request: &Request) -> Outcome {
-        let now = Instant::now();
-        let deadline = now + self.shared.config.upstream_timeout;
-        let retryable = request.framing == BodyFraming::Empty;
+        let deadline = Instant::now() + self.shared.config.upstream_timeout;
         let mut fresh = false;
         loop {
-            let checkout = self.shared.pool.checkout(now, deadline, fresh, retryable);
-            let mut lease = match checkout.await {
+            let mut lease = match self.shared.pool.checkout(deadline, fresh).await {
                 Ok(lease) => lease,
                 Err(CheckoutError::Connect(class)) => {
                     return self.bad_gateway(class.explain()).await

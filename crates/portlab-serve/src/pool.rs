@@ -40,20 +40,11 @@ pub(crate) struct Upstream {
     pub(crate) connect_timeout: Duration,
 }
 
-/// An idle connection checked in this recently is reused without the `recv(2)` probe of
-/// [`UpstreamConn::is_idle_alive`] for a request without a body: a server rarely closes a
-/// kept-alive connection this soon after its last response, and if it did, the proxy's retry
-/// on a fresh connection covers a bodiless request. Saves one system call per request on a
-/// busy keep-alive path.
-pub(crate) const UNPROBED_IDLE: Duration = Duration::from_millis(200);
-
 /// An open upstream connection.
 #[derive(Debug)]
 pub(crate) struct UpstreamConn {
     pub(crate) stream: TcpStream,
     counters: Arc<PoolCounters>,
-    /// When it was last checked in (idle since).
-    idle_since: Option<Instant>,
 }
 
 impl Drop for UpstreamConn {
@@ -109,24 +100,16 @@ impl Pool {
     }
 
     /// Takes an idle connection (unless `fresh`) or opens one, waiting for a free slot until
-    /// `deadline`. An idle connection is probed for a close first unless it was checked in
-    /// less than [`UNPROBED_IDLE`] before `now` and `retryable` (the request has no body, so a
-    /// stale connection costs a retry, not a 502).
+    /// `deadline`.
     pub(crate) async fn checkout(
         &self,
-        now: Instant,
         deadline: Instant,
         fresh: bool,
-        retryable: bool,
     ) -> Result<Lease, CheckoutError> {
         let permit = self.permit(deadline).await?;
         if !fresh {
             while let Some(conn) = self.pop_idle() {
-                let recent = retryable
-                    && conn
-                        .idle_since
-                        .is_some_and(|t| now.saturating_duration_since(t) < UNPROBED_IDLE);
-                if recent || conn.is_idle_alive() {
+                if conn.is_idle_alive() {
                     add(&self.counters.reuses, 1);
                     return Ok(Lease {
                         conn,
@@ -168,10 +151,7 @@ impl Pool {
     /// Returns a connection whose last response was read completely; its permit is released
     /// only after the connection is back in the idle list.
     pub(crate) fn checkin(&self, lease: Lease) {
-        let Lease {
-            mut conn, _permit, ..
-        } = lease;
-        conn.idle_since = Some(Instant::now());
+        let Lease { conn, _permit, .. } = lease;
         self.lock_idle().push(conn);
     }
 
@@ -197,7 +177,6 @@ impl Pool {
         UpstreamConn {
             stream,
             counters: Arc::clone(&self.counters),
-            idle_since: None,
         }
     }
 }

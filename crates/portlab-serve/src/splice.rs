@@ -113,15 +113,25 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 /// `moved` counts the bytes written to `dst` as they go, so the total survives an error.
 async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, moved: &mut u64) -> io::Result<()> {
     loop {
-        // Socket → pipe. The pipe is empty here, so EAGAIN means the socket has no data.
+        // Socket → pipe. The pipe is empty here, so EAGAIN means the socket has no data. A
+        // short splice means the socket is drained too: the closure reports it as WouldBlock so
+        // tokio clears the readiness (as its own reads do after a short read) and the next round
+        // waits for epoll instead of paying one more splice that would return EAGAIN.
         let n = loop {
             src.readable().await?;
-            match src.try_io(Interest::READABLE, || {
-                splice(src.as_raw_fd(), pipe.write.as_raw_fd(), SPLICE_CHUNK_BYTES)
-            }) {
-                Ok(n) => break n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Err(e),
+            let mut short = None;
+            let moved = src.try_io(Interest::READABLE, || {
+                let n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), SPLICE_CHUNK_BYTES)?;
+                if n > 0 && n < SPLICE_CHUNK_BYTES {
+                    short = Some(n);
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            });
+            match (moved, short) {
+                (_, Some(n)) | (Ok(n), None) => break n,
+                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                (Err(e), None) => return Err(e),
             }
         };
         if n == 0 {
