@@ -1,7 +1,9 @@
-//! Zero-copy relay of a TCP connection pair through pipes with `splice(2)`, what HAProxy does
-//! in mode tcp: the bytes go socket → pipe → socket inside the kernel and never through a
-//! user-space buffer. One pipe per direction; pipes of finished relays go back to a
-//! [`PipePool`].
+//! Relay of a TCP connection pair that moves bulk transfers with `splice(2)` through pipes, as
+//! HAProxy's `option splice-auto` does: small messages (a read that does not fill
+//! [`COPY_BUFFER_BYTES`]) are copied through a user-space buffer, which costs less than the
+//! pipe's page bookkeeping; from the first read that fills it on, that direction goes
+//! socket → pipe → socket inside the kernel and never through user space. One pipe per
+//! direction; pipes of finished relays go back to a [`PipePool`].
 //!
 //! Semantics match `tokio::io::copy_bidirectional`: EOF on one side becomes
 //! `shutdown(SHUT_WR)` on the other and the other direction carries on; the first error of
@@ -109,30 +111,22 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// Relays `src` → `dst` through `pipe` until EOF on `src`, then shuts `dst`'s write side.
+/// Reads of at most this many bytes go through a user-space buffer; a read that fills it
+/// switches that direction to `splice(2)` (HAProxy's `splice-auto` rule): for small messages a
+/// copy is cheaper than the pipe's page bookkeeping, for bulk transfers the copy is the cost.
+const COPY_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Relays `src` → `dst` until EOF on `src`, then shuts `dst`'s write side. Small reads are
+/// copied; from the first read that fills [`COPY_BUFFER_BYTES`] on, bytes go through `pipe`.
 /// `moved` counts the bytes written to `dst` as they go, so the total survives an error.
 async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, moved: &mut u64) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUFFER_BYTES];
+    let mut spliced = false;
     loop {
-        // Socket → pipe. The pipe is empty here, so EAGAIN means the socket has no data. A
-        // short splice means the socket is drained too: the closure reports it as WouldBlock so
-        // tokio clears the readiness (as its own reads do after a short read) and the next round
-        // waits for epoll instead of paying one more splice that would return EAGAIN.
-        let n = loop {
-            src.readable().await?;
-            let mut short = None;
-            let moved = src.try_io(Interest::READABLE, || {
-                let n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), SPLICE_CHUNK_BYTES)?;
-                if n > 0 && n < SPLICE_CHUNK_BYTES {
-                    short = Some(n);
-                    return Err(io::ErrorKind::WouldBlock.into());
-                }
-                Ok(n)
-            });
-            match (moved, short) {
-                (_, Some(n)) | (Ok(n), None) => break n,
-                (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                (Err(e), None) => return Err(e),
-            }
+        let n = if spliced {
+            splice_in(src, pipe).await?
+        } else {
+            read_in(src, &mut buf).await?
         };
         if n == 0 {
             // EOF: pass the half-close on, as copy_bidirectional does.
@@ -143,23 +137,103 @@ async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, moved: &mut u64)
                 Err(e) => Err(e),
             };
         }
-        // Pipe → socket, until the pipe is empty. EAGAIN means the socket's send buffer is full.
-        let mut left = n;
-        while left > 0 {
-            dst.writable().await?;
-            match dst.try_io(Interest::WRITABLE, || {
-                splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
-            }) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(m) => {
-                    left -= m;
-                    *moved += m as u64;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
-            }
+        if spliced {
+            splice_out(pipe, dst, n, moved).await?;
+        } else {
+            write_out(dst, &buf[..n], moved).await?;
+            spliced = n == buf.len();
         }
     }
+}
+
+/// Reads what `src` has into `buf` (0 at EOF). A short read clears tokio's readiness, as in
+/// [`splice_in`], so the next read waits for epoll rather than paying a `recv` for EAGAIN.
+async fn read_in(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let len = buf.len();
+    loop {
+        src.readable().await?;
+        let mut short = None;
+        let read = src.try_io(Interest::READABLE, || {
+            // SAFETY: `buf` is valid for writes of `len` bytes; `src` stays open.
+            let n = unsafe { libc::recv(src.as_raw_fd(), buf.as_mut_ptr().cast(), len, 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = n as usize;
+            if n > 0 && n < len {
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match (read, short) {
+            (_, Some(n)) | (Ok(n), None) => return Ok(n),
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            (Err(e), None) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `data` to `dst`.
+async fn write_out(dst: &TcpStream, mut data: &[u8], moved: &mut u64) -> io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => {
+                data = &data[m..];
+                *moved += m as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Socket → pipe (0 at EOF). The pipe is empty here, so EAGAIN means the socket has no data. A
+/// short splice means the socket is drained too: the closure reports it as WouldBlock so tokio
+/// clears the readiness (as its own reads do after a short read) and the next call waits for
+/// epoll instead of paying one more splice that would return EAGAIN.
+async fn splice_in(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
+    loop {
+        src.readable().await?;
+        let mut short = None;
+        let moved = src.try_io(Interest::READABLE, || {
+            let n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), SPLICE_CHUNK_BYTES)?;
+            if n > 0 && n < SPLICE_CHUNK_BYTES {
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match (moved, short) {
+            (_, Some(n)) | (Ok(n), None) => return Ok(n),
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            (Err(e), None) => return Err(e),
+        }
+    }
+}
+
+/// Pipe → socket, until the `n` bytes in the pipe are out. EAGAIN means the socket's send
+/// buffer is full.
+async fn splice_out(pipe: &Pipe, dst: &TcpStream, n: usize, moved: &mut u64) -> io::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        dst.writable().await?;
+        match dst.try_io(Interest::WRITABLE, || {
+            splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
+        }) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => {
+                left -= m;
+                *moved += m as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Bytes relayed by [`relay`] in each direction, counted even when it ends with an error.
