@@ -3,7 +3,7 @@
 # pinned, interleaved, with ratios and their spread. Layout and column meanings:
 # docs/benchmarks.md.
 #
-# One command for the final figures (quiet machine, as root, ~8 min):
+# One command for the final figures (quiet machine, as root, ~15 min):
 #   scripts/bench-load.sh
 # Development (noisy machine, ~2 min):
 #   QUICK=1 scripts/bench-load.sh
