@@ -311,8 +311,8 @@ async fn stale_pooled_connection_is_retried() {
 #[tokio::test]
 async fn silently_closed_pooled_connection_is_retried() {
     // An upstream that answers one request per connection as if keep-alive (no
-    // `Connection: close`) and then closes: every pooled connection is stale when reused,
-    // right after its check-in (where the proxy skips its idle probe for bodiless requests).
+    // `Connection: close`) and then closes: every pooled connection is stale when reused, either
+    // caught by the idle probe or, if its FIN has not arrived yet, by the retry.
     let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");
