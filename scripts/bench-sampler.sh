@@ -2,7 +2,8 @@
 # What the port-pool sampler costs a load run: requests/s of `portlab load` (keep-alive, -c 50,
 # 5 s) against `portlab serve` in a network namespace that holds 50,000 TIME_WAIT sockets to the
 # target, with the sampler (default, 10 Hz) and with --no-sample, alternated over ROUNDS runs.
-# The issue's bar: the sampler costs < 3 % of requests/s.
+# The issue's bar: the sampler costs < 3 % of requests/s (#18: its thread ≤ 2 % of a core, printed
+# as "sampler CPU" from telemetry.sampler.cpu_us).
 #
 # Usage (as root): scripts/bench-sampler.sh [ROUNDS]   (default 3)
 set -euo pipefail
@@ -28,21 +29,24 @@ ip netns exec "$ns" "$bin" load --connection drop -n 52000 -c 50 --no-sample htt
 echo "TIME_WAIT sockets to the target: $(ip netns exec "$ns" ss -tanH state time-wait | wc -l)"
 rps() { ip netns exec "$ns" "$bin" load -c 50 -z 5s --json "$@" http://127.0.0.1:8080/ > "$out"; python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["summary"]["requests_per_sec"])' "$out"; }
 out=$(mktemp)
-with=(); without=(); busy=()
+with=(); without=(); busy=(); cpu=()
 for i in $(seq 1 "$rounds"); do
   with+=("$(rps)")
   # The sampler's own time: wall time spent reading the table, as a share of the run.
   busy+=("$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); s=r["telemetry"]["sampler"]; print(s["busy_ms"]/(r["summary"]["elapsed_secs"]*1000))' "$out")")
+  cpu+=("$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); s=r["telemetry"]["sampler"]; print(s.get("cpu_us", 0)/(r["summary"]["elapsed_secs"]*1e6))' "$out")")
   without+=("$(rps --no-sample)")
 done
-python3 - "${with[*]}" "${without[*]}" "${busy[*]}" <<'PY'
+python3 - "${with[*]}" "${without[*]}" "${busy[*]}" "${cpu[*]}" <<'PY'
 import sys, statistics
 w = [float(x) for x in sys.argv[1].split()]
 wo = [float(x) for x in sys.argv[2].split()]
 busy = [float(x) for x in sys.argv[3].split()]
+cpu = [float(x) for x in sys.argv[4].split()]
 mw, mwo = statistics.median(w), statistics.median(wo)
 print(f"with sampler   : median {mw:10.0f} req/s  runs {[round(x) for x in w]}")
 print(f"--no-sample    : median {mwo:10.0f} req/s  runs {[round(x) for x in wo]}")
 print(f"sampler cost   : {100*(1-mw/mwo):+.1f} % of requests/s   (bar: < 3 %; noisy on a shared machine)")
-print(f"sampler busy   : {100*statistics.median(busy):.2f} % of one core (its own time reading the table; 2 cores here)")
+print(f"sampler busy   : {100*statistics.median(busy):.2f} % of the run (wall time reading the table, waits for a busy core included)")
+print(f"sampler CPU    : {100*statistics.median(cpu):.2f} % of one core (its thread's CPU time, kernel dump work included; bar: <= 2 %)")
 PY

@@ -1,30 +1,43 @@
 #!/usr/bin/env bash
-# Benchmark portlab serve / proxy against their peers in ONE run on loopback, with wrk keep-alive:
-#   1. nginx (1 worker, access_log off)          vs portlab serve              (need ≥ 0.8)
-#   2. HAProxy mode tcp        → the same nginx  vs portlab proxy --mode tcp   (need ≥ 0.9)
-#   3. HAProxy mode http, http-reuse always → nginx vs portlab proxy --mode http (need ≥ 0.9)
-# Each pair runs ROUNDS times, alternating, and the best requests/s of each side counts; the
-# CPU each server/proxy process spends per request is printed too (it varies much less than
-# req/s when other work shares the machine).
-# The machine has few cores, so every server or proxy gets one thread (nginx 1 worker,
-# HAProxy nbthread 1, portlab --threads 1) and wrk gets WRK_THREADS threads for every run.
+# Benchmark portlab serve / proxy against their peers in ONE run on loopback, pinned and
+# interleaved, with wrk keep-alive (-t1 -c CONNS):
+#   serve  nginx (1 worker, access_log off)              vs portlab serve --threads 1   (bar ≥ 0.8)
+#   tcp    HAProxy mode tcp → nginx                      vs portlab proxy (tcp)         (bar ≥ 1.1)
+#   http   HAProxy mode http, http-reuse always, server maxconn POOL → nginx
+#                                                        vs portlab proxy --mode http --pool POOL (bar ≥ 1.1)
+# Layout (2 cores): the server or proxy under test alone on core PROXY_CPU; wrk and the upstream
+# nginx on core LOAD_CPU (for the serve pair, nginx is the server under test and moves to
+# PROXY_CPU). Every server/proxy has one thread (nginx 1 worker, HAProxy nbthread 1, portlab
+# --threads 1). Each pair runs ROUNDS rounds, the order alternating every round; per round the
+# ratio portlab/peer of requests/s and of CPU per request, printed per round and as the median
+# with its min–max. CPU per request: user+sys time of the process under test (/proc/PID/stat,
+# threads and children included) over wrk's requests. Syscalls per request: a separate
+# SYSCALL_DURATION wrk run with `perf stat -e raw_syscalls:sys_enter -p PID` on the process.
+# Layout of the output and column meanings: docs/benchmarks.md.
 #
-# Usage: scripts/bench-serve-proxy.sh            (builds target/release/portlab if missing)
-# Env:   PORTLAB=path  DURATION=5s  CONNS=50  WRK_THREADS=2  ROUNDS=3  POOL=64
-#        PAIRS="serve tcp http" (a subset runs only those pairs)
-# Exit:  0 when every ratio meets its bar, 1 otherwise, 2 when a tool is missing.
+# One command for the final figures (quiet machine, ~4 min):  scripts/bench-serve-proxy.sh
+# Development (noisy machine, ~1 min):                       QUICK=1 scripts/bench-serve-proxy.sh
+# Env:   PORTLAB=path  DURATION=5s  CONNS=50  ROUNDS=5  POOL=64  PROXY_CPU=0  LOAD_CPU=1
+#        SYSCALL_DURATION=2s  PAIRS="serve tcp http" (a subset runs only those pairs)  KEEP_TMP=1
+#        QUICK=1 = ROUNDS=2 DURATION=2s SYSCALL_DURATION=1s unless set.
+# Exit:  0 when every median ratio meets its bar, 1 otherwise, 2 when a tool is missing.
 set -euo pipefail
 
+if [[ -n ${QUICK:-} ]]; then
+    ROUNDS=${ROUNDS:-2} DURATION=${DURATION:-2s} SYSCALL_DURATION=${SYSCALL_DURATION:-1s}
+fi
 DURATION=${DURATION:-5s}
 CONNS=${CONNS:-50}
-WRK_THREADS=${WRK_THREADS:-2}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 POOL=${POOL:-64}
+PROXY_CPU=${PROXY_CPU:-0}
+LOAD_CPU=${LOAD_CPU:-1}
+SYSCALL_DURATION=${SYSCALL_DURATION:-2s}
 PAIRS=${PAIRS:-serve tcp http}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PORTLAB=${PORTLAB:-$ROOT/target/release/portlab}
 
-for tool in wrk nginx haproxy python3; do
+for tool in wrk nginx haproxy python3 taskset perf curl; do
     command -v "$tool" >/dev/null || { echo "bench: $tool not found (apt install $tool)" >&2; exit 2; }
 done
 if [[ ! -x $PORTLAB ]]; then
@@ -37,9 +50,9 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-    [[ -n ${KEEP_TMP:-} ]] && echo "bench: logs kept in $TMP" >&2 || rm -rf "$TMP"
+    if [[ -n ${KEEP_TMP:-} ]]; then echo "bench: logs kept in $TMP" >&2; else rm -rf "$TMP"; fi
 }
-trap cleanup EXIT
+trap cleanup EXIT INT TERM
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -55,11 +68,19 @@ wait_http() {
     exit 1
 }
 
-# Starts "$@" in the background, records its PID (also in LAST_PID).
+# Starts "$@" in the background on core $1, records its PID (also in LAST_PID).
 start() {
-    "$@" >"$TMP/$(basename "$1").$RANDOM.log" 2>&1 &
+    local cpu=$1
+    shift
+    taskset -c "$cpu" "$@" >"$TMP/$(basename "$1").$RANDOM.log" 2>&1 &
     LAST_PID=$!
     PIDS+=("$LAST_PID")
+}
+
+# Pins process $1, its threads and its children to core $2.
+pin() {
+    local pid
+    for pid in "$1" $(pgrep -P "$1" || true); do taskset -a -pc "$2" "$pid" >/dev/null; done
 }
 
 # CPU time (clock ticks, user + system) of process $1 and its children (nginx's worker).
@@ -73,18 +94,28 @@ cpu_ticks() {
 }
 TICKS_PER_SEC=$(getconf CLK_TCK)
 
-# Prints "REQ_PER_SEC CPU_US_PER_REQ": wrk's rate against port $1 and the CPU process $2
-# (with its children) spent per request meanwhile. The CPU cost per request is much less
-# sensitive to other load on the machine than the rate.
+# Prints "REQ_PER_SEC CPU_US_PER_REQ" of one wrk run against port $1 (wrk on LOAD_CPU) and the
+# CPU process $2 (with its children) spent per request meanwhile.
 rps() {
     local before after out
     before=$(cpu_ticks "$2")
-    out=$(wrk -t"$WRK_THREADS" -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/hello.html")
+    out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/hello.html")
     after=$(cpu_ticks "$2")
     awk -v cpu=$((after - before)) -v hz="$TICKS_PER_SEC" '
         /^Requests\/sec:/ {rate = $2}
         /requests in/ {n = $1}
-        END {printf "%s %.2f\n", rate, (n > 0) ? cpu * 1e6 / hz / n : 0}' <<<"$out"
+        END {printf "%s %.3f\n", rate, (n > 0) ? cpu * 1e6 / hz / n : 0}' <<<"$out"
+}
+
+# Prints syscalls per request of process $2 (all its threads, and its children) over a
+# SYSCALL_DURATION wrk run against port $1.
+syscalls_per_req() {
+    local pids out calls
+    pids=$(echo "$2" $(pgrep -P "$2" || true) | tr ' ' ',')
+    perf stat -x, -e raw_syscalls:sys_enter -p "$pids" -o "$TMP/perf.$1" -- \
+        taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$SYSCALL_DURATION" "http://127.0.0.1:$1/hello.html" >"$TMP/wrk.$1" 2>&1 || true
+    calls=$(awk -F, '/raw_syscalls:sys_enter/ {print $1}' "$TMP/perf.$1")
+    awk -v calls="${calls:-0}" '/requests in/ {n = $1} END {printf "%.2f\n", (n > 0) ? calls / n : 0}' "$TMP/wrk.$1"
 }
 
 NGINX=$(free_port) SERVE=$(free_port) HA_TCP=$(free_port) HA_HTTP=$(free_port)
@@ -102,7 +133,7 @@ error_log $TMP/nginx-error.log;
 events { worker_connections 4096; }
 http {
     access_log off;
-    keepalive_requests 1000000;
+    keepalive_requests 100000000;
     server { listen 127.0.0.1:$NGINX; root $TMP/www; }
 }
 EOF
@@ -131,48 +162,80 @@ backend bk_http
     server nginx 127.0.0.1:$NGINX maxconn $POOL
 EOF
 
-start nginx -c "$TMP/nginx.conf" -p "$TMP"
+start "$LOAD_CPU" nginx -c "$TMP/nginx.conf" -p "$TMP"
 NGINX_PID=$LAST_PID
-start haproxy -f "$TMP/haproxy.cfg" -db
+start "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db
 HA_PID=$LAST_PID
-start "$PORTLAB" serve --listen "127.0.0.1:$SERVE" --threads 1
+start "$PROXY_CPU" "$PORTLAB" serve --listen "127.0.0.1:$SERVE" --threads 1
 SERVE_PID=$LAST_PID
-start "$PORTLAB" proxy --listen "127.0.0.1:$PX_TCP" --connect "127.0.0.1:$NGINX" --threads 1
+start "$PROXY_CPU" "$PORTLAB" proxy --listen "127.0.0.1:$PX_TCP" --connect "127.0.0.1:$NGINX" --threads 1
 PX_TCP_PID=$LAST_PID
-start "$PORTLAB" proxy --mode http --pool "$POOL" --listen "127.0.0.1:$PX_HTTP" \
+start "$PROXY_CPU" "$PORTLAB" proxy --mode http --pool "$POOL" --listen "127.0.0.1:$PX_HTTP" \
     --connect "127.0.0.1:$NGINX" --threads 1
 PX_HTTP_PID=$LAST_PID
 for port in $NGINX $SERVE $HA_TCP $HA_HTTP $PX_TCP $PX_HTTP; do wait_http "$port"; done
 
-echo "wrk -t$WRK_THREADS -c$CONNS -d$DURATION keep-alive, best of $ROUNDS, $(nproc) CPUs, $(uname -r)"
-echo "servers and proxies: 1 thread each (nginx 1 worker, HAProxy nbthread 1, portlab --threads 1)"
-echo "req/s: best round; cpu: µs of CPU the server/proxy process spent per request (least of rounds)"
-printf '%-30s %10s %10s %6s %5s  %9s %9s\n' "pair (peer vs portlab)" "peer req/s" "portlab" "ratio" "need" \
-    "peer cpu" "portlab"
-STATUS=0
-# Keeps the larger first field (req/s) and the smaller second field (CPU per request).
-best() { awk -v a="$1" -v b="$2" 'BEGIN {split(a, x, " "); split(b, y, " ");
-    printf "%s %s\n", (y[1] > x[1]) ? y[1] : x[1], (x[2] == 0 || (y[2] > 0 && y[2] < x[2])) ? y[2] : x[2]}'; }
+echo "wrk -t1 -c$CONNS -d$DURATION keep-alive, $ROUNDS interleaved rounds, $(nproc) CPUs, $(uname -r)"
+echo "under test on core $PROXY_CPU (1 thread each); wrk and the upstream nginx on core $LOAD_CPU"
+echo "req/s and CPU µs/req: medians over rounds; ratios: portlab/peer per round, median [min–max]"
+RESULTS=$TMP/results.tsv
+: >"$RESULTS"
 compare() { # name peer_port peer_pid portlab_port portlab_pid bar
-    local peer="0 0" ours="0 0"
-    for _ in $(seq "$ROUNDS"); do
-        peer=$(best "$peer" "$(rps "$2" "$3")")
-        ours=$(best "$ours" "$(rps "$4" "$5")")
+    local name=$1 round peer ours
+    echo "  $name:" >&2
+    # Warm-up, not measured.
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$2/hello.html" >/dev/null
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d1s "http://127.0.0.1:$4/hello.html" >/dev/null
+    for round in $(seq "$ROUNDS"); do
+        if ((round % 2)); then
+            peer=$(rps "$2" "$3"); ours=$(rps "$4" "$5")
+        else
+            ours=$(rps "$4" "$5"); peer=$(rps "$2" "$3")
+        fi
+        echo "    round $round: peer $peer  portlab $ours  (req/s, CPU µs/req)" >&2
+        printf '%s\t%s\t%s\t%s\n' "$name" "$6" "${peer// /$'\t'}" "${ours// /$'\t'}" >>"$RESULTS"
     done
-    local line
-    line=$(awk -v p="$peer" -v o="$ours" -v need="$6" -v name="$1" 'BEGIN {
-        split(p, a, " "); split(o, b, " "); ratio = (a[1] > 0) ? b[1] / a[1] : 0;
-        printf "%-30s %10.0f %10.0f %6.2f %5s  %9.1f %9.1f %s\n", name, a[1], b[1], ratio, need,
-            a[2], b[2], (ratio >= need) ? "ok" : "LOW"}')
-    echo "$line"
-    [[ $line == *" ok" ]] || STATUS=1
+    printf 'sys\t%s\t%s\t%s\n' "$name" "$(syscalls_per_req "$2" "$3")" "$(syscalls_per_req "$4" "$5")" >>"$RESULTS"
 }
 for pair in $PAIRS; do
     case $pair in
-    serve) compare "nginx / portlab serve" "$NGINX" "$NGINX_PID" "$SERVE" "$SERVE_PID" 0.8 ;;
-    tcp) compare "HAProxy tcp / proxy tcp" "$HA_TCP" "$HA_PID" "$PX_TCP" "$PX_TCP_PID" 0.9 ;;
-    http) compare "HAProxy http / proxy http" "$HA_HTTP" "$HA_PID" "$PX_HTTP" "$PX_HTTP_PID" 0.9 ;;
+    serve)
+        pin "$NGINX_PID" "$PROXY_CPU"
+        compare "nginx / portlab serve" "$NGINX" "$NGINX_PID" "$SERVE" "$SERVE_PID" 0.8
+        pin "$NGINX_PID" "$LOAD_CPU" ;;
+    tcp) compare "HAProxy tcp / proxy tcp" "$HA_TCP" "$HA_PID" "$PX_TCP" "$PX_TCP_PID" 1.1 ;;
+    http) compare "HAProxy http / proxy http" "$HA_HTTP" "$HA_PID" "$PX_HTTP" "$PX_HTTP_PID" 1.1 ;;
     *) echo "bench: unknown pair $pair (serve, tcp, http)" >&2; exit 2 ;;
     esac
 done
-exit $STATUS
+python3 - "$RESULTS" <<'PY'
+import statistics, sys
+rounds, sysc, bars = {}, {}, {}
+for line in open(sys.argv[1]):
+    f = line.rstrip("\n").split("\t")
+    if f[0] == "sys":
+        sysc[f[1]] = (float(f[2]), float(f[3]))
+        continue
+    name, bar, pr, pc, orate, oc = f
+    bars[name] = float(bar)
+    rounds.setdefault(name, []).append((float(pr), float(pc), float(orate), float(oc)))
+def spread(xs):
+    xs = sorted(xs)
+    return statistics.median(xs), f"{statistics.median(xs):.2f} [{xs[0]:.2f}–{xs[-1]:.2f}]"
+print(f"{'pair (peer / portlab)':<27} {'peer req/s':>10} {'portlab':>9} {'ratio req/s':>19} {'bar':>4}"
+      f" {'peer CPU':>9} {'portlab':>8} {'ratio CPU/req':>19} {'peer sys':>9} {'portlab':>8}")
+status = 0
+for name, rs in rounds.items():
+    rate_ratio = [o / p for p, _, o, _ in rs if p]
+    cpu_ratio = [oc / pc for _, pc, _, oc in rs if pc]
+    med, txt = spread(rate_ratio)
+    _, ctxt = spread(cpu_ratio) if cpu_ratio else (0, "n/a")
+    ok = med >= bars[name]
+    status |= not ok
+    ps, os_ = sysc.get(name, (float("nan"), float("nan")))
+    print(f"{name:<27} {statistics.median(r[0] for r in rs):>10.0f} {statistics.median(r[2] for r in rs):>9.0f}"
+          f" {txt:>19} {bars[name]:>4} {statistics.median(r[1] for r in rs):>9.2f} {statistics.median(r[3] for r in rs):>8.2f}"
+          f" {ctxt:>19} {ps:>9.2f} {os_:>8.2f} {'ok' if ok else 'LOW'}")
+print("CPU: µs of CPU the server/proxy process spent per request; sys: its system calls per request")
+sys.exit(status)
+PY

@@ -35,6 +35,7 @@ mod http_proxy;
 mod net;
 mod pool;
 mod server;
+mod splice;
 mod tcp_proxy;
 mod watchdog;
 

@@ -2,6 +2,10 @@
 //! own upstream connection (so every client connection costs an ephemeral port on the upstream
 //! leg, exactly what portproxy shows), bytes are relayed unchanged, and a half-close on one
 //! side (FIN) is passed on as `shutdown(SHUT_WR)` on the other.
+//!
+//! The bytes go socket → pipe → socket with `splice(2)` (as HAProxy does), never through a
+//! user-space buffer; when no pipe can be had (out of file descriptors) that connection is
+//! relayed through two [`RELAY_BUFFER_BYTES`] buffers instead.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -19,9 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::accept::{accept_loop, ConnCounters};
 use crate::net::{add, connect_upstream, load, ClassCounters};
+use crate::splice::{relay, PipePool, Relayed};
 use crate::UpstreamErrorClass;
 
-/// Relay buffer per direction, bytes.
+/// Relay buffer per direction when no pipe can be had for `splice(2)`, bytes.
 const RELAY_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Where and how the forwarder connects.
@@ -71,6 +76,9 @@ pub struct TcpProxyStats {
     pub bytes_upstream_to_client: u64,
     /// accept() failures.
     pub accept_errors: u64,
+    /// Empty `splice(2)` pipes kept for the next connections (two file descriptors each, at
+    /// most 64; closed when the forwarder stops).
+    pub relay_pipes_idle: u64,
 }
 
 impl TcpProxyStats {
@@ -94,6 +102,8 @@ struct Counters {
 struct Shared {
     config: TcpProxyConfig,
     counters: Counters,
+    /// Pipes for the `splice(2)` relay.
+    pipes: PipePool,
 }
 
 /// The TCP forwarder. Cheap to clone; clones share counters.
@@ -109,6 +119,7 @@ impl TcpProxy {
             shared: Arc::new(Shared {
                 config,
                 counters: Counters::default(),
+                pipes: PipePool::default(),
             }),
         }
     }
@@ -125,6 +136,7 @@ impl TcpProxy {
             bytes_client_to_upstream: load(&c.to_upstream),
             bytes_upstream_to_client: load(&c.to_client),
             accept_errors: load(&c.conns.accept_errors),
+            relay_pipes_idle: self.shared.pipes.idle() as u64,
         }
     }
 
@@ -148,6 +160,7 @@ impl TcpProxy {
             },
         )
         .await;
+        self.shared.pipes.clear();
         self.stats()
     }
 }
@@ -176,6 +189,20 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) {
             }
         };
     add(&c.upstream_connects, 1);
+    let pipes = match (shared.pipes.take(), shared.pipes.take()) {
+        (Ok(a), Ok(b)) => Some((a, b)),
+        _ => None,
+    };
+    if let Some(pipes) = pipes {
+        let mut relayed = Relayed::default();
+        let result = relay(&client, &upstream, pipes, &shared.pipes, &mut relayed).await;
+        add(&c.to_client, relayed.to_client);
+        add(&c.to_upstream, relayed.to_upstream);
+        if let Err(err) = result {
+            relay_failed(c, &err, &client, &upstream);
+        }
+        return;
+    }
     let mut client = Counting::new(client);
     let mut upstream = Counting::new(upstream);
     let result = tokio::io::copy_bidirectional_with_sizes(
@@ -188,11 +215,15 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) {
     add(&c.to_client, client.written);
     add(&c.to_upstream, upstream.written);
     if let Err(err) = result {
-        c.relay_errors.add(UpstreamErrorClass::from_io(&err));
-        // Pass a reset on: close both sides with RST rather than a clean FIN.
-        let _ = socket2::SockRef::from(&client.inner).set_linger(Some(Duration::ZERO));
-        let _ = socket2::SockRef::from(&upstream.inner).set_linger(Some(Duration::ZERO));
+        relay_failed(c, &err, &client.inner, &upstream.inner);
     }
+}
+
+/// Counts a relay error and passes the reset on: both sides close with RST rather than FIN.
+fn relay_failed(c: &Counters, err: &io::Error, client: &TcpStream, upstream: &TcpStream) {
+    c.relay_errors.add(UpstreamErrorClass::from_io(err));
+    let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
+    let _ = socket2::SockRef::from(upstream).set_linger(Some(Duration::ZERO));
 }
 
 /// A stream that counts the bytes written to it, so byte totals survive a relay error.

@@ -309,6 +309,52 @@ async fn stale_pooled_connection_is_retried() {
 }
 
 #[tokio::test]
+async fn silently_closed_pooled_connection_is_retried() {
+    // An upstream that answers one request per connection as if keep-alive (no
+    // `Connection: close`) and then closes: every pooled connection is stale when reused, either
+    // caught by the idle probe or, if its FIN has not arrived yet, by the retry.
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = upstream.local_addr().expect("addr");
+    let server = tokio::spawn(async move {
+        for _ in 0..20 {
+            let Ok((mut conn, _)) = upstream.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = conn
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                .await;
+        }
+    });
+    let proxy = start_http_proxy("127.0.0.1:0", HttpProxyConfig::new(addr, 1));
+    let mut client = Client::connect(proxy.addr).await;
+    for _ in 0..5 {
+        client.get("/", "").await;
+        assert_eq!(client.read_response().await.expect("response").status, 200);
+    }
+    let stats = proxy.stop().await;
+    assert_eq!(stats.responses, 5);
+    assert_eq!(
+        stats.bad_gateway, 0,
+        "a stale connection is retried, not a 502"
+    );
+    assert_eq!(
+        stats.upstream_connections_opened, 5,
+        "one upstream connection per request"
+    );
+    server.abort();
+}
+
+#[tokio::test]
 async fn client_disconnect_mid_request_is_counted_and_upstream_dropped() {
     let server = start_server("127.0.0.1:0", ServerConfig::default());
     let proxy = start_http_proxy("127.0.0.1:0", HttpProxyConfig::new(server.addr, 2));

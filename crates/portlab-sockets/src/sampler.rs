@@ -6,9 +6,14 @@
 //! - every tick (10 Hz by default): `/proc/net/sockstat` — the namespace's TIME_WAIT and in-use
 //!   TCP socket counts, O(1) to read (net/ipv4/proc.c `sockstat_seq_show()`);
 //! - the socket table filtered in the kernel to the destinations (inet_diag bytecode) and the
-//!   counters: every tick while that is cheap, and otherwise no more often than keeps its time
-//!   under [`DUMP_BUDGET_FRACTION`] of one core (2 %). A dump costs the kernel about a microsecond
-//!   per matching socket, so at 50,000 sockets a 10 Hz dump would take half a core.
+//!   counters: at a tick where sockstat moved since the last dump (or [`DUMP_HEARTBEAT`] after
+//!   it), and never more often than keeps its CPU time under [`DUMP_BUDGET_FRACTION`] of one core
+//!   (1.5 %). A dump costs the kernel about a microsecond per matching socket, so at 50,000
+//!   sockets a 10 Hz dump would take half a core — and even a near-empty table costs a few ms per
+//!   dump on a large machine, because the kernel walks every bucket of the established hash
+//!   (`inet_diag_dump_icsk()`, net/ipv4/inet_diag.c; 2^16–2^19 buckets), which no filter avoids.
+//!   A steady keep-alive run (sockstat flat) is thus dumped about once a second, a churning one at
+//!   every tick the budget allows.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -79,13 +84,20 @@ impl DestinationCounts {
 }
 
 /// Share of one core the detailed dumps may use on average. A token bucket: a dump is taken at
-/// a tick when the time spent dumping so far is at most this share of the time since the start
-/// plus [`DUMP_BURST`], so short runs and small tables are sampled at every tick and large
-/// tables as often as the budget allows.
-pub const DUMP_BUDGET_FRACTION: f64 = 0.02;
+/// a tick when the CPU time spent dumping so far (the thread's own, `CLOCK_THREAD_CPUTIME_ID`,
+/// so time spent waiting for a busy core is not charged) is at most this share of the time since
+/// the start plus [`DUMP_BURST`], so short runs and small tables are sampled at every tick and
+/// large tables as often as the budget allows.
+pub const DUMP_BUDGET_FRACTION: f64 = 0.015;
 
-/// The burst of dump time allowed above [`DUMP_BUDGET_FRACTION`].
-pub const DUMP_BURST: Duration = Duration::from_millis(50);
+/// The burst of dump time allowed above [`DUMP_BUDGET_FRACTION`] (a few dumps of a near-empty
+/// table, so a short run is still sampled at every tick).
+pub const DUMP_BURST: Duration = Duration::from_millis(20);
+
+/// Longest time between two dumps while `/proc/net/sockstat` stays the same (the budget may
+/// stretch it further on a large table): under a second, so every second of the timeline holds
+/// at least one dump.
+pub const DUMP_HEARTBEAT: Duration = Duration::from_millis(900);
 
 /// The namespace-wide TCP socket counts of `/proc/net/sockstat`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -183,8 +195,14 @@ pub struct SamplerReport {
     pub pool_full_at_ms: Option<u64>,
     /// Counter increase from start to stop.
     pub counters_delta: Counters,
-    /// Wall time spent reading the table and counters, ms (the sampler's own cost).
+    /// Wall time spent reading the table and counters, ms (includes time the thread waited
+    /// for a CPU while the load engine ran on it).
     pub busy_ms: u64,
+    /// CPU time (user + system, `CLOCK_THREAD_CPUTIME_ID`) the sampler thread used over its
+    /// life, µs: the sampler's own cost, kernel work of the dumps included (sock_diag answers
+    /// in the caller's context). Divided by the run's length it is the share of a core.
+    #[serde(default)]
+    pub cpu_us: u64,
     /// The first error that stopped sampling early, if any.
     pub error: Option<String>,
 }
@@ -251,9 +269,11 @@ struct SamplerState {
     report: SamplerReport,
     entries: Vec<SocketEntry>,
     busy: Duration,
-    /// Time spent in dumps so far (the token bucket's spending).
+    /// CPU time spent in dumps so far (the token bucket's spending).
     dump_busy: Duration,
     last_dump: Option<Instant>,
+    /// sockstat at the last dump: an unchanged reading lets a tick skip the dump.
+    sockstat_at_dump: Option<SockStat>,
     /// Keep one detailed sample in `tick_stride` for `report.series`.
     tick_stride: u64,
 }
@@ -275,6 +295,7 @@ impl SamplerState {
             busy: Duration::ZERO,
             dump_busy: Duration::ZERO,
             last_dump: None,
+            sockstat_at_dump: None,
             tick_stride: 1,
         }
     }
@@ -307,6 +328,7 @@ impl SamplerState {
         }
         self.report.counters_delta = self.last_counters.delta_since(&self.baseline);
         self.report.busy_ms = self.busy.as_millis() as u64;
+        self.report.cpu_us = thread_cpu_time().as_micros() as u64;
         self.report
     }
 
@@ -319,11 +341,20 @@ impl SamplerState {
         force: bool,
     ) -> Result<(), SockDiagError> {
         let began = Instant::now();
+        let cpu_began = thread_cpu_time();
         let sockstat = SockStat::read();
         let at_ms = (began - self.start).as_millis() as u64;
         let allowance = (began - self.start).mul_f64(DUMP_BUDGET_FRACTION) + DUMP_BURST;
-        let counts = if force || self.dump_busy <= allowance {
-            Some(self.dump(socket, filter, began)?)
+        let moved = sockstat.is_none()
+            || sockstat != self.sockstat_at_dump
+            || self
+                .last_dump
+                .is_none_or(|last| began.saturating_duration_since(last) >= DUMP_HEARTBEAT);
+        let counts = if force || (moved && self.dump_busy <= allowance) {
+            self.sockstat_at_dump = sockstat;
+            let counts = self.dump(socket, filter, began)?;
+            self.dump_busy += thread_cpu_time().saturating_sub(cpu_began);
+            Some(counts)
         } else {
             None
         };
@@ -346,7 +377,6 @@ impl SamplerState {
         if let Ok(counters) = Counters::read() {
             self.last_counters = counters;
         }
-        self.dump_busy += began.elapsed();
         if let Some(last) = self.last_dump {
             let gap = (began - last).as_millis() as u64;
             self.report.max_dump_gap_ms = self.report.max_dump_gap_ms.max(gap);
@@ -414,6 +444,24 @@ impl SamplerState {
             }),
         }
     }
+}
+
+/// CPU time (user + system) the calling thread has used (`clock_gettime(2)` with
+/// `CLOCK_THREAD_CPUTIME_ID`); zero if the clock cannot be read.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the call only writes it.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        ts.tv_sec.max(0) as u64,
+        ts.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
 }
 
 #[cfg(test)]

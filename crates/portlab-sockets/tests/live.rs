@@ -168,4 +168,13 @@ fn sampler_sees_time_wait_build_up_and_the_pool_fill() {
     assert!(report.pool_full_at_ms.is_some());
     assert_eq!(report.counters_delta.active_opens, 200);
     assert!(report.samples >= 2);
+    // The thread's own CPU time: it dumped 200 sockets at least once, and it cannot have used
+    // more CPU than it had wall time.
+    assert!(report.cpu_us > 0, "sampler CPU time is measured");
+    assert!(
+        report.cpu_us <= report.busy_ms * 1000 + 100_000,
+        "CPU {} µs within its wall time {} ms",
+        report.cpu_us,
+        report.busy_ms
+    );
 }

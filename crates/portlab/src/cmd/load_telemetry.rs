@@ -145,8 +145,13 @@ pub fn push_text(s: &mut String, t: &TelemetryReport, p: crate::style::Painter) 
             s.push_str(&format!(
                 "  {}\n",
                 p.dim(&format!(
-                    "{} table samples (every {} ms, longest gap {} ms), {} sockstat ticks, sampler busy {} ms",
-                    r.samples, r.interval_ms, r.max_dump_gap_ms, r.ticks, r.busy_ms
+                    "{} table samples (every {} ms, longest gap {} ms), {} sockstat ticks, sampler busy {} ms, CPU {:.1} ms",
+                    r.samples,
+                    r.interval_ms,
+                    r.max_dump_gap_ms,
+                    r.ticks,
+                    r.busy_ms,
+                    r.cpu_us as f64 / 1000.0
                 ))
             ));
         }

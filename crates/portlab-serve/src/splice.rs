@@ -1,0 +1,378 @@
+//! Relay of a TCP connection pair that moves bulk transfers with `splice(2)` through pipes, as
+//! HAProxy's `option splice-auto` does: small messages (a read that does not fill
+//! [`COPY_BUFFER_BYTES`]) are copied through a user-space buffer, which costs less than the
+//! pipe's page bookkeeping; from the first read that fills it on, that direction goes
+//! socket → pipe → socket inside the kernel and never through user space. One pipe per
+//! direction; pipes of finished relays go back to a [`PipePool`].
+//!
+//! Semantics match `tokio::io::copy_bidirectional`: EOF on one side becomes
+//! `shutdown(SHUT_WR)` on the other and the other direction carries on; the first error of
+//! either direction ends the relay with that error.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Mutex;
+
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+
+/// Bytes asked of one `splice(2)` call: the default pipe capacity (16 pages).
+const SPLICE_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Empty pipes a [`PipePool`] keeps for reuse, at most this many (two descriptors each).
+pub(crate) const MAX_POOLED_PIPES: usize = 64;
+
+/// One pipe: the read end and the write end.
+#[derive(Debug)]
+pub(crate) struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Pipe {
+    /// A new non-blocking pipe (`pipe2(O_NONBLOCK | O_CLOEXEC)`).
+    ///
+    /// # Errors
+    /// `pipe2(2)`'s error (EMFILE/ENFILE when out of descriptors).
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0 as RawFd; 2];
+        // SAFETY: `fds` is a writable array of two ints, as pipe2 requires.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both descriptors are open and owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Pipe { read, write })
+    }
+}
+
+/// Empty pipes of finished relays, kept so a connection churn does not pay `pipe2(2)` and two
+/// `close(2)` per direction per connection (HAProxy keeps such a pool too, `maxpipes`).
+#[derive(Debug, Default)]
+pub(crate) struct PipePool {
+    idle: Mutex<Vec<Pipe>>,
+}
+
+impl PipePool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Pipe>> {
+        self.idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An idle pipe, or a new one.
+    ///
+    /// # Errors
+    /// `pipe2(2)`'s error (EMFILE/ENFILE when out of descriptors).
+    pub(crate) fn take(&self) -> io::Result<Pipe> {
+        match self.lock().pop() {
+            Some(pipe) => Ok(pipe),
+            None => Pipe::new(),
+        }
+    }
+
+    /// Keeps an empty pipe for reuse (closes it when the pool is full).
+    fn give_back(&self, pipe: Pipe) {
+        let mut idle = self.lock();
+        if idle.len() < MAX_POOLED_PIPES {
+            idle.push(pipe);
+        }
+    }
+
+    /// Idle pipes held now.
+    pub(crate) fn idle(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Closes every idle pipe.
+    pub(crate) fn clear(&self) {
+        self.lock().clear();
+    }
+}
+
+/// `splice(2)` of at most `len` bytes from `from` to `to`, non-blocking.
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    // SAFETY: plain syscall on descriptors the caller keeps open; null offsets (both are a
+    // socket or a pipe, which have no file position).
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// Reads of at most this many bytes go through a user-space buffer; a read that fills it
+/// switches that direction to `splice(2)` (HAProxy's `splice-auto` rule): for small messages a
+/// copy is cheaper than the pipe's page bookkeeping, for bulk transfers the copy is the cost.
+const COPY_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Relays `src` → `dst` until EOF on `src`, then shuts `dst`'s write side. Small reads are
+/// copied; from the first read that fills [`COPY_BUFFER_BYTES`] on, bytes go through `pipe`.
+/// `moved` counts the bytes written to `dst` as they go, so the total survives an error.
+async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, moved: &mut u64) -> io::Result<()> {
+    let mut buf = vec![0u8; COPY_BUFFER_BYTES];
+    let mut spliced = false;
+    loop {
+        let n = if spliced {
+            splice_in(src, pipe).await?
+        } else {
+            read_in(src, &mut buf).await?
+        };
+        if n == 0 {
+            // EOF: pass the half-close on, as copy_bidirectional does.
+            return match socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
+                Ok(()) => Ok(()),
+                // The peer already went away entirely: nothing left to tell it.
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        if spliced {
+            splice_out(pipe, dst, n, moved).await?;
+        } else {
+            write_out(dst, &buf[..n], moved).await?;
+            spliced = n == buf.len();
+        }
+    }
+}
+
+/// Reads what `src` has into `buf` (0 at EOF). A short read clears tokio's readiness, as in
+/// [`splice_in`], so the next read waits for epoll rather than paying a `recv` for EAGAIN.
+async fn read_in(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let len = buf.len();
+    loop {
+        src.readable().await?;
+        let mut short = None;
+        let read = src.try_io(Interest::READABLE, || {
+            // SAFETY: `buf` is valid for writes of `len` bytes; `src` stays open.
+            let n = unsafe { libc::recv(src.as_raw_fd(), buf.as_mut_ptr().cast(), len, 0) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let n = n as usize;
+            if n > 0 && n < len {
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match (read, short) {
+            (_, Some(n)) | (Ok(n), None) => return Ok(n),
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            (Err(e), None) => return Err(e),
+        }
+    }
+}
+
+/// Writes all of `data` to `dst`.
+async fn write_out(dst: &TcpStream, mut data: &[u8], moved: &mut u64) -> io::Result<()> {
+    while !data.is_empty() {
+        dst.writable().await?;
+        match dst.try_write(data) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => {
+                data = &data[m..];
+                *moved += m as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Socket → pipe (0 at EOF). The pipe is empty here, so EAGAIN means the socket has no data. A
+/// short splice means the socket is drained too: the closure reports it as WouldBlock so tokio
+/// clears the readiness (as its own reads do after a short read) and the next call waits for
+/// epoll instead of paying one more splice that would return EAGAIN.
+async fn splice_in(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
+    loop {
+        src.readable().await?;
+        let mut short = None;
+        let moved = src.try_io(Interest::READABLE, || {
+            let n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), SPLICE_CHUNK_BYTES)?;
+            if n > 0 && n < SPLICE_CHUNK_BYTES {
+                short = Some(n);
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            Ok(n)
+        });
+        match (moved, short) {
+            (_, Some(n)) | (Ok(n), None) => return Ok(n),
+            (Err(e), None) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            (Err(e), None) => return Err(e),
+        }
+    }
+}
+
+/// Pipe → socket, until the `n` bytes in the pipe are out. EAGAIN means the socket's send
+/// buffer is full.
+async fn splice_out(pipe: &Pipe, dst: &TcpStream, n: usize, moved: &mut u64) -> io::Result<()> {
+    let mut left = n;
+    while left > 0 {
+        dst.writable().await?;
+        match dst.try_io(Interest::WRITABLE, || {
+            splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
+        }) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(m) => {
+                left -= m;
+                *moved += m as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Bytes relayed by [`relay`] in each direction, counted even when it ends with an error.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Relayed {
+    /// Bytes written to the upstream (read from the client).
+    pub(crate) to_upstream: u64,
+    /// Bytes written to the client (read from the upstream).
+    pub(crate) to_client: u64,
+}
+
+/// Relays both directions between `client` and `upstream` with `splice(2)` until both have
+/// sent EOF (`Ok`) or either fails (`Err`, the first error). The byte counts are in `relayed`
+/// either way.
+///
+/// # Errors
+/// The first I/O error of either direction (a reset is `ConnectionReset`).
+pub(crate) async fn relay(
+    client: &TcpStream,
+    upstream: &TcpStream,
+    pipes: (Pipe, Pipe),
+    pool: &PipePool,
+    relayed: &mut Relayed,
+) -> io::Result<()> {
+    let (up_pipe, down_pipe) = pipes;
+    let Relayed {
+        to_upstream,
+        to_client,
+    } = relayed;
+    let result = tokio::try_join!(
+        one_way(client, upstream, &up_pipe, to_upstream),
+        one_way(upstream, client, &down_pipe, to_client),
+    );
+    if result.is_ok() {
+        // Both directions drained their pipe to the last byte: reusable.
+        pool.give_back(up_pipe);
+        pool.give_back(down_pipe);
+    }
+    result.map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair(listener: &TcpListener) -> (TcpStream, TcpStream) {
+        let addr = listener.local_addr().expect("addr");
+        let (a, b) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (a.expect("connect"), b.expect("accept").0)
+    }
+
+    #[tokio::test]
+    async fn relays_both_ways_and_passes_half_closes_on() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (mut client, client_side) = pair(&listener).await;
+        let (upstream_side, mut upstream) = pair(&listener).await;
+        let pool = std::sync::Arc::new(PipePool::default());
+        let pipes = (pool.take().expect("pipe"), pool.take().expect("pipe"));
+        let relay_pool = std::sync::Arc::clone(&pool);
+        let relay_task = tokio::spawn(async move {
+            let mut relayed = Relayed::default();
+            let result = relay(
+                &client_side,
+                &upstream_side,
+                pipes,
+                &relay_pool,
+                &mut relayed,
+            )
+            .await;
+            (result.is_ok(), relayed)
+        });
+        // More than one pipe's worth each way, so the loop runs many times.
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let sent = big.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&sent).await.expect("write");
+            client.shutdown().await.expect("half-close");
+            let mut back = Vec::new();
+            client.read_to_end(&mut back).await.expect("read back");
+            back
+        });
+        let mut got = Vec::new();
+        upstream
+            .read_to_end(&mut got)
+            .await
+            .expect("upstream reads to EOF");
+        assert_eq!(
+            got, big,
+            "client → upstream bytes arrive unchanged, then EOF"
+        );
+        upstream.write_all(b"reply").await.expect("reply");
+        upstream.shutdown().await.expect("upstream half-close");
+        assert_eq!(writer.await.expect("writer"), b"reply");
+        let (ok, relayed) = relay_task.await.expect("relay");
+        assert!(ok);
+        assert_eq!(pool.idle(), 2, "both drained pipes are back in the pool");
+        assert_eq!(
+            relayed,
+            Relayed {
+                to_upstream: 300_000,
+                to_client: 5
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn a_reset_ends_the_relay_with_an_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (client, client_side) = pair(&listener).await;
+        let (upstream_side, _upstream) = pair(&listener).await;
+        let pool = std::sync::Arc::new(PipePool::default());
+        let pipes = (pool.take().expect("pipe"), pool.take().expect("pipe"));
+        let relay_pool = std::sync::Arc::clone(&pool);
+        let relay_task = tokio::spawn(async move {
+            let mut relayed = Relayed::default();
+            relay(
+                &client_side,
+                &upstream_side,
+                pipes,
+                &relay_pool,
+                &mut relayed,
+            )
+            .await
+        });
+        socket2::SockRef::from(&client)
+            .set_linger(Some(std::time::Duration::ZERO))
+            .expect("linger");
+        drop(client); // RST
+        let result = tokio::time::timeout(std::time::Duration::from_secs(10), relay_task)
+            .await
+            .expect("relay ends after the reset although the upstream stays open")
+            .expect("task");
+        assert!(result.is_err(), "a reset is an error: {result:?}");
+        assert_eq!(
+            pool.idle(),
+            0,
+            "pipes that may hold bytes are closed, not pooled"
+        );
+    }
+}
