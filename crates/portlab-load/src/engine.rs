@@ -100,7 +100,9 @@ pub enum LoadError {
     Tls(#[source] rustls::Error),
     /// `--engine uring` (or `PORTLAB_ENGINE=uring`) but no io_uring instance could be set up
     /// (`/proc/sys/kernel/io_uring_disabled`, a seccomp filter, or a kernel older than 5.11).
-    #[error("--engine uring: cannot set up an io_uring instance ({0}); use --engine auto or tokio")]
+    #[error(
+        "--engine uring: cannot set up an io_uring instance ({0}); use --engine auto or tokio"
+    )]
     Ring(#[source] std::io::Error),
     /// An engine thread panicked (a bug).
     #[error("an engine thread stopped unexpectedly")]
