@@ -607,11 +607,15 @@ impl Worker {
     /// connection; `Some(None)` to send at once; `Some(Some((when, corrected)))` to send at
     /// `when` (paced), latency measured from `when` if `corrected` (`--rate`).
     fn take_next(&self, own_next: &mut u64) -> Option<Option<(Instant, bool)>> {
+        self.take_next_at(Instant::now(), own_next)
+    }
+
+    /// [`Worker::take_next`] with the clock already read.
+    fn take_next_at(&self, now: Instant, own_next: &mut u64) -> Option<Option<(Instant, bool)>> {
         let left = self.remaining.get();
         if left == 0 {
             return None;
         }
-        let now = Instant::now();
         if self.deadline.is_some_and(|d| now >= d) {
             return None;
         }
@@ -648,7 +652,12 @@ impl Worker {
 
     /// The earlier of `now + timeout` and the run deadline, and whether the deadline is it.
     fn limit(&self, timeout: Duration) -> (Instant, bool) {
-        let t = Instant::now() + timeout;
+        self.limit_at(Instant::now(), timeout)
+    }
+
+    /// [`Worker::limit`] from `now`.
+    fn limit_at(&self, now: Instant, timeout: Duration) -> (Instant, bool) {
+        let t = now + timeout;
         match self.deadline {
             Some(d) if d <= t => (d, true),
             _ => (t, false),

@@ -102,6 +102,9 @@ const OP_RECV: u64 = 3;
 /// Cancels and closes: nothing waits for them but the final drain.
 const OP_UNTRACKED: u64 = 4;
 
+/// `IORING_RECVSEND_POLL_FIRST` (include/uapi/linux/io_uring.h), in the recv's `ioprio`.
+const POLL_FIRST: u16 = 1;
+
 fn user_data(slot: usize, generation: u32, kind: u64) -> u64 {
     ((slot as u64) << 32) | (u64::from(generation & 0xFF_FFFF) << 8) | kind
 }
@@ -241,8 +244,15 @@ pub(super) fn thread_main(setup: ThreadSetup) -> io::Result<()> {
         live: connections,
         outstanding: 0,
         record: worker.records_tx.is_some(),
+        now,
+        poll_first: false,
+        skip_send_cqe: false,
         w: &worker,
     };
+    // 6.10 (RECVSEND_BUNDLE) implies 5.19's POLL_FIRST; older kernels reject unknown recv flags.
+    lp.poll_first = lp.ring.params().is_feature_recvsend_bundle();
+    // -o csv times the write, which needs the send's completion.
+    lp.skip_send_cqe = lp.ring.params().is_feature_skip_cqe_on_success() && !lp.record;
     let result = lp.run();
     if result.is_err() {
         // Operations may still point into the slots' buffers: never free them under the kernel.
@@ -271,6 +281,13 @@ struct Loop<'w> {
     /// Operations submitted and not yet reaped (all kinds).
     outstanding: usize,
     record: bool,
+    /// The clock, read once per pass and at each response (the start of the next request).
+    now: Instant,
+    /// `IORING_RECVSEND_POLL_FIRST` (5.19): a recv right after its send arms the poll at once
+    /// instead of first trying a read that cannot succeed yet.
+    poll_first: bool,
+    /// `IOSQE_CQE_SKIP_SUCCESS` (5.17) on sends: only a failed send posts a completion.
+    skip_send_cqe: bool,
     w: &'w Worker,
 }
 
@@ -289,6 +306,7 @@ impl Loop<'_> {
                 return Ok(());
             }
             let now = Instant::now();
+            self.now = now;
             while let Some(Reverse((at, i))) = self.timers.peek().copied() {
                 if at > now {
                     break;
@@ -318,6 +336,7 @@ impl Loop<'_> {
                 Duration::ZERO
             };
             self.enter(wait)?;
+            self.now = Instant::now();
             self.reap();
         }
     }
@@ -361,9 +380,12 @@ impl Loop<'_> {
     fn reap(&mut self) {
         let mut cqes = std::mem::take(&mut self.cqes);
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
-        self.outstanding -= cqes.len().min(self.outstanding);
         for &(data, res) in &cqes {
             let kind = data & 0xFF;
+            // A send with SKIP_SUCCESS was not counted as outstanding (only its failure posts).
+            if !(kind == OP_SEND && self.skip_send_cqe) {
+                self.outstanding = self.outstanding.saturating_sub(1);
+            }
             if kind == OP_UNTRACKED {
                 continue;
             }
@@ -372,7 +394,10 @@ impl Loop<'_> {
             if i >= self.slots.len() || generation != self.slots[i].generation & 0xFF_FFFF {
                 continue;
             }
-            self.slots[i].inflight = self.slots[i].inflight.saturating_sub(1);
+            if !(kind == OP_SEND && self.skip_send_cqe) {
+                // A skipped-on-success send was never counted in flight.
+                self.slots[i].inflight = self.slots[i].inflight.saturating_sub(1);
+            }
             match kind {
                 OP_CONNECT => self.on_connect(i, res),
                 OP_SEND => self.on_send(i, res),
@@ -460,17 +485,17 @@ impl Loop<'_> {
     /// Takes the slot's next request (or ends the slot).
     fn next_request(&mut self, i: usize) {
         let mut own_next = self.slots[i].own_next;
-        let next = self.w.take_next(&mut own_next);
+        let now = self.now;
+        let next = self.w.take_next_at(now, &mut own_next);
         self.slots[i].own_next = own_next;
         match next {
             None => self.finish_slot(i),
             Some(None) => {
-                self.slots[i].began = Instant::now();
+                self.slots[i].began = now;
                 self.slots[i].retry = 0;
                 self.attempt(i);
             }
             Some(Some((when, corrected))) => {
-                let now = Instant::now();
                 if when > now {
                     self.add_timer(i, when, Wake::Start { when, corrected });
                 } else {
@@ -615,7 +640,9 @@ impl Loop<'_> {
                 st.requests_on_new_connection += 1;
             }
         }
-        let (limit, is_deadline) = self.w.limit(self.w.plan.config.request_timeout);
+        let (limit, is_deadline) = self
+            .w
+            .limit_at(self.now, self.w.plan.config.request_timeout);
         let on_expiry = if is_deadline {
             End::Cancelled
         } else {
@@ -636,17 +663,28 @@ impl Loop<'_> {
         s.sent = 0;
         s.generation = s.generation.wrapping_add(1);
         s.state = State::Exchanging;
-        s.inflight = 2;
         let fd = types::Fd(s.fd);
+        let mut link = squeue::Flags::IO_LINK;
+        if self.skip_send_cqe {
+            link |= squeue::Flags::SKIP_SUCCESS;
+            s.inflight = 1;
+        } else {
+            s.inflight = 2;
+        }
         let send = opcode::Send::new(fd, request.as_ptr(), request.len() as u32)
             .flags(libc::MSG_NOSIGNAL | libc::MSG_WAITALL)
             .build()
-            .flags(squeue::Flags::IO_LINK)
+            .flags(link)
             .user_data(user_data(i, s.generation, OP_SEND));
         let recv = opcode::Recv::new(fd, s.buf.as_mut_ptr(), s.buf.len() as u32)
+            .ioprio(if self.poll_first { POLL_FIRST } else { 0 })
             .build()
             .user_data(user_data(i, s.generation, OP_RECV));
-        self.push(send);
+        if self.skip_send_cqe {
+            self.pending.push(send); // posts no completion unless it fails: not outstanding
+        } else {
+            self.push(send);
+        }
         self.push(recv);
     }
 
@@ -698,6 +736,8 @@ impl Loop<'_> {
                 if self.record {
                     s.timing.first_byte_at.get_or_insert_with(Instant::now);
                 }
+                // A recv that filled all the room it had may have left bytes in the socket.
+                let drained = (res as usize) < s.buf.len() - s.filled;
                 s.filled += res as usize;
                 match s.parser.feed(&s.buf[s.start..s.filled]) {
                     Err(_) => s.end = Some(End::Fail(Fail::protocol(Phase::Read))),
@@ -722,7 +762,7 @@ impl Loop<'_> {
                             }
                         }
                         if s.end.is_none() {
-                            return self.recv_more(i);
+                            return self.recv_more(i, drained);
                         }
                     }
                 }
@@ -733,11 +773,19 @@ impl Loop<'_> {
         }
     }
 
-    fn recv_more(&mut self, i: usize) {
+    /// Another recv into the free end of the buffer; `drained`: the socket had nothing more, so
+    /// wait for readiness before reading.
+    fn recv_more(&mut self, i: usize, drained: bool) {
+        let poll_first = if drained && self.poll_first {
+            POLL_FIRST
+        } else {
+            0
+        };
         let s = &mut self.slots[i];
         s.inflight += 1;
         let free = &mut s.buf[s.filled..];
         let entry = opcode::Recv::new(types::Fd(s.fd), free.as_mut_ptr(), free.len() as u32)
+            .ioprio(poll_first)
             .build()
             .user_data(user_data(i, s.generation, OP_RECV));
         self.push(entry);
@@ -747,6 +795,7 @@ impl Loop<'_> {
     /// connection policy.
     fn response_done(&mut self, i: usize, resp: Response) {
         let done_at = Instant::now();
+        self.now = done_at;
         let s = &mut self.slots[i];
         s.deadline = None;
         s.response = Some(resp);
@@ -787,7 +836,7 @@ impl Loop<'_> {
             s.generation = s.generation.wrapping_add(1);
             s.start = 0;
             s.filled = 0;
-            return self.recv_more(i);
+            return self.recv_more(i, false);
         }
         self.close_counted(i, server_closes);
     }
@@ -795,7 +844,7 @@ impl Loop<'_> {
     fn on_fin_recv(&mut self, i: usize, res: i32) {
         let s = &mut self.slots[i];
         if s.end.is_none() && res > 0 {
-            return self.recv_more(i);
+            return self.recv_more(i, false);
         }
         s.end = None;
         s.deadline = None;
