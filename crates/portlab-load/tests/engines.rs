@@ -70,22 +70,20 @@ fn plans_io_uring_does_not_run_fall_back_to_tokio() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr").port()
     };
-    for choice in [EngineChoice::Uring, EngineChoice::Auto] {
-        let cfg = LoadConfig {
-            http2: true,
-            engine: choice,
-            ..config(
-                &format!("http://127.0.0.1:{port}/"),
-                4,
-                2,
-                ConnectionPolicy::KeepAlive,
-            )
-        };
-        let report = run(cfg);
-        assert_accounted(&report, 4);
-        assert_eq!(report.settings.engine, "tokio");
-        assert_eq!(report.settings.engine_fallback.as_deref(), Some("HTTP/2"));
-    }
+    let cfg = LoadConfig {
+        http2: true,
+        engine: EngineChoice::Uring,
+        ..config(
+            &format!("http://127.0.0.1:{port}/"),
+            4,
+            2,
+            ConnectionPolicy::KeepAlive,
+        )
+    };
+    let report = run(cfg);
+    assert_accounted(&report, 4);
+    assert_eq!(report.settings.engine, "tokio");
+    assert_eq!(report.settings.engine_fallback.as_deref(), Some("HTTP/2"));
     let cfg = LoadConfig {
         engine: EngineChoice::Tokio,
         ..config(
