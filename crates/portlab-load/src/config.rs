@@ -62,6 +62,57 @@ pub enum RateLimit {
     },
 }
 
+/// Which engine runs a plan (`--engine`; default from `PORTLAB_ENGINE`, else `auto`).
+///
+/// The io_uring engine ([`EngineChoice::Uring`]) runs plain-TCP HTTP/1.1 plans (every connection
+/// policy, `-n`/`-z`, `-q`/`--rate`, `--retry`, `--circuit-breaker`, `--hold`, `--source-ip`,
+/// `-o csv`); plans it does not run (TLS, `-x` proxies, HTTP/2) go to the tokio engine, and the
+/// report names the engine that ran and why ([`crate::SettingsReport::engine`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EngineChoice {
+    /// tokio for now (io_uring becomes the automatic choice once the hang seen under
+    /// `portlab reproduce` is fixed); opt in to io_uring with [`EngineChoice::Uring`].
+    #[default]
+    Auto,
+    /// io_uring for every plan it supports (the others run on tokio); a run fails at start
+    /// when no ring can be set up (`io_uring_disabled`, seccomp, kernel < 5.11).
+    Uring,
+    /// The portable engine: one current-thread tokio runtime per engine thread.
+    Tokio,
+}
+
+impl EngineChoice {
+    /// The name used on the command line, in `PORTLAB_ENGINE` and in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineChoice::Auto => "auto",
+            EngineChoice::Uring => "uring",
+            EngineChoice::Tokio => "tokio",
+        }
+    }
+
+    /// Parses `auto`, `uring` or `tokio` (case-insensitive).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(EngineChoice::Auto),
+            "uring" | "io_uring" | "io-uring" => Some(EngineChoice::Uring),
+            "tokio" => Some(EngineChoice::Tokio),
+            _ => None,
+        }
+    }
+
+    /// The choice named by the `PORTLAB_ENGINE` environment variable: `Ok(None)` when unset
+    /// or empty, `Err(value)` when it names no engine.
+    pub fn from_env() -> Result<Option<Self>, String> {
+        match std::env::var("PORTLAB_ENGINE") {
+            Ok(v) if v.trim().is_empty() => Ok(None),
+            Ok(v) => Self::parse(&v).map(Some).ok_or(v),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
 /// A load run as the user asked for it. Build it from flags, then call [`LoadConfig::validate`].
 #[derive(Debug, Clone)]
 pub struct LoadConfig {
@@ -116,6 +167,8 @@ pub struct LoadConfig {
     /// HTTP/2 streams in flight per connection (`-p`, as oha's): `concurrency × streams`
     /// requests run at once over `concurrency` connections. 1 without `-h2`.
     pub streams: usize,
+    /// Engine to run the plan on (`--engine`).
+    pub engine: EngineChoice,
 }
 
 impl Default for LoadConfig {
@@ -144,6 +197,8 @@ impl Default for LoadConfig {
             proxy: None,
             http2: false,
             streams: 1,
+            // The whole test suite can run per engine: PORTLAB_ENGINE=tokio|uring|auto.
+            engine: EngineChoice::from_env().ok().flatten().unwrap_or_default(),
         }
     }
 }

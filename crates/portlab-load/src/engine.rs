@@ -27,6 +27,7 @@ use crate::report::{self, LoadReport, TimelineSecond};
 use crate::stats::{SecondBucket, Stats, MAX_LATENCY_US};
 
 mod http2;
+mod uring;
 
 /// Read buffer per connection slot; a response head must fit in it.
 const READ_BUF: usize = 16 * 1024;
@@ -97,6 +98,12 @@ pub enum LoadError {
     /// The TLS configuration could not be built.
     #[error("TLS setup: {0}")]
     Tls(#[source] rustls::Error),
+    /// `--engine uring` (or `PORTLAB_ENGINE=uring`) but no io_uring instance could be set up
+    /// (`/proc/sys/kernel/io_uring_disabled`, a seccomp filter, or a kernel older than 5.11).
+    #[error(
+        "--engine uring: cannot set up an io_uring instance ({0}); use --engine auto or tokio"
+    )]
+    Ring(#[source] std::io::Error),
     /// An engine thread panicked (a bug).
     #[error("an engine thread stopped unexpectedly")]
     WorkerPanicked,
@@ -153,6 +160,7 @@ fn run_inner(
         }
         None => (None, None),
     };
+    let (engine, engine_fallback) = uring::choose(&plan).map_err(LoadError::Ring)?;
     let start = Instant::now();
     let started_at = std::time::SystemTime::now();
     let shares = split_shares(&plan, threads);
@@ -170,7 +178,10 @@ fn run_inner(
         };
         let handle = std::thread::Builder::new()
             .name(format!("portlab-load-{index}"))
-            .spawn(move || thread_main(setup))
+            .spawn(move || match engine {
+                Engine::Uring => uring::thread_main(setup),
+                Engine::Tokio => thread_main(setup),
+            })
             .map_err(LoadError::Spawn)?;
         handles.push(handle);
     }
@@ -214,7 +225,28 @@ fn run_inner(
             .map_err(LoadError::Spawn)?;
     }
     let stats = stats.ok_or(LoadError::WorkerPanicked)?;
-    Ok(report::build(&plan, &stats, started_at, elapsed, timeline))
+    let mut report = report::build(&plan, &stats, started_at, elapsed, timeline);
+    report.settings.engine = engine.name().to_string();
+    report.settings.engine_fallback = engine_fallback;
+    Ok(report)
+}
+
+/// The engine a run's threads use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Engine {
+    /// [`uring`]: one io_uring per thread, every connection a state machine.
+    Uring,
+    /// One current-thread tokio runtime per thread, one task per connection.
+    Tokio,
+}
+
+impl Engine {
+    fn name(self) -> &'static str {
+        match self {
+            Engine::Uring => "uring",
+            Engine::Tokio => "tokio",
+        }
+    }
 }
 
 /// Messages from engine threads to the calling thread.
@@ -560,11 +592,30 @@ impl Worker {
     /// time for `--rate` (latency is measured from it), `Some(None)` otherwise, or `None`
     /// when the run is over for this connection.
     async fn next_request(&self, own_next: &mut u64) -> Option<Option<Instant>> {
+        match self.take_next(own_next)? {
+            None => Some(None),
+            Some((when, corrected)) => {
+                if when > Instant::now() {
+                    tokio::time::sleep_until(when).await;
+                }
+                Some(corrected.then_some(when))
+            }
+        }
+    }
+
+    /// Takes the next request slot without waiting: `None` when the run is over for this
+    /// connection; `Some(None)` to send at once; `Some(Some((when, corrected)))` to send at
+    /// `when` (paced), latency measured from `when` if `corrected` (`--rate`).
+    fn take_next(&self, own_next: &mut u64) -> Option<Option<(Instant, bool)>> {
+        self.take_next_at(Instant::now(), own_next)
+    }
+
+    /// [`Worker::take_next`] with the clock already read.
+    fn take_next_at(&self, now: Instant, own_next: &mut u64) -> Option<Option<(Instant, bool)>> {
         let left = self.remaining.get();
         if left == 0 {
             return None;
         }
-        let now = Instant::now();
         if self.deadline.is_some_and(|d| now >= d) {
             return None;
         }
@@ -590,10 +641,7 @@ impl Worker {
             return None;
         }
         self.take_slot(left);
-        if when > now {
-            tokio::time::sleep_until(when).await;
-        }
-        Some(corrected.then_some(when))
+        Some(Some((when, corrected)))
     }
 
     fn take_slot(&self, left: u64) {
@@ -604,7 +652,12 @@ impl Worker {
 
     /// The earlier of `now + timeout` and the run deadline, and whether the deadline is it.
     fn limit(&self, timeout: Duration) -> (Instant, bool) {
-        let t = Instant::now() + timeout;
+        self.limit_at(Instant::now(), timeout)
+    }
+
+    /// [`Worker::limit`] from `now`.
+    fn limit_at(&self, now: Instant, timeout: Duration) -> (Instant, bool) {
+        let t = now + timeout;
         match self.deadline {
             Some(d) if d <= t => (d, true),
             _ => (t, false),
@@ -861,18 +914,29 @@ impl Worker {
     /// Sleeps the backoff before retry number `retry` (1-based): base · 2^(retry−1), jittered to
     /// 50–100 %. Returns `false` when the run deadline comes first.
     async fn backoff(&self, retry: u32) -> bool {
+        match self.backoff_until(retry) {
+            Ok(wake) => {
+                tokio::time::sleep_until(wake).await;
+                true
+            }
+            Err(deadline) => {
+                tokio::time::sleep_until(deadline).await;
+                false
+            }
+        }
+    }
+
+    /// When the backoff before retry number `retry` (1-based) ends: `Ok(wake)`, or
+    /// `Err(run deadline)` when the deadline comes first (the request is then cancelled there).
+    fn backoff_until(&self, retry: u32) -> Result<Instant, Instant> {
         let base = self.plan.config.backoff.as_secs_f64()
             * 2f64.powi(retry.saturating_sub(1).min(30) as i32);
         let jitter = 0.5 + 0.5 * self.next_random();
         let wake = Instant::now() + Duration::from_secs_f64((base * jitter).min(3600.0));
-        if self.deadline.is_some_and(|d| wake >= d) {
-            if let Some(d) = self.deadline {
-                tokio::time::sleep_until(d).await;
-            }
-            return false;
+        match self.deadline {
+            Some(d) if wake >= d => Err(d),
+            _ => Ok(wake),
         }
-        tokio::time::sleep_until(wake).await;
-        true
     }
 
     /// xorshift64*: cheap jitter, no shared state.

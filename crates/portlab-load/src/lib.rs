@@ -47,7 +47,9 @@ mod stats;
 mod tls;
 
 pub use breaker::{BreakerConfig, BreakerCounters, CircuitBreaker};
-pub use config::{ConfigError, ConnectionPolicy, LoadConfig, Plan, ProxyTarget, RateLimit, Target};
+pub use config::{
+    ConfigError, ConnectionPolicy, EngineChoice, LoadConfig, Plan, ProxyTarget, RateLimit, Target,
+};
 pub use engine::{run, run_with_records, LoadError, Progress, RequestRecord};
 pub use error::{ErrorClass, Phase, Side};
 pub use merge::{MergeError, ReportMerger};

@@ -130,6 +130,17 @@ pub struct SettingsReport {
     /// Requests in flight per connection: `-p` with `-h2` (HTTP/2 streams), 1 for HTTP/1.1.
     #[serde(default = "one_stream")]
     pub streams_per_connection: usize,
+    /// Engine that ran: `"uring"` (io_uring) or `"tokio"`.
+    #[serde(default = "tokio_engine")]
+    pub engine: String,
+    /// Why the tokio engine ran although io_uring was asked for or automatic (`"TLS"`,
+    /// `"HTTP/2"`, `"an HTTP proxy"`, or the ring set-up error); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_fallback: Option<String>,
+}
+
+fn tokio_engine() -> String {
+    "tokio".to_string()
 }
 
 /// The circuit breaker of a run (one per engine thread, counters summed).
@@ -386,6 +397,8 @@ pub(crate) fn build(
             backoff_ms: c.backoff.as_millis() as u64,
             http_version: if c.http2 { "2" } else { "1.1" }.to_string(),
             streams_per_connection: if c.http2 { c.streams } else { 1 },
+            engine: tokio_engine(),
+            engine_fallback: None,
         },
         summary: Summary {
             requests: stats.succeeded

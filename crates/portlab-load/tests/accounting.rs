@@ -10,9 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+
+per_engine!(
+    server_dying_mid_run_is_counted_exactly,
+    connection_refused_counts_every_slot,
+    resets_are_classified_and_counted,
+    garbage_responses_are_protocol_errors,
+    truncated_body_is_a_protocol_error,
+    stalls_past_timeout_are_response_timeouts,
+    duration_mode_reports_in_flight_requests_as_cancelled,
+    retries_are_reported_apart_from_first_attempts
+);
 use portlab_load::{ConnectionPolicy, LoadConfig};
 
-#[test]
 fn server_dying_mid_run_is_counted_exactly() {
     // Answers 300 requests; requests after that are held unanswered until the test has closed
     // the listener, then their connections are closed without a response. Every later connect
@@ -31,8 +41,9 @@ fn server_dying_mid_run_is_counted_exactly() {
     });
     let url = server.url();
     let requests = server.requests.clone();
-    let runner =
-        std::thread::spawn(move || run(config(&url, 2000, 4, ConnectionPolicy::ClientCloses)));
+    // Built here: the runner thread does not see this test's engine choice.
+    let cfg = config(&url, 2000, 4, ConnectionPolicy::ClientCloses);
+    let runner = std::thread::spawn(move || run(cfg));
     let deadline = Instant::now() + Duration::from_secs(20);
     while requests.load(Ordering::SeqCst) <= 300 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));
@@ -50,7 +61,6 @@ fn server_dying_mid_run_is_counted_exactly() {
     );
 }
 
-#[test]
 fn connection_refused_counts_every_slot() {
     // Bind then drop a listener: its port refuses connections.
     let port = {
@@ -72,7 +82,6 @@ fn connection_refused_counts_every_slot() {
     assert_eq!(report.connections.connect_failures, 500);
 }
 
-#[test]
 fn resets_are_classified_and_counted() {
     // Every third request is answered with a RST instead of a response.
     let server = TestServer::start(|s, n| if n % 3 == 2 { reset(s) } else { ok(s) });
@@ -84,7 +93,6 @@ fn resets_are_classified_and_counted() {
     assert!(errors_of(&report, "ConnectionReset") > 0);
 }
 
-#[test]
 fn garbage_responses_are_protocol_errors() {
     let server = TestServer::start(|s, _| {
         let _ = s.write_all(b"this is not http at all\r\n\r\n");
@@ -95,7 +103,6 @@ fn garbage_responses_are_protocol_errors() {
     assert_eq!(errors_of(&report, "Protocol"), 200, "{:?}", report.errors);
 }
 
-#[test]
 fn truncated_body_is_a_protocol_error() {
     let server = TestServer::start(|s, _| {
         let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort");
@@ -106,7 +113,6 @@ fn truncated_body_is_a_protocol_error() {
     assert_eq!(errors_of(&report, "Protocol"), 50);
 }
 
-#[test]
 fn stalls_past_timeout_are_response_timeouts() {
     // Every other request gets no answer; the connection stays open until the client gives up.
     let server = TestServer::start(|s, n| {
@@ -127,7 +133,6 @@ fn stalls_past_timeout_are_response_timeouts() {
     assert!(report.summary.failed >= 10, "{:?}", report.summary);
 }
 
-#[test]
 fn duration_mode_reports_in_flight_requests_as_cancelled() {
     // The server never answers: every request is in flight when the 300 ms deadline comes.
     let server = TestServer::start(|s, _| {
@@ -147,7 +152,6 @@ fn duration_mode_reports_in_flight_requests_as_cancelled() {
     assert!(s.elapsed_secs < 2.0);
 }
 
-#[test]
 fn retries_are_reported_apart_from_first_attempts() {
     // Even-numbered requests are reset; with one retry every request ends in success.
     let server = TestServer::start(|s, n| if n % 2 == 0 { reset(s) } else { ok(s) });

@@ -10,6 +10,12 @@ mod common;
 use std::time::Duration;
 
 use common::{assert_accounted, config, errors_of, ok, run, TestServer};
+
+per_engine!(
+    the_breaker_spares_the_exhausted_pool_and_counts_exactly,
+    retries_with_a_breaker_count_every_attempt_once,
+    without_a_breaker_every_request_hits_the_pool
+);
 use portlab_load::{BreakerConfig, ConnectionPolicy, LoadReport, RateLimit};
 use portlab_testkit::NetNs;
 
@@ -47,7 +53,6 @@ fn network_attempts(r: &LoadReport) -> u64 {
     c.allowed + c.probes
 }
 
-#[test]
 fn the_breaker_spares_the_exhausted_pool_and_counts_exactly() {
     let n = 2000;
     let (r, usable) = exhaust("brk", n, |c| {
@@ -70,7 +75,6 @@ fn the_breaker_spares_the_exhausted_pool_and_counts_exactly() {
     assert_eq!(c.short_circuited, s.short_circuited);
 }
 
-#[test]
 fn retries_with_a_breaker_count_every_attempt_once() {
     let n = 600;
     let (r, usable) = exhaust("brkr", n, |c| {
@@ -98,7 +102,6 @@ fn retries_with_a_breaker_count_every_attempt_once() {
     assert!(c.opened >= 2 && c.probes >= 1 && c.closed == 0, "{c:?}");
 }
 
-#[test]
 fn without_a_breaker_every_request_hits_the_pool() {
     let n = 600;
     let (r, usable) = exhaust("nobrk", n, |_| {});

@@ -7,9 +7,19 @@ mod common;
 use std::io::Write;
 
 use common::*;
+
+per_engine!(
+    chunked_bodies_keep_the_connection,
+    head_responses_have_no_body,
+    interim_responses_are_skipped,
+    server_connection_close_is_honoured,
+    close_delimited_bodies_are_read_to_eof,
+    policies_decide_who_closes,
+    statuses_above_399_are_responses_not_failures,
+    large_bodies_stream_through_the_read_buffer
+);
 use portlab_load::ConnectionPolicy;
 
-#[test]
 fn chunked_bodies_keep_the_connection() {
     let server = TestServer::start(|s, _| {
         s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n4;ext=1\r\ndefg\r\n0\r\nX-Trailer: t\r\n\r\n")
@@ -25,7 +35,6 @@ fn chunked_bodies_keep_the_connection() {
     );
 }
 
-#[test]
 fn head_responses_have_no_body() {
     // Content-Length announces 1000 bytes but a HEAD response carries none (RFC 9110 §9.3.2).
     let server = TestServer::start(|s, _| {
@@ -41,7 +50,6 @@ fn head_responses_have_no_body() {
     assert_eq!(report.connections.opened, 2);
 }
 
-#[test]
 fn interim_responses_are_skipped() {
     let server = TestServer::start(|s, _| {
         s.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </x>\r\n\r\nHTTP/1.1 202 Accepted\r\nContent-Length: 2\r\n\r\nok")
@@ -53,7 +61,6 @@ fn interim_responses_are_skipped() {
     assert_eq!(report.status_codes.len(), 1);
 }
 
-#[test]
 fn server_connection_close_is_honoured() {
     // The server answers with Connection: close and closes; the client must reconnect each time.
     let server = TestServer::start(|s, _| {
@@ -68,7 +75,6 @@ fn server_connection_close_is_honoured() {
     assert_eq!(report.connections.requests_on_reused, 0);
 }
 
-#[test]
 fn close_delimited_bodies_are_read_to_eof() {
     let server = TestServer::start(|s, _| {
         let _ = s.write_all(b"HTTP/1.0 200 OK\r\n\r\nbody until close");
@@ -80,7 +86,6 @@ fn close_delimited_bodies_are_read_to_eof() {
     assert_eq!(report.summary.body_bytes, 100 * 16);
 }
 
-#[test]
 fn policies_decide_who_closes() {
     let server = TestServer::start(|s, _| ok(s));
     let keep = run(config(&server.url(), 400, 4, ConnectionPolicy::KeepAlive));
@@ -115,7 +120,6 @@ fn policies_decide_who_closes() {
     assert_eq!(close.connections.closed_by_server, 400);
 }
 
-#[test]
 fn statuses_above_399_are_responses_not_failures() {
     let server = TestServer::start(|s, n| {
         let resp: &[u8] = if n % 2 == 0 {
@@ -133,7 +137,6 @@ fn statuses_above_399_are_responses_not_failures() {
     assert_eq!(report.summary.non_success_status, 50);
 }
 
-#[test]
 fn large_bodies_stream_through_the_read_buffer() {
     // 1 MiB per response, 64 times the read buffer, half of them chunked.
     let body = vec![b'x'; 1 << 20];

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use portlab_load::{ConnectionPolicy, LoadConfig, LoadReport, Side};
+use portlab_load::{ConnectionPolicy, EngineChoice, LoadConfig, LoadReport, Side};
 
 /// nginx in the foreground (single process) with a temporary prefix; killed by PID on drop.
 struct Nginx {
@@ -126,7 +126,16 @@ fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) {
 }
 
 #[test]
-fn success_count_equals_nginx_access_log() {
+fn success_count_equals_nginx_access_log_tokio() {
+    success_count_equals_nginx_access_log(EngineChoice::Tokio);
+}
+
+#[test]
+fn success_count_equals_nginx_access_log_uring() {
+    success_count_equals_nginx_access_log(EngineChoice::Uring);
+}
+
+fn success_count_equals_nginx_access_log(engine: EngineChoice) {
     let nginx = Nginx::start();
     // The readiness probe above made one connection without a request: nothing is logged.
     let mut expected = 0;
@@ -140,10 +149,12 @@ fn success_count_equals_nginx_access_log() {
             requests: n,
             concurrency: c,
             policy,
+            engine,
             ..LoadConfig::default()
         };
         let plan = config.validate().expect("valid");
         let report = portlab_load::run(&plan, &mut |_| {}).expect("run");
+        assert_eq!(report.settings.engine, engine.name());
         assert_eq!(
             report.summary.succeeded, n,
             "{policy:?}: {:?}",

@@ -8,9 +8,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
+
+per_engine!(
+    global_rate_paces_the_whole_run,
+    coordinated_omission_is_corrected_under_a_stall,
+    per_worker_qps_limits_each_worker,
+    source_ips_are_used_round_robin
+);
 use portlab_load::{ConnectionPolicy, RateLimit};
 
-#[test]
 fn global_rate_paces_the_whole_run() {
     let server = TestServer::start(|s, _| ok(s));
     let mut cfg = config(&server.url(), 300, 4, ConnectionPolicy::KeepAlive);
@@ -23,7 +29,6 @@ fn global_rate_paces_the_whole_run() {
     assert!(report.latency.corrected_for_coordinated_omission);
 }
 
-#[test]
 fn coordinated_omission_is_corrected_under_a_stall() {
     // One connection; the 5th response is delayed 300 ms. At 200 requests/s the requests
     // scheduled during the stall queue behind it; measured from their intended send times,
@@ -47,7 +52,6 @@ fn coordinated_omission_is_corrected_under_a_stall() {
     );
 }
 
-#[test]
 fn per_worker_qps_limits_each_worker() {
     let server = TestServer::start(|s, _| ok(s));
     let mut cfg = config(&server.url(), 40, 2, ConnectionPolicy::KeepAlive);
@@ -60,7 +64,6 @@ fn per_worker_qps_limits_each_worker() {
     assert!(!report.latency.corrected_for_coordinated_omission);
 }
 
-#[test]
 fn source_ips_are_used_round_robin() {
     let peers: Arc<Mutex<Vec<IpAddr>>> = Arc::default();
     let seen = peers.clone();

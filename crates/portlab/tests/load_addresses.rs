@@ -57,11 +57,13 @@ impl Drop for Serve {
     }
 }
 
-fn load(ns: &NetNs, url: &str) -> (Option<i32>, Value) {
+fn load(ns: &NetNs, engine: &str, url: &str) -> (Option<i32>, Value) {
     let out = ns
         .command(PORTLAB)
         .args([
             "load",
+            "--engine",
+            engine,
             "-n",
             "60",
             "-c",
@@ -81,11 +83,20 @@ fn load(ns: &NetNs, url: &str) -> (Option<i32>, Value) {
 }
 
 #[test]
-fn connects_fall_back_to_the_next_address_and_are_reported_per_address() {
+fn connects_fall_back_to_the_next_address_and_are_reported_per_address_tokio() {
+    connects_fall_back_to_the_next_address_and_are_reported_per_address("tokio");
+}
+
+#[test]
+fn connects_fall_back_to_the_next_address_and_are_reported_per_address_uring() {
+    connects_fall_back_to_the_next_address_and_are_reported_per_address("uring");
+}
+
+fn connects_fall_back_to_the_next_address_and_are_reported_per_address(engine: &str) {
     let ns = NetNs::new("addrs").expect("netns");
     let _hosts = Hosts::new(&ns, "::1 multi\n127.0.0.2 multi\n127.0.0.1 multi\n");
     let _serve = Serve::start(&ns, "127.0.0.1:8080");
-    let (code, r) = load(&ns, "http://multi:8080/");
+    let (code, r) = load(&ns, engine, "http://multi:8080/");
     assert_eq!(code, Some(0), "{r:#}");
     assert_eq!(r["summary"]["succeeded"], 60);
     let t = &r["target"];
@@ -117,10 +128,19 @@ fn connects_fall_back_to_the_next_address_and_are_reported_per_address() {
 }
 
 #[test]
-fn a_request_fails_once_when_every_address_refuses() {
+fn a_request_fails_once_when_every_address_refuses_tokio() {
+    a_request_fails_once_when_every_address_refuses("tokio");
+}
+
+#[test]
+fn a_request_fails_once_when_every_address_refuses_uring() {
+    a_request_fails_once_when_every_address_refuses("uring");
+}
+
+fn a_request_fails_once_when_every_address_refuses(engine: &str) {
     let ns = NetNs::new("addrs").expect("netns");
     let _hosts = Hosts::new(&ns, "::1 multi\n127.0.0.1 multi\n");
-    let (code, r) = load(&ns, "http://multi:8080/");
+    let (code, r) = load(&ns, engine, "http://multi:8080/");
     assert_eq!(code, Some(1));
     assert_eq!(r["summary"]["failed"], 60);
     assert_eq!(r["errors"][0]["class"], "ConnectionRefused");

@@ -89,10 +89,11 @@ impl Drop for Nginx {
     }
 }
 
-fn load(ns: &NetNs, args: &[&str]) -> (Option<i32>, Value) {
+fn load(ns: &NetNs, engine: &str, args: &[&str]) -> (Option<i32>, Value) {
     let out = ns
         .command(env!("CARGO_BIN_EXE_portlab"))
         .arg("load")
+        .args(["--engine", engine])
         .args(args)
         .arg("--json")
         .output()
@@ -117,7 +118,16 @@ fn class_count(report: &Value, class: &str) -> u64 {
 }
 
 #[test]
-fn drop_policy_exhausts_the_port_range_and_keep_alive_does_not() {
+fn drop_policy_exhausts_the_port_range_and_keep_alive_does_not_tokio() {
+    drop_policy_exhausts_the_port_range_and_keep_alive_does_not("tokio");
+}
+
+#[test]
+fn drop_policy_exhausts_the_port_range_and_keep_alive_does_not_uring() {
+    drop_policy_exhausts_the_port_range_and_keep_alive_does_not("uring");
+}
+
+fn drop_policy_exhausts_the_port_range_and_keep_alive_does_not(engine: &str) {
     let ns = pool_namespace();
     // Three listening ports: each destination port has its own pool of 1,000 ephemeral ports
     // (connect() picks ports per 4-tuple), so the two runs do not share TIME_WAIT entries.
@@ -125,6 +135,7 @@ fn drop_policy_exhausts_the_port_range_and_keep_alive_does_not() {
 
     let (code, r) = load(
         &ns,
+        engine,
         &[
             "--connection",
             "drop",
@@ -146,9 +157,11 @@ fn drop_policy_exhausts_the_port_range_and_keep_alive_does_not() {
         .is_some_and(|m| m.contains("ephemeral ports exhausted")));
     assert_eq!(r["connections"]["closed_by_client"], 1000);
     assert_eq!(code, Some(1), "failures give exit status 1");
+    assert_eq!(r["settings"]["engine"], engine);
 
     let (code, r) = load(
         &ns,
+        engine,
         &[
             "--connection",
             "keep-alive",
@@ -167,6 +180,7 @@ fn drop_policy_exhausts_the_port_range_and_keep_alive_does_not() {
     // client's 1,000 ports are never used up.
     let (code, r) = load(
         &ns,
+        engine,
         &[
             "--connection",
             "close",

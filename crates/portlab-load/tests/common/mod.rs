@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use portlab_load::{ConnectionPolicy, LoadConfig, LoadReport};
+use portlab_load::{ConnectionPolicy, EngineChoice, LoadConfig, LoadReport};
 
 /// What the server does with one request on a connection. Returns `false` to close the
 /// connection afterwards.
@@ -118,7 +118,46 @@ pub fn reset(stream: &mut TcpStream) -> bool {
     false
 }
 
-/// A configuration against `url` with small defaults for tests.
+thread_local! {
+    /// The engine the current test runs on (set by [`per_engine!`]); unset: the default
+    /// (`PORTLAB_ENGINE`, else auto).
+    static ENGINE: std::cell::Cell<Option<EngineChoice>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `test` with [`config`] choosing `engine`.
+pub fn with_engine(engine: EngineChoice, test: impl FnOnce()) {
+    ENGINE.with(|e| e.set(Some(engine)));
+    test();
+}
+
+/// The engine [`config`] puts in its configurations.
+pub fn engine() -> EngineChoice {
+    ENGINE
+        .with(|e| e.get())
+        .unwrap_or_else(|| LoadConfig::default().engine)
+}
+
+/// Turns each listed `fn name()` into two tests, `name::tokio` and `name::uring`, so that the
+/// accounting and fault tests check both engines in every `cargo nextest run`.
+#[macro_export]
+macro_rules! per_engine {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn tokio() {
+                    $crate::common::with_engine(portlab_load::EngineChoice::Tokio, super::$name);
+                }
+                #[test]
+                fn uring() {
+                    $crate::common::with_engine(portlab_load::EngineChoice::Uring, super::$name);
+                }
+            }
+        )*
+    };
+}
+
+/// A configuration against `url` with small defaults for tests, on the test's engine.
 pub fn config(
     url: &str,
     requests: u64,
@@ -133,14 +172,27 @@ pub fn config(
         threads: 2,
         request_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(5),
+        engine: engine(),
         ..LoadConfig::default()
     }
 }
 
-/// Validates and runs.
+/// Validates and runs; checks that a plain-HTTP/1.1 plan ran on the engine asked for.
 pub fn run(config: LoadConfig) -> LoadReport {
     let plan = config.validate().expect("valid config");
-    portlab_load::run(&plan, &mut |_| {}).expect("engine runs")
+    let report = portlab_load::run(&plan, &mut |_| {}).expect("engine runs");
+    assert_ran_on(&plan, &report);
+    report
+}
+
+/// The engine named in the report is the one the plan asked for (io_uring plans it can run).
+pub fn assert_ran_on(plan: &portlab_load::Plan, report: &LoadReport) {
+    let plain_h1 = !plan.target.tls && !plan.config.http2 && plan.target.proxy.is_none();
+    match plan.config.engine {
+        EngineChoice::Tokio => assert_eq!(report.settings.engine, "tokio"),
+        EngineChoice::Uring if plain_h1 => assert_eq!(report.settings.engine, "uring"),
+        _ => {}
+    }
 }
 
 /// Count of final failures of one class name.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use base64::Engine as _;
-use portlab_load::{ConnectionPolicy, LoadConfig, LoadReport, Progress, RateLimit};
+use portlab_load::{ConnectionPolicy, EngineChoice, LoadConfig, LoadReport, Progress, RateLimit};
 
 use crate::cmd::load_telemetry;
 use crate::exit;
@@ -23,6 +23,17 @@ pub enum PolicyArg {
     Close,
     /// The client closes after each response: TIME_WAIT lands on the client (exhausts ports).
     Drop,
+}
+
+/// Load engines on the command line (`--engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EngineArg {
+    /// tokio for now (io_uring is opt-in with `uring` until a known hang is fixed).
+    Auto,
+    /// io_uring (Linux ≥ 5.11) for plain HTTP/1.1; TLS, -x and --h2 still run on tokio.
+    Uring,
+    /// The portable engine: a tokio runtime per thread.
+    Tokio,
 }
 
 /// Output formats.
@@ -126,6 +137,10 @@ pub struct Args {
     /// HTTP/2 streams in flight per connection (with -h2): -c × -p requests at once.
     #[arg(short = 'p', long = "streams", default_value_t = 1, value_name = "N")]
     pub streams: usize,
+    /// Engine: io_uring (batched submission, fewer system calls) or tokio; the report names the
+    /// one that ran. Default: $PORTLAB_ENGINE, else auto.
+    #[arg(long = "engine", value_enum, value_name = "ENGINE")]
+    pub engine: Option<EngineArg>,
     /// Who closes connections: keep-alive, close (server closes, TIME_WAIT on the server),
     /// drop (client closes after each response, TIME_WAIT on the client).
     #[arg(long = "connection", value_enum)]
@@ -291,6 +306,18 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
         (None, Some(r)) => RateLimit::Global { per_sec: r },
         (None, None) => RateLimit::Unlimited,
     };
+    let engine = match args.engine {
+        Some(EngineArg::Auto) => EngineChoice::Auto,
+        Some(EngineArg::Uring) => EngineChoice::Uring,
+        Some(EngineArg::Tokio) => EngineChoice::Tokio,
+        None => EngineChoice::from_env()
+            .map_err(|v| {
+                exit::usage(format!(
+                    "PORTLAB_ENGINE={v:?} names no engine: use auto, uring or tokio"
+                ))
+            })?
+            .unwrap_or_default(),
+    };
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     Ok(LoadConfig {
         url: args.url,
@@ -315,6 +342,7 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
         proxy: args.proxy,
         http2: args.h2,
         streams: args.streams,
+        engine,
     })
 }
 
@@ -618,7 +646,7 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
     let st = &r.settings;
     let _ = writeln!(
         o,
-        "  HTTP/{}, connection {}, -c {}, {} stream{} per connection, {} thread{}",
+        "  HTTP/{}, connection {}, -c {}, {} stream{} per connection, {} thread{}, {} engine{}",
         st.http_version,
         st.connection.name(),
         st.concurrency,
@@ -629,7 +657,12 @@ pub fn render_text(r: &LoadReport, paint: Painter) -> String {
             "s"
         },
         st.threads,
-        if st.threads == 1 { "" } else { "s" }
+        if st.threads == 1 { "" } else { "s" },
+        st.engine,
+        match &st.engine_fallback {
+            Some(why) => format!(" (io_uring not used: {why})"),
+            None => String::new(),
+        }
     );
     o
 }
