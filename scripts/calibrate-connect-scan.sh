@@ -26,8 +26,9 @@
 #   3. check with `ss` that the TIME_WAIT entries are all there (they last 60 s: enough);
 #   4. measure: `portlab load -c 1 --connection close -z 1.5s` (the server closes first, so
 #      the measurement adds no client TIME_WAIT): connect p50 and requests/s.
-# A 0 % point per range is the baseline: its connect p50 and request time (1/req/s − p50)
-# are passed to `simulate` (FIT=base, the default; FIT=none uses the model's built-in
+# The 0 % point of each range, measured BASE_RUNS times (default 3), is the baseline: the
+# median connect p50 and request time (1/req/s − p50) are passed to `simulate` (FIT=base,
+# the default; FIT=none uses the model's built-in
 # constants). The per-port cost is never fitted to these points: it is the model's constant,
 # measured separately by PERPORT=1 (CPU and wall time per connect with the first parity full
 # of TIME_WAIT or of bind()-held ports, against an empty pool; see docs/model.md).
@@ -169,7 +170,9 @@ measure_point() {
     echo "the filler holds $made of $taken TIME_WAIT entries at $ports ports, $fill %" >&2
     ip netns delete "$NS"; return 1
   fi
-  in_ns "$BIN" serve --listen 127.0.0.1:8080 > /dev/null 2>&1 &
+  # Not through in_ns: a backgrounded shell function is a subshell, and killing its PID would
+  # leave the server running.
+  ip netns exec "$NS" "$BIN" serve --listen 127.0.0.1:8080 > /dev/null 2>&1 &
   SERVER_PID=$!
   local listening=0
   for _ in $(seq 400); do
@@ -255,23 +258,35 @@ fi
 
 mkdir -p "$(dirname "$OUT")"
 printf 'ports\tfill_pct\ttime_wait\tconnect_p50_us\trequests_per_sec\n' > "$OUT"
+# The 0 % baseline is measured BASE_RUNS times (default 3), each in a fresh namespace: the
+# base connect moves by tens of µs between namespaces, and the median of three keeps one
+# outlier from setting every prediction.
 for ports in $RANGES; do
   for fill in $FILLS; do
-    measure_point "$ports" "$fill" | tee -a "$OUT" || echo "skipped $ports ports, $fill %" >&2
+    runs=1
+    [ "$fill" = 0 ] && runs=${BASE_RUNS:-3}
+    for _ in $(seq "$runs"); do
+      measure_point "$ports" "$fill" | tee -a "$OUT" || echo "skipped $ports ports, $fill %" >&2
+    done
   done
 done
 
 # Predictions: `portlab simulate --fill-curve` for each point, compared with its measurement.
 status=0
 printf '\n%-6s %5s %7s %9s %9s %6s %8s %8s %6s\n' ports fill% TW p50_us pred_us ratio req/s pred ratio
-declare -A BASE_US REQ_US
+declare -A BASE_US REQ_US BASE_ALL REQ_ALL
 while IFS=$'\t' read -r ports fill tw p50 rps; do
   [ "$ports" = ports ] && continue
   if [ "$fill" = 0 ] && [ "$FIT" = base ]; then
-    BASE_US[$ports]=$p50
-    REQ_US[$ports]=$(python3 -c "print(f'{1e6/$rps - $p50:.1f}')")
+    BASE_ALL[$ports]+="$p50 "
+    REQ_ALL[$ports]+="$(python3 -c "print(f'{1e6/$rps - $p50:.1f}')") "
   fi
 done < "$OUT"
+median() { python3 -c "import statistics, sys; print(statistics.median(float(v) for v in sys.argv[1:]))" $1; }
+for ports in "${!BASE_ALL[@]}"; do
+  BASE_US[$ports]=$(median "${BASE_ALL[$ports]}")
+  REQ_US[$ports]=$(median "${REQ_ALL[$ports]}")
+done
 while IFS=$'\t' read -r ports fill tw p50 rps; do
   [ "$ports" = ports ] && continue
   low=$(( ports == 10000 ? 40000 : 30000 ))
@@ -290,7 +305,7 @@ while IFS=$'\t' read -r ports fill tw p50 rps; do
 done < "$OUT"
 if [ "$FIT" = base ]; then
   for ports in "${!BASE_US[@]}"; do
-    echo "baseline ($ports ports, 0 % point): connect ${BASE_US[$ports]} us, request ${REQ_US[$ports]} us; per-port cost: the model's constant" >&2
+    echo "baseline ($ports ports, median of the 0 % runs ${BASE_ALL[$ports]}us): connect ${BASE_US[$ports]} us, request ${REQ_US[$ports]} us; per-port cost and growth: the model's constants" >&2
   done
 fi
 exit $status

@@ -172,9 +172,9 @@ fn render_cliff(
         paint.heading("Slow-connect cliff (one destination, TIME_WAIT-held ports)"),
         crate::cmd::simulate::cliff_sentence(c),
         paint.dim(&format!(
-            "model: connect {:.0} us + {:.2} us per skipped port (Linux 6.18, loopback); \
-             portlab simulate --fill-curve for the whole curve",
-            cost.connect_base_us, cost.per_port_us
+            "model: connect {:.0} us + {:.3}–{:.3} us per skipped port, dearer the longer the \
+             walk (Linux 6.18, loopback); portlab simulate --fill-curve for the whole curve",
+            cost.connect_base_us, cost.per_port_us, cost.per_port_max_us
         ))
     )
 }

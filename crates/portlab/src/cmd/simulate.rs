@@ -89,10 +89,18 @@ pub struct ScanCostArgs {
     /// (default 41, measured).
     #[arg(long, value_name = "US")]
     pub connect_base_us: Option<f64>,
-    /// Extra connect latency per TIME_WAIT-held port the search skips, in microseconds
-    /// (default 0.40, measured).
+    /// Extra connect latency per TIME_WAIT-held port the search skips, in microseconds, for a
+    /// short walk that stays in the CPU caches (default 0.024, measured).
     #[arg(long, value_name = "US")]
     pub scan_per_port_us: Option<f64>,
+    /// The same per-port cost for a walk far longer than --scan-scale-ports, in microseconds
+    /// (default 0.426, measured); equal to --scan-per-port-us makes every port cost the same.
+    #[arg(long, value_name = "US")]
+    pub scan_per_port_max_us: Option<f64>,
+    /// The walk length over which the mean per-port cost rises from the short-walk to the
+    /// long-walk figure, in ports (default 8500, measured).
+    #[arg(long, value_name = "PORTS")]
+    pub scan_scale_ports: Option<f64>,
     /// The rest of one Connection: close request (send, server, response, close), in
     /// microseconds (default 118, measured).
     #[arg(long, value_name = "US")]
@@ -108,6 +116,12 @@ impl ScanCostArgs {
         }
         if let Some(v) = self.scan_per_port_us {
             c.per_port_us = v;
+        }
+        if let Some(v) = self.scan_per_port_max_us {
+            c.per_port_max_us = v;
+        }
+        if let Some(v) = self.scan_scale_ports {
+            c.per_port_scale_ports = v;
         }
         if let Some(v) = self.request_us {
             c.request_us = v;
@@ -128,7 +142,8 @@ peak_pool_in_use, elapsed_secs, events, truncated, timeline[{second, attempts, s
 addr_not_available, time_wait, ports_in_use}]}}
 
 With --fill-curve: {\"profile\": {..}, \"fill_curve\": {ports, first_parity_ports, order
-(kernel|random), cost{connect_base_us, per_port_us, request_us}, probes, seed,
+(kernel|random), cost{connect_base_us, per_port_us,
+per_port_max_us, per_port_scale_ports, request_us}, probes, seed,
 points[{fill_pct, held_ports, skipped_p50, skipped_mean, connect_us (p50), connect_mean_us,
 requests_per_sec, slowdown}], cliff{factor, kind (at-half|near-full|never), fill_pct,
 held_ports, skipped_for_factor, min_ports_for_step, past_half_connect_us}}}";
@@ -284,8 +299,8 @@ fn render_fill_curve(p: &OsProfile, c: &FillCurve, paint: Painter) -> String {
     );
     let _ = writeln!(
         s,
-        "  cost      connect {:.0} us + {:.2} us per skipped port; request {:.0} us; {} probes, seed {}",
-        c.cost.connect_base_us, c.cost.per_port_us, c.cost.request_us, c.probes, c.seed
+        "  cost      connect {:.0} us + {:.3}–{:.3} us per skipped port (rising over {:.0} ports); request {:.0} us; {} probes, seed {}",
+        c.cost.connect_base_us, c.cost.per_port_us, c.cost.per_port_max_us, c.cost.per_port_scale_ports, c.cost.request_us, c.probes, c.seed
     );
     let _ = writeln!(
         s,
