@@ -333,23 +333,28 @@ INLINE int task_selected(const struct config *c, __u32 tgid) {
     return 1;
 }
 
+// Adds 1 to the u64 counter at `key` in the hash `map`, creating it at 1. When another CPU
+// created it first the add goes to its entry; a full map counts into lost_events.
+INLINE void count_in(void *map, const void *key) {
+    __u64 *n = bpf_map_lookup_elem(map, key);
+    if (!n) {
+        __u64 one = 1;
+        if (bpf_map_update_elem(map, key, &one, BPF_NOEXIST) == 0)
+            return;
+        n = bpf_map_lookup_elem(map, key);
+        if (!n) {
+            count_lost();
+            return;
+        }
+    }
+    __sync_fetch_and_add(n, 1);
+}
+
 INLINE void fail(struct flow *f, const struct flow_key *key, __s32 err, __u64 now) {
     struct errno_key ek = {};
     ek.flow = *key;
     ek.err = err;
-    __u64 *n = bpf_map_lookup_elem(&failures, &ek);
-    if (n) {
-        __sync_fetch_and_add(n, 1);
-    } else {
-        __u64 one = 1;
-        if (bpf_map_update_elem(&failures, &ek, &one, BPF_NOEXIST) != 0) {
-            n = bpf_map_lookup_elem(&failures, &ek);
-            if (n)
-                __sync_fetch_and_add(n, 1);
-            else
-                count_lost();
-        }
-    }
+    count_in(&failures, &ek);
     if (!f->first_failure_ns)
         f->first_failure_ns = now;
 }
@@ -602,17 +607,7 @@ int sys_exit_connect(struct sys_exit_args *ctx) {
     struct socketless_key k = {};
     k.tgid = pid_tgid >> 32;
     k.err = err;
-    __u64 *n = bpf_map_lookup_elem(&socketless, &k);
-    if (n) {
-        __sync_fetch_and_add(n, 1);
-    } else {
-        __u64 one = 1;
-        if (bpf_map_update_elem(&socketless, &k, &one, BPF_NOEXIST) != 0) {
-            n = bpf_map_lookup_elem(&socketless, &k);
-            if (n)
-                __sync_fetch_and_add(n, 1);
-        }
-    }
+    count_in(&socketless, &k);
     return 0;
 }
 

@@ -112,7 +112,7 @@ impl DurationHistogram {
 /// Counts of TIME_WAIT entries per second over the last 60 s: the ports a destination's pool
 /// still holds in TIME_WAIT (TCP_TIMEWAIT_LEN, include/net/tcp.h), assuming no reuse.
 #[derive(Debug, Clone, Default)]
-struct SecondWindow {
+pub(crate) struct SecondWindow {
     /// (second, count), oldest first.
     slots: VecDeque<(u64, u64)>,
 }
@@ -170,7 +170,7 @@ pub(crate) struct FlowCounters {
     pub closed_first: u64,
     pub closed_by_peer: u64,
     pub time_wait_entered: u64,
-    time_wait_window: SecondWindow,
+    pub time_wait_window: SecondWindow,
     pub search: DurationHistogram,
     pub first_failure_ns: Option<u64>,
 }
@@ -183,24 +183,6 @@ impl FlowCounters {
         }
         self.first_failure_ns.get_or_insert(time_ns);
     }
-}
-
-/// One flow's counters as the BPF route read them from the kernel's maps (cumulative).
-#[derive(Debug, Clone, Default)]
-pub(crate) struct KernelFlow {
-    /// The name of the task that made the first connect (kernel `comm`).
-    pub comm: String,
-    pub attempts: u64,
-    pub successes: u64,
-    pub failures: Vec<(i32, u64)>,
-    pub abandoned: u64,
-    pub in_progress: u64,
-    pub open: u64,
-    pub closed_first: u64,
-    pub closed_by_peer: u64,
-    pub time_wait_entered: u64,
-    pub search: DurationHistogram,
-    pub first_failure_ns: Option<u64>,
 }
 
 /// Which (process, destination) a socket counts towards.
@@ -576,10 +558,11 @@ impl Aggregator {
         })
     }
 
-    /// Replaces a flow's counters with the kernel's (BPF route). TIME_WAIT entries new since
-    /// the last call are put in the 60 s window at `now_ns`. The name is the process's from
-    /// /proc when it is still there at first sight, else the kernel's.
-    pub(crate) fn set_kernel_flow(&mut self, key: FlowKey, k: KernelFlow, now_ns: u64) {
+    /// Replaces a flow's counters with the kernel's (BPF route; `k.comm` is the kernel's name
+    /// of the task that made the first connect, `k.time_wait_window` is ignored). TIME_WAIT
+    /// entries new since the last call are put in the 60 s window at `now_ns`. The name is the
+    /// process's from /proc when it is still there at first sight, else the kernel's.
+    pub(crate) fn set_kernel_flow(&mut self, key: FlowKey, k: FlowCounters, now_ns: u64) {
         if !self.flows.contains_key(&key) {
             let comm = if key == OVERFLOW_KEY {
                 String::new()
@@ -596,21 +579,16 @@ impl Aggregator {
             self.flow(key).comm = comm;
         }
         let f = self.flow(key);
+        let mut time_wait_window = std::mem::take(&mut f.time_wait_window);
         let new_tw = k.time_wait_entered.saturating_sub(f.time_wait_entered);
         if new_tw > 0 {
-            f.time_wait_window.add_n(now_ns, new_tw);
+            time_wait_window.add_n(now_ns, new_tw);
         }
-        f.attempts = k.attempts;
-        f.successes = k.successes;
-        f.failures = k.failures;
-        f.abandoned = k.abandoned;
-        f.in_progress = k.in_progress;
-        f.open = k.open;
-        f.closed_first = k.closed_first;
-        f.closed_by_peer = k.closed_by_peer;
-        f.time_wait_entered = k.time_wait_entered;
-        f.search = k.search;
-        f.first_failure_ns = k.first_failure_ns;
+        *f = FlowCounters {
+            comm: std::mem::take(&mut f.comm),
+            time_wait_window,
+            ..k
+        };
     }
 
     /// Whether the scope selects `pid`: None when the process is gone before we could look.

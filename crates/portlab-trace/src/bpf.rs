@@ -18,7 +18,7 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
 use aya::programs::TracePoint;
 use aya::{Ebpf, EbpfLoader, Pod};
 
-use crate::aggregate::{Aggregator, DurationHistogram, FlowKey, KernelFlow, OVERFLOW_KEY};
+use crate::aggregate::{Aggregator, DurationHistogram, FlowCounters, FlowKey, OVERFLOW_KEY};
 use crate::decode::Layouts;
 use crate::{Filter, TraceError};
 
@@ -355,7 +355,7 @@ impl BpfRoute {
             let comm_len = v.comm.iter().position(|&b| b == 0).unwrap_or(v.comm.len());
             agg.set_kernel_flow(
                 key,
-                KernelFlow {
+                FlowCounters {
                     comm: String::from_utf8_lossy(&v.comm[..comm_len]).into_owned(),
                     attempts: v.attempts,
                     successes: v.successes,
@@ -368,6 +368,7 @@ impl BpfRoute {
                     time_wait_entered: v.time_wait_entered,
                     search: flow_search,
                     first_failure_ns: (v.first_failure_ns != 0).then_some(v.first_failure_ns),
+                    ..Default::default()
                 },
                 now_ns,
             );
