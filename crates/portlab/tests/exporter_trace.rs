@@ -8,33 +8,21 @@
 mod common;
 
 use std::io::Read;
-use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
 use common::exporter::{
     check_grafana_dashboard, get, parse, promtool_check_metrics, value, Proc, PORTLAB,
 };
-use common::trace::{serial, CHURN};
-use portlab_testkit::{wait_until, NetNs};
+use common::trace::{exhaustible_namespace, listen, serial, CHURN};
+use portlab_testkit::wait_until;
 use serde_json::Value;
 
 #[test]
 fn exporter_trace_counts_a_python_loops_own_failures_and_successes() {
-    let ns = NetNs::new("exptr").expect("create netns (needs root)");
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40999")
-        .expect("sysctl");
-    ns.sysctl("net.ipv4.tcp_tw_reuse", "0").expect("sysctl");
-    // As in tests/trace.rs: no RST may assassinate a TIME_WAIT entry and free a port.
-    ns.sysctl("net.ipv4.tcp_rfc1337", "1").expect("sysctl");
+    let ns = exhaustible_namespace("exptr");
     let listener = ns
-        .run(|| {
-            let addr: std::net::SocketAddr = "127.0.0.1:8080".parse().expect("addr");
-            let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-            socket.bind(&addr.into())?;
-            socket.listen(4096)?;
-            Ok::<TcpListener, std::io::Error>(socket.into())
-        })
+        .run(|| listen("127.0.0.1:8080", 4096))
         .expect("enter netns")
         .expect("bind");
     std::thread::spawn(move || {

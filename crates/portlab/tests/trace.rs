@@ -13,7 +13,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::trace::{serial, Serial, CHURN};
+use common::trace::{exhaustible_namespace, listen, serial, Serial, CHURN};
 use portlab_testkit::{wait_until, NetNs};
 use serde_json::Value;
 
@@ -122,14 +122,6 @@ fn failures(flow: &Value, errno_name: &str) -> u64 {
         .sum()
 }
 
-fn listen(addr: &str, backlog: i32) -> std::io::Result<TcpListener> {
-    let addr: std::net::SocketAddr = addr.parse().map_err(std::io::Error::other)?;
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
-    socket.bind(&addr.into())?;
-    socket.listen(backlog)?;
-    Ok(socket.into())
-}
-
 fn time_wait_in(ns: &NetNs) -> usize {
     let out = ns
         .exec_checked(&["ss", "-Htan", "state", "time-wait"])
@@ -139,13 +131,7 @@ fn time_wait_in(ns: &NetNs) -> usize {
 
 #[test]
 fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
-    let ns = NetNs::new("trace").expect("create netns (needs root)");
-    ns.sysctl("net.ipv4.ip_local_port_range", "40000 40999")
-        .expect("sysctl");
-    ns.sysctl("net.ipv4.tcp_tw_reuse", "0").expect("sysctl");
-    // The server's occasional RST would otherwise kill a TIME_WAIT entry (RFC 1337
-    // assassination, tcp_rfc1337=0 default) and let 1,001+ connects succeed (measured: 1,002).
-    ns.sysctl("net.ipv4.tcp_rfc1337", "1").expect("sysctl");
+    let ns = exhaustible_namespace("trace");
     // A fixed port outside the range (the namespace is new): bind(0) would take one of the
     // 1,000 and leave 999 for connect().
     // Backlog 4096: the accept loop may lag the client; an overflowing accept queue would drop
