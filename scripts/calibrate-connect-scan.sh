@@ -37,7 +37,15 @@
 #   PORTLAB_BIN defaults to target/debug/portlab. FILLS="0 10 50 90" and RANGES="10000" limit
 #   the grid; QUICK=1 is RANGES=10000 FILLS="0 20 50 80". PERPORT=1 also measures the
 #   per-port cost first; SCAN_PER_PORT_US=0.45 predicts with another per-port cost (a what-if:
-#   fitting it to these points makes the comparison circular). Output: a table on stdout (also written to $OUT, default
+#   fitting it to these points makes the comparison circular). REPEAT=3 measures every fill
+#   point in 3 fresh namespaces (the rounds interleaved: all points once, then again) and
+#   compares the median with the prediction; the per-run values are kept in $OUT. PIN=1 pins
+#   the filler and `load` to CPU 0 and `serve` to CPU 1.
+#   Before each point the script records the TIME_WAIT entries held outside the namespace
+#   (the host's own, from `ss`, and the tw_sock_TCP slab): every namespace shares the bind
+#   hash (65,536 buckets here, "TCP bind hash table entries" in dmesg), so ports another
+#   namespace binds or releases during a walk lengthen the chains the walk reads.
+#   Output: a table on stdout (also written to $OUT, default
 #   target/connect-scan.tsv; each point's `portlab load --json` beside it as
 #   connect-scan-PORTS-FILL.json). Exit 0 when every prediction is within 25 % of its
 #   measurement, 1 otherwise, 2 on a set-up error. Takes about 8 min for the full grid.
@@ -60,6 +68,12 @@ for tool in ip ss python3 jq; do
   command -v "$tool" >/dev/null || { echo "needs $tool" >&2; exit 2; }
 done
 [ "$(id -u)" = 0 ] || { echo "needs root (network namespaces)" >&2; exit 2; }
+
+PIN_FILL="" PIN_SERVE="" PIN_LOAD=""
+if [ "${PIN:-0}" = 1 ]; then
+  PIN_FILL="taskset -c 0" PIN_SERVE="taskset -c 1" PIN_LOAD="taskset -c 0"
+fi
+REPEAT=${REPEAT:-1}
 
 NS="plscan-$$"
 SERVER_PID=""
@@ -163,16 +177,19 @@ measure_point() {
   local low=$(( ports == 10000 ? 40000 : 30000 ))
   local high=$(( low + ports - 1 ))
   local taken=$(( ports * fill / 100 ))
+  # TIME_WAIT entries outside this namespace: the host's own (ss) / all namespaces' (slab).
+  local host_tw
+  host_tw="$(ss -Htan state time-wait | wc -l)/$(awk '$1 == "tw_sock_TCP" {print $2}' /proc/slabinfo)"
   new_ns "$low" "$high"
   local made
-  made=$(in_ns python3 -c "$FILLER" "$low" "$ports" "$taken") || made=0
+  made=$(in_ns $PIN_FILL python3 -c "$FILLER" "$low" "$ports" "$taken") || made=0
   if [ "$made" != "$taken" ]; then
     echo "the filler holds $made of $taken TIME_WAIT entries at $ports ports, $fill %" >&2
     ip netns delete "$NS"; return 1
   fi
   # Not through in_ns: a backgrounded shell function is a subshell, and killing its PID would
   # leave the server running.
-  ip netns exec "$NS" "$BIN" serve --listen 127.0.0.1:8080 > /dev/null 2>&1 &
+  ip netns exec "$NS" $PIN_SERVE "$BIN" serve --listen 127.0.0.1:8080 > /dev/null 2>&1 &
   SERVER_PID=$!
   local listening=0
   for _ in $(seq 400); do
@@ -186,14 +203,14 @@ measure_point() {
   local tw
   tw=$(in_ns ss -Htan state time-wait "( dport = :8080 and sport >= :$low and sport <= :$high )" | wc -l)
   local json
-  json=$(in_ns "$BIN" load -c 1 -z "$MEASURE" --connection close --no-sample --json http://127.0.0.1:8080/ || true)
+  json=$(in_ns $PIN_LOAD "$BIN" load -c 1 -z "$MEASURE" --connection close --no-sample --json http://127.0.0.1:8080/ || true)
   stop_server
   ip netns delete "$NS"
   printf '%s\n' "$json" > "$(dirname "$OUT")/connect-scan-$ports-$fill.json"
   local p50 rps
   p50=$(jq -r '.connections.connect_latency.p50_us' <<<"$json")
   rps=$(jq -r '.summary.requests_per_sec' <<<"$json")
-  printf '%s\t%s\t%s\t%s\t%s\n' "$ports" "$fill" "$tw" "$p50" "$rps"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$ports" "$fill" "$tw" "$p50" "$rps" "$host_tw"
 }
 
 PERPORT_PY=$(cat <<'PY'
@@ -257,25 +274,28 @@ if [ "${PERPORT:-0}" = 1 ]; then
 fi
 
 mkdir -p "$(dirname "$OUT")"
-printf 'ports\tfill_pct\ttime_wait\tconnect_p50_us\trequests_per_sec\n' > "$OUT"
+printf 'ports\tfill_pct\ttime_wait\tconnect_p50_us\trequests_per_sec\thost_time_wait\n' > "$OUT"
 # The 0 % baseline is measured BASE_RUNS times (default 3), each in a fresh namespace: the
 # base connect moves by tens of µs between namespaces, and the median of three keeps one
 # outlier from setting every prediction.
-for ports in $RANGES; do
-  for fill in $FILLS; do
-    runs=1
-    [ "$fill" = 0 ] && runs=${BASE_RUNS:-3}
-    for _ in $(seq "$runs"); do
-      measure_point "$ports" "$fill" | tee -a "$OUT" || echo "skipped $ports ports, $fill %" >&2
+for round in $(seq "$REPEAT"); do
+  for ports in $RANGES; do
+    for fill in $FILLS; do
+      runs=1
+      [ "$fill" = 0 ] && [ "$round" = 1 ] && runs=${BASE_RUNS:-3}
+      [ "$fill" = 0 ] && [ "$round" != 1 ] && runs=0
+      for _ in $(seq "$runs"); do
+        measure_point "$ports" "$fill" | tee -a "$OUT" || echo "skipped $ports ports, $fill %" >&2
+      done
     done
   done
 done
 
 # Predictions: `portlab simulate --fill-curve` for each point, compared with its measurement.
 status=0
-printf '\n%-6s %5s %7s %9s %9s %6s %8s %8s %6s\n' ports fill% TW p50_us pred_us ratio req/s pred ratio
+printf '\n%-6s %5s %7s %9s %9s %6s %8s %8s %6s  %s\n' ports fill% TW p50_us pred_us ratio req/s pred ratio runs_p50_us
 declare -A BASE_US REQ_US BASE_ALL REQ_ALL
-while IFS=$'\t' read -r ports fill tw p50 rps; do
+while IFS=$'\t' read -r ports fill tw p50 rps _; do
   [ "$ports" = ports ] && continue
   if [ "$fill" = 0 ] && [ "$FIT" = base ]; then
     BASE_ALL[$ports]+="$p50 "
@@ -287,8 +307,29 @@ for ports in "${!BASE_ALL[@]}"; do
   BASE_US[$ports]=$(median "${BASE_ALL[$ports]}")
   REQ_US[$ports]=$(median "${REQ_ALL[$ports]}")
 done
-while IFS=$'\t' read -r ports fill tw p50 rps; do
-  [ "$ports" = ports ] && continue
+# One row per (range, fill): the median of its runs (REPEAT), with every run's p50 beside it.
+# The 0 % rows stay one per run, as each baseline run is a point of its own.
+MEDIANS=$(python3 - "$OUT" <<'PY'
+import statistics, sys
+rows, order = {}, []
+for line in open(sys.argv[1]).read().splitlines()[1:]:
+    ports, fill, tw, p50, rps = line.split("\t")[:5]
+    key = (ports, fill) if fill != "0" else (ports, fill, len(order))
+    if key not in rows:
+        rows[key] = []
+        order.append(key)
+    rows[key].append((int(tw), float(p50), float(rps)))
+for key in order:
+    runs = rows[key]
+    tw = min(r[0] for r in runs)
+    p50 = statistics.median(r[1] for r in runs)
+    rps = statistics.median(r[2] for r in runs)
+    each = ",".join(f"{r[1]:.0f}" for r in runs)
+    print(f"{key[0]}\t{key[1]}\t{tw}\t{p50:.0f}\t{rps:.1f}\t{each}")
+PY
+)
+[ "$REPEAT" -gt 1 ] && printf '(medians of %s runs per point; each run'"'"'s p50 in the last column)\n' "$REPEAT"
+while IFS=$'\t' read -r ports fill tw p50 rps each; do
   low=$(( ports == 10000 ? 40000 : 30000 ))
   fit=()
   if [ -n "${SCAN_PER_PORT_US:-}" ]; then fit+=(--scan-per-port-us "$SCAN_PER_PORT_US"); fi
@@ -300,9 +341,9 @@ while IFS=$'\t' read -r ports fill tw p50 rps; do
   prps=$(jq -r '.fill_curve.points[0].requests_per_sec' <<<"$pred")
   r1=$(python3 -c "print(f'{$pp50/$p50:.2f}')")
   r2=$(python3 -c "print(f'{$prps/$rps:.2f}')")
-  printf '%-6s %5s %7s %9s %9.0f %6s %8.0f %8.0f %6s\n' "$ports" "$fill" "$tw" "$p50" "$pp50" "$r1" "$rps" "$prps" "$r2"
+  printf '%-6s %5s %7s %9s %9.0f %6s %8.0f %8.0f %6s  %s\n' "$ports" "$fill" "$tw" "$p50" "$pp50" "$r1" "$rps" "$prps" "$r2" "$each"
   python3 -c "import sys; sys.exit(0 if 0.75 <= $r1 <= 1.25 and 0.75 <= $r2 <= 1.25 else 1)" || status=1
-done < "$OUT"
+done <<<"$MEDIANS"
 if [ "$FIT" = base ]; then
   for ports in "${!BASE_US[@]}"; do
     echo "baseline ($ports ports, median of the 0 % runs ${BASE_ALL[$ports]}us): connect ${BASE_US[$ports]} us, request ${REQ_US[$ports]} us; per-port cost and growth: the model's constants" >&2
