@@ -10,6 +10,7 @@
 mod cmd;
 mod duration;
 mod exit;
+mod netns;
 mod plot;
 mod render;
 mod serving;

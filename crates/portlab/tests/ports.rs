@@ -123,6 +123,42 @@ fn counts_match_the_kernel_and_ss_exactly() {
     assert_eq!(via_proc["snapshot"]["source"], "proc_net_tcp");
     assert_eq!(via_proc["snapshot"]["states"], report["snapshot"]["states"]);
 
+    // From the host's namespace, --netns reads the same table, settings and pool.
+    let netns_file = format!("/run/netns/{}", ns.name());
+    let out = Command::new(PORTLAB)
+        .args(["ports", "--json", "--netns", &netns_file])
+        .output()
+        .expect("portlab runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let from_host: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    assert_eq!(
+        from_host["snapshot"]["states"],
+        report["snapshot"]["states"]
+    );
+    assert_eq!(from_host["settings"], report["settings"]);
+    assert_eq!(from_host["snapshot"]["pools"][0]["used"], pool["used"]);
+    let doctor = Command::new(PORTLAB)
+        .args([
+            "doctor",
+            "--json",
+            "--interval",
+            "0",
+            "--netns",
+            &netns_file,
+        ])
+        .output()
+        .expect("portlab runs");
+    let doctor: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("valid JSON");
+    assert_eq!(doctor["settings"]["ip_local_port_range"]["low"], 40000);
+    assert_eq!(
+        doctor["snapshot"]["states"]["time_wait"],
+        CLIENT_CLOSED as u64
+    );
+
     // --dest focuses on one destination; another destination has no pool.
     let focused = ports_json(&ns, &["--dest", &made.server_addr.to_string()]);
     assert_eq!(
@@ -180,6 +216,20 @@ fn bad_input_is_one_line_and_exit_code_2() {
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
         assert!(stderr.starts_with("portlab: "), "{stderr}");
         assert!(out.stdout.is_empty());
+    }
+}
+
+#[test]
+fn netns_that_is_not_a_namespace_is_a_usage_error() {
+    for bad in ["/tmp", "/nonexistent/netns"] {
+        let out = Command::new(PORTLAB)
+            .args(["ports", "--netns", bad])
+            .output()
+            .expect("portlab runs");
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("--netns") && err.contains(bad), "{err}");
     }
 }
 

@@ -26,7 +26,8 @@ Examples:
   portlab doctor                       this host, counters watched for 1 s
   portlab doctor --dest 10.0.0.5:443   focus on one destination
   portlab doctor --interval 5 --json   watch counters for 5 s; machine-readable
-  portlab doctor --trace 10s           also trace every connect() for 10 s (root)")]
+  portlab doctor --trace 10s           also trace every connect() for 10 s (root)
+  portlab doctor --netns /run/netns/blue   another namespace (a pod's: /proc/PID/ns/net)")]
 pub struct Args {
     /// Look only at the pools towards this destination.
     #[arg(long, value_name = "ADDR:PORT")]
@@ -49,6 +50,12 @@ pub struct Args {
     /// per process and destination, to the diagnosis (root or CAP_PERFMON + CAP_BPF).
     #[arg(long, value_name = "DURATION")]
     trace: Option<String>,
+
+    /// Examine this network namespace (/run/netns/NAME or /proc/PID/ns/net, e.g. a pod's)
+    /// instead of this process's: its pools, sysctls, counters and NAT; with --trace, only the
+    /// connects of processes in it (root).
+    #[arg(long, value_name = "PATH")]
+    netns: Option<std::path::PathBuf>,
 }
 
 fn parse_interval(text: &str) -> Result<f64, String> {
@@ -78,6 +85,9 @@ struct DoctorReport<'a> {
 
 /// Runs `portlab doctor`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.netns {
+        crate::netns::enter(path)?;
+    }
     let view = View {
         dest: args.dest,
         top: usize::from(args.top),
@@ -94,6 +104,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tracer = match trace_for {
         Some(_) => Some(crate::cmd::trace::start(portlab_trace::Filter {
             dest: args.dest,
+            netns: args.netns.clone(),
             ..Default::default()
         })?),
         None => None,

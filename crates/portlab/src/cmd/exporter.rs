@@ -7,7 +7,6 @@
 mod metrics;
 mod trace;
 
-use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -155,7 +154,7 @@ pub fn run_with(args: Args, extra: Vec<ExtraCollector>) -> anyhow::Result<ExitCo
     let listener = bind(args.listen)?;
     let local = listener.local_addr().context("reading the bound address")?;
     if let Some(path) = &args.netns {
-        enter_netns(path)?;
+        crate::netns::enter(path)?;
     }
     let server = tiny_http::Server::from_listener(listener, None)
         .map_err(|e| anyhow::anyhow!("starting the HTTP server on {local}: {e}"))?;
@@ -195,29 +194,6 @@ fn bind(addr: SocketAddr) -> anyhow::Result<std::net::TcpListener> {
         .set_nonblocking(false)
         .context("making the listener blocking")?;
     Ok(listener)
-}
-
-/// Moves this (the main, still only) thread into the namespace at `path`. Sysctls and the
-/// netlink socket opened later by this thread, and /proc/self/net (which follows the thread
-/// group leader), then read that namespace; already-open sockets stay where they were.
-fn enter_netns(path: &std::path::Path) -> anyhow::Result<()> {
-    let file = File::open(path).map_err(|e| {
-        crate::exit::usage(format!(
-            "--netns {}: {e}; give a network namespace file such as /run/netns/NAME or /proc/PID/ns/net",
-            path.display()
-        ))
-    })?;
-    nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
-        let why = if e == nix::errno::Errno::EINVAL {
-            "not a network namespace file".to_string()
-        } else {
-            e.desc().to_string()
-        };
-        crate::exit::usage(format!(
-            "--netns {}: {why}; give a network namespace file such as /run/netns/NAME or /proc/PID/ns/net",
-            path.display()
-        ))
-    })
 }
 
 struct Exporter {

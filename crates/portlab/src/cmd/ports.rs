@@ -27,6 +27,7 @@ Examples:
   portlab ports                          this host's pool, top 10 destinations
   portlab ports --dest 10.0.0.5:443      focus on one destination
   portlab ports --watch 1                refresh every second until Ctrl-C
+  portlab ports --netns /proc/4242/ns/net  a pod's (or any namespace's) pools
   portlab ports --json | jq .pools[0]    machine-readable (fields: docs/ports-json.md)")]
 pub struct Args {
     /// Show only the pools towards this destination (e.g. 10.0.0.5:443 or [::1]:8080).
@@ -49,6 +50,11 @@ pub struct Args {
     /// Read /proc/net/tcp{,6} instead of NETLINK_SOCK_DIAG (slower; for comparison).
     #[arg(long)]
     proc: bool,
+
+    /// Read the pools, sysctls and counters of this network namespace (/run/netns/NAME or
+    /// /proc/PID/ns/net, e.g. a pod's) instead of this process's (root).
+    #[arg(long, value_name = "PATH")]
+    netns: Option<std::path::PathBuf>,
 }
 
 fn parse_watch_secs(text: &str) -> Result<f64, String> {
@@ -147,6 +153,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Err(crate::exit::usage(
             "--top must be at least 1 (e.g. --top 10)",
         ));
+    }
+    if let Some(path) = &args.netns {
+        crate::netns::enter(path)?;
     }
     let painter = Painter::for_stdout();
     let mut previous: Option<Reading> = None;
