@@ -8,38 +8,10 @@
 
 use serde::Serialize;
 
+use portlab_errors::ErrorClass;
+
 use crate::remedies::{self, Correction, Os, Remedy};
 use crate::{diagnose, Cause, Evidence, Finding, Severity};
-
-/// An error class as captured (the load engine's `ErrorClass` names, without its crate).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CapturedErrorKind {
-    /// EADDRNOTAVAIL / WSAEADDRNOTAVAIL.
-    AddrNotAvailable,
-    /// EADDRINUSE / WSAEADDRINUSE.
-    AddrInUse,
-    /// ECONNREFUSED / WSAECONNREFUSED.
-    ConnectionRefused,
-    /// ECONNRESET / WSAECONNRESET, EPIPE.
-    ConnectionReset,
-    /// ETIMEDOUT, connect deadline.
-    ConnectTimeout,
-    /// Response deadline.
-    ResponseTimeout,
-    /// EMFILE / ENFILE / WSAEMFILE.
-    TooManyOpenFiles,
-    /// ENOBUFS / WSAENOBUFS.
-    NoBufferSpace,
-    /// ENETUNREACH / EHOSTUNREACH.
-    Unreachable,
-    /// HTTP framing, early EOF.
-    Protocol,
-    /// TLS.
-    Tls,
-    /// Anything else.
-    Other,
-}
 
 /// The call that failed, where the line says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,8 +32,11 @@ pub enum FailedCall {
 /// One class of captured errors.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CapturedError {
-    /// Class.
-    pub kind: CapturedErrorKind,
+    /// Class: the errno or error kind the line names, in the taxonomy every portlab component
+    /// counts by (`portlab-errors`); serialized by its snake_case spelling
+    /// (`"addr_not_available"`).
+    #[serde(serialize_with = "snake_case_class")]
+    pub kind: ErrorClass,
     /// The OS's error number (99, 49, 10055 …).
     pub os_code: Option<i32>,
     /// The failed call.
@@ -144,24 +119,20 @@ impl CapturedEvidence {
         let client_call = !matches!(e.call, Some(FailedCall::Listen));
         match self.os {
             Os::Windows => match e.kind {
-                CapturedErrorKind::NoBufferSpace => client_call,
+                ErrorClass::NoBufferSpace => client_call,
                 // 10048 from connect is the TIME_WAIT collision of event 4227; from bind to a
                 // fixed port it is a server look-alike.
-                CapturedErrorKind::AddrInUse => {
-                    client_call && !matches!(e.call, Some(FailedCall::Bind))
-                }
+                ErrorClass::AddrInUse => client_call && !matches!(e.call, Some(FailedCall::Bind)),
                 _ => false,
             },
             Os::Macos => {
-                matches!(e.kind, CapturedErrorKind::AddrNotAvailable) && client_call
-                    || matches!(e.kind, CapturedErrorKind::AddrInUse)
+                matches!(e.kind, ErrorClass::AddrNotAvailable) && client_call
+                    || matches!(e.kind, ErrorClass::AddrInUse)
                         && matches!(e.call, Some(FailedCall::Connect))
             }
             _ => {
-                matches!(e.kind, CapturedErrorKind::AddrNotAvailable)
-                    && client_call
-                    && !e.ipv6_loopback
-                    || matches!(e.kind, CapturedErrorKind::AddrInUse)
+                matches!(e.kind, ErrorClass::AddrNotAvailable) && client_call && !e.ipv6_loopback
+                    || matches!(e.kind, ErrorClass::AddrInUse)
                         && matches!(e.call, Some(FailedCall::Bind))
             }
         }
@@ -250,25 +221,31 @@ fn pct(part: u64, whole: u64) -> f64 {
 
 fn code_name(e: &CapturedError) -> String {
     let name = match (e.kind, e.os_code) {
-        (CapturedErrorKind::NoBufferSpace, Some(10055)) => "WSAENOBUFS",
-        (CapturedErrorKind::AddrInUse, Some(10048)) => "WSAEADDRINUSE",
-        (CapturedErrorKind::AddrNotAvailable, Some(10049)) => "WSAEADDRNOTAVAIL",
-        (CapturedErrorKind::ConnectionRefused, Some(10061)) => "WSAECONNREFUSED",
-        (CapturedErrorKind::ConnectionReset, Some(10054)) => "WSAECONNRESET",
-        (CapturedErrorKind::ConnectTimeout, Some(10060)) => "WSAETIMEDOUT",
-        (CapturedErrorKind::TooManyOpenFiles, Some(10024)) => "WSAEMFILE",
-        (CapturedErrorKind::AddrNotAvailable, _) => "EADDRNOTAVAIL",
-        (CapturedErrorKind::AddrInUse, _) => "EADDRINUSE",
-        (CapturedErrorKind::ConnectionRefused, _) => "ECONNREFUSED",
-        (CapturedErrorKind::ConnectionReset, _) => "ECONNRESET",
-        (CapturedErrorKind::ConnectTimeout, _) => "connect timeout",
-        (CapturedErrorKind::ResponseTimeout, _) => "response timeout",
-        (CapturedErrorKind::TooManyOpenFiles, _) => "EMFILE",
-        (CapturedErrorKind::NoBufferSpace, _) => "ENOBUFS",
-        (CapturedErrorKind::Unreachable, _) => "unreachable",
-        (CapturedErrorKind::Protocol, _) => "protocol",
-        (CapturedErrorKind::Tls, _) => "TLS",
-        (CapturedErrorKind::Other, _) => "other",
+        (ErrorClass::NoBufferSpace, Some(10055)) => "WSAENOBUFS",
+        (ErrorClass::AddrInUse, Some(10048)) => "WSAEADDRINUSE",
+        (ErrorClass::AddrNotAvailable, Some(10049)) => "WSAEADDRNOTAVAIL",
+        (ErrorClass::ConnectionRefused, Some(10061)) => "WSAECONNREFUSED",
+        (ErrorClass::ConnectionReset, Some(10054)) => "WSAECONNRESET",
+        (ErrorClass::ConnectTimeout, Some(10060)) => "WSAETIMEDOUT",
+        (ErrorClass::TooManyOpenFiles, Some(10024)) => "WSAEMFILE",
+        (ErrorClass::AddrNotAvailable, _) => "EADDRNOTAVAIL",
+        (ErrorClass::AddrInUse, _) => "EADDRINUSE",
+        (ErrorClass::ConnectionRefused, _) => "ECONNREFUSED",
+        (ErrorClass::ConnectionReset, _) => "ECONNRESET",
+        (ErrorClass::ConnectTimeout, _) => "connect timeout",
+        (ErrorClass::ResponseTimeout, _) => "response timeout",
+        (ErrorClass::TooManyOpenFiles, _) => "EMFILE",
+        (ErrorClass::NoBufferSpace, _) => "ENOBUFS",
+        (ErrorClass::Unreachable, _) => "unreachable",
+        (ErrorClass::Protocol, _) => "protocol",
+        (ErrorClass::Tls, _) => "TLS",
+        (ErrorClass::PermissionDenied, Some(10013)) => "WSAEACCES",
+        (ErrorClass::PermissionDenied, _) => "EACCES/EPERM",
+        (ErrorClass::ProxyRefused, _) => "proxy refused",
+        (ErrorClass::GoAway, _) => "HTTP/2 GOAWAY",
+        (ErrorClass::StreamReset, _) => "HTTP/2 RST_STREAM",
+        (ErrorClass::FlowControl, _) => "HTTP/2 flow control",
+        (ErrorClass::Other(_), _) => "other",
     };
     match e.os_code {
         Some(code) => format!("{name} {code}"),
@@ -355,8 +332,8 @@ fn exhaustion(e: &CapturedEvidence) -> Option<Finding> {
                 "the captured table shows the pool only {:.0} % full: it was taken at another moment than the failures{hidden}",
                 pct(p.in_use, p.size),
             ));
-            let collisions = e.event_4227
-                + e.count(|x| e.is_exhaustion(x) && x.kind == CapturedErrorKind::AddrInUse);
+            let collisions =
+                e.event_4227 + e.count(|x| e.is_exhaustion(x) && x.kind == ErrorClass::AddrInUse);
             if e.os == Os::Windows && collisions > 0 {
                 evidence.push("10048 / event 4227 is a collision with a TIME_WAIT 4-tuple to the same remote endpoint: it strikes once the ports in use towards that destination wrap around, before the whole range is held".to_string());
             }
@@ -421,11 +398,11 @@ fn host_pressure(e: &CapturedEvidence) -> Option<Finding> {
 }
 
 fn refused(e: &CapturedEvidence) -> Option<Finding> {
-    let n = e.count(|x| x.kind == CapturedErrorKind::ConnectionRefused);
+    let n = e.count(|x| x.kind == ErrorClass::ConnectionRefused);
     if n == 0 {
         return None;
     }
-    let first = e.first(|x| x.kind == CapturedErrorKind::ConnectionRefused)?;
+    let first = e.first(|x| x.kind == ErrorClass::ConnectionRefused)?;
     let exhaustion = e.count(|x| e.is_exhaustion(x));
     let mut evidence = vec![format!(
         "{} × {}: \"{}\"",
@@ -506,24 +483,36 @@ fn refused(e: &CapturedEvidence) -> Option<Finding> {
     })
 }
 
+/// The server's answer was not a complete response: HTTP/1.1 framing or an early close, or
+/// an HTTP/2 GOAWAY, RST_STREAM or flow-control error (the peer's answer, not the socket's).
+fn is_protocol(class: ErrorClass) -> bool {
+    matches!(
+        class,
+        ErrorClass::Protocol
+            | ErrorClass::GoAway
+            | ErrorClass::StreamReset
+            | ErrorClass::FlowControl
+    )
+}
+
 fn resets_and_timeouts(e: &CapturedEvidence) -> Option<Finding> {
-    let resets = e.count(|x| x.kind == CapturedErrorKind::ConnectionReset);
-    let connect_timeouts = e.count(|x| x.kind == CapturedErrorKind::ConnectTimeout);
-    let response_timeouts = e.count(|x| x.kind == CapturedErrorKind::ResponseTimeout);
-    let protocol = e.count(|x| x.kind == CapturedErrorKind::Protocol);
+    let resets = e.count(|x| x.kind == ErrorClass::ConnectionReset);
+    let connect_timeouts = e.count(|x| x.kind == ErrorClass::ConnectTimeout);
+    let response_timeouts = e.count(|x| x.kind == ErrorClass::ResponseTimeout);
+    let protocol = e.count(|x| is_protocol(x.kind));
     let n = resets + connect_timeouts + response_timeouts + protocol;
     if n == 0 {
         return None;
     }
     let mut evidence = Vec::new();
     for x in e.errors.iter().filter(|x| {
-        matches!(
-            x.kind,
-            CapturedErrorKind::ConnectionReset
-                | CapturedErrorKind::ConnectTimeout
-                | CapturedErrorKind::ResponseTimeout
-                | CapturedErrorKind::Protocol
-        )
+        is_protocol(x.kind)
+            || matches!(
+                x.kind,
+                ErrorClass::ConnectionReset
+                    | ErrorClass::ConnectTimeout
+                    | ErrorClass::ResponseTimeout
+            )
     }) {
         evidence.push(format!(
             "{} × {}: \"{}\"",
@@ -568,8 +557,8 @@ fn resets_and_timeouts(e: &CapturedEvidence) -> Option<Finding> {
 }
 
 fn fd_limit(e: &CapturedEvidence) -> Option<Finding> {
-    let n = e.count(|x| x.kind == CapturedErrorKind::TooManyOpenFiles);
-    let first = e.first(|x| x.kind == CapturedErrorKind::TooManyOpenFiles)?;
+    let n = e.count(|x| x.kind == ErrorClass::TooManyOpenFiles);
+    let first = e.first(|x| x.kind == ErrorClass::TooManyOpenFiles)?;
     Some(Finding {
         cause: Cause::FileDescriptorLimit,
         severity: Severity::Critical,
@@ -732,11 +721,15 @@ pub fn windows_corrections() -> Vec<Correction> {
     ]
 }
 
+fn snake_case_class<S: serde::Serializer>(class: &ErrorClass, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(class.as_str())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn err(kind: CapturedErrorKind, code: i32, count: u64, example: &str) -> CapturedError {
+    fn err(kind: ErrorClass, code: i32, count: u64, example: &str) -> CapturedError {
         CapturedError {
             kind,
             os_code: Some(code),
@@ -781,7 +774,7 @@ mod tests {
     #[test]
     fn the_seed_refusal_is_not_exhaustion() {
         let e = evidence(
-            vec![err(CapturedErrorKind::ConnectionRefused, 10061, 4879, "connectex: No connection could be made because the target machine actively refused it.")],
+            vec![err(ErrorClass::ConnectionRefused, 10061, 4879, "connectex: No connection could be made because the target machine actively refused it.")],
             Some(pool(420, 380)),
         );
         let findings = diagnose_captured(&e);
@@ -812,7 +805,7 @@ mod tests {
     #[test]
     fn wsaenobufs_with_a_full_range_is_critical_exhaustion() {
         let e = evidence(
-            vec![err(CapturedErrorKind::NoBufferSpace, 10055, 200, "bind: An operation on a socket could not be performed because the system lacked sufficient buffer space or because a queue was full.")],
+            vec![err(ErrorClass::NoBufferSpace, 10055, 200, "bind: An operation on a socket could not be performed because the system lacked sufficient buffer space or because a queue was full.")],
             Some(pool(16384, 16380)),
         );
         let findings = diagnose_captured(&e);

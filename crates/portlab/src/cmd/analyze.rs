@@ -9,7 +9,7 @@ use anyhow::Context;
 use portlab_capture::report::{Analysis, ErrorSummary, SnapshotReport};
 use portlab_capture::{analyze, read_capture, AnalyzeOptions, Format, SourceOs, TextEncoding};
 use portlab_diagnose::captured::{
-    diagnose_captured, CapturedError, CapturedErrorKind, CapturedEvidence, FailedCall, HostPool,
+    diagnose_captured, CapturedError, CapturedEvidence, FailedCall, HostPool,
 };
 use portlab_diagnose::{Evidence, Finding, Os, Severity};
 use portlab_load::ErrorClass;
@@ -242,29 +242,6 @@ fn diagnose_os(os: SourceOs) -> Os {
     }
 }
 
-fn kind_of(class: ErrorClass) -> CapturedErrorKind {
-    match class {
-        ErrorClass::AddrNotAvailable => CapturedErrorKind::AddrNotAvailable,
-        ErrorClass::AddrInUse => CapturedErrorKind::AddrInUse,
-        ErrorClass::ConnectionRefused => CapturedErrorKind::ConnectionRefused,
-        ErrorClass::ConnectionReset => CapturedErrorKind::ConnectionReset,
-        ErrorClass::ConnectTimeout => CapturedErrorKind::ConnectTimeout,
-        ErrorClass::ResponseTimeout => CapturedErrorKind::ResponseTimeout,
-        ErrorClass::TooManyOpenFiles => CapturedErrorKind::TooManyOpenFiles,
-        ErrorClass::NoBufferSpace => CapturedErrorKind::NoBufferSpace,
-        ErrorClass::Unreachable => CapturedErrorKind::Unreachable,
-        ErrorClass::Protocol => CapturedErrorKind::Protocol,
-        ErrorClass::Tls => CapturedErrorKind::Tls,
-        // HTTP/2 stream and connection errors: the peer's answer, not the socket's.
-        ErrorClass::GoAway | ErrorClass::StreamReset | ErrorClass::FlowControl => {
-            CapturedErrorKind::Protocol
-        }
-        ErrorClass::PermissionDenied | ErrorClass::ProxyRefused | ErrorClass::Other(_) => {
-            CapturedErrorKind::Other
-        }
-    }
-}
-
 fn call_of(call: Option<portlab_capture::errors::Call>) -> Option<FailedCall> {
     use portlab_capture::errors::Call;
     call.map(|c| match c {
@@ -321,7 +298,7 @@ fn evidence_of(a: &Analysis) -> CapturedEvidence {
             .errors
             .iter()
             .map(|e| CapturedError {
-                kind: kind_of(e.class),
+                kind: e.class,
                 os_code: e.os_code,
                 call: call_of(e.call),
                 count: e.count,
