@@ -94,17 +94,30 @@ cpu_ticks() {
 }
 TICKS_PER_SEC=$(getconf CLK_TCK)
 
-# Prints "REQ_PER_SEC CPU_US_PER_REQ" of one wrk run against port $1 (wrk on LOAD_CPU) and the
-# CPU process $2 (with its children) spent per request meanwhile.
+# Busy and idle clock ticks of core $1 ("BUSY IDLE", /proc/stat: idle and iowait count as idle).
+core_ticks() {
+    awk -v cpu="cpu$1" '$1 == cpu {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat
+}
+
+# Prints "REQ_PER_SEC CPU_US_PER_REQ PROXY_CORE_BUSY_PCT LOAD_CORE_BUSY_PCT" of one wrk run
+# against port $1 (wrk on LOAD_CPU): the CPU process $2 (with its children) spent per request
+# meanwhile, and how busy each core was (whatever ran there). A load core near 100 % while the
+# proxy core has idle time means the run measured the load core (wrk + nginx), not the proxy.
 rps() {
-    local before after out
+    local before after out pb lb pa la
     before=$(cpu_ticks "$2")
+    pb=$(core_ticks "$PROXY_CPU") lb=$(core_ticks "$LOAD_CPU")
     out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/hello.html")
     after=$(cpu_ticks "$2")
-    awk -v cpu=$((after - before)) -v hz="$TICKS_PER_SEC" '
+    pa=$(core_ticks "$PROXY_CPU") la=$(core_ticks "$LOAD_CPU")
+    awk -v cpu=$((after - before)) -v hz="$TICKS_PER_SEC" -v pt="$pb $pa" -v lt="$lb $la" '
+        function busy(t, f) {
+            split(t, f, " ")
+            return (f[3] - f[1] + f[4] - f[2] > 0) ? 100 * (f[3] - f[1]) / (f[3] - f[1] + f[4] - f[2]) : 0
+        }
         /^Requests\/sec:/ {rate = $2}
         /requests in/ {n = $1}
-        END {printf "%s %.3f\n", rate, (n > 0) ? cpu * 1e6 / hz / n : 0}' <<<"$out"
+        END {printf "%s %.3f %.0f %.0f\n", rate, (n > 0) ? cpu * 1e6 / hz / n : 0, busy(pt), busy(lt)}' <<<"$out"
 }
 
 # Prints syscalls per request of process $2 (all its threads, and its children) over a
@@ -192,7 +205,7 @@ compare() { # name peer_port peer_pid portlab_port portlab_pid bar
         else
             ours=$(rps "$4" "$5"); peer=$(rps "$2" "$3")
         fi
-        echo "    round $round: peer $peer  portlab $ours  (req/s, CPU µs/req)" >&2
+        echo "    round $round: peer $peer  portlab $ours  (req/s, CPU µs/req, busy % proxy core, load core)" >&2
         printf '%s\t%s\t%s\t%s\n' "$name" "$6" "${peer// /$'\t'}" "${ours// /$'\t'}" >>"$RESULTS"
     done
     printf 'sys\t%s\t%s\t%s\n' "$name" "$(syscalls_per_req "$2" "$3")" "$(syscalls_per_req "$4" "$5")" >>"$RESULTS"
@@ -216,9 +229,10 @@ for line in open(sys.argv[1]):
     if f[0] == "sys":
         sysc[f[1]] = (float(f[2]), float(f[3]))
         continue
-    name, bar, pr, pc, orate, oc = f
+    name, bar, pr, pc, pbusy, plbusy, orate, oc, obusy, olbusy = f
     bars[name] = float(bar)
-    rounds.setdefault(name, []).append((float(pr), float(pc), float(orate), float(oc)))
+    rounds.setdefault(name, []).append((float(pr), float(pc), float(orate), float(oc),
+                                        float(pbusy), float(plbusy), float(obusy), float(olbusy)))
 def spread(xs):
     xs = sorted(xs)
     return statistics.median(xs), f"{statistics.median(xs):.2f} [{xs[0]:.2f}–{xs[-1]:.2f}]"
@@ -226,8 +240,8 @@ print(f"{'pair (peer / portlab)':<27} {'peer req/s':>10} {'portlab':>9} {'ratio 
       f" {'peer CPU':>9} {'portlab':>8} {'ratio CPU/req':>19} {'peer sys':>9} {'portlab':>8}")
 status = 0
 for name, rs in rounds.items():
-    rate_ratio = [o / p for p, _, o, _ in rs if p]
-    cpu_ratio = [oc / pc for _, pc, _, oc in rs if pc]
+    rate_ratio = [r[2] / r[0] for r in rs if r[0]]
+    cpu_ratio = [r[3] / r[1] for r in rs if r[1]]
     med, txt = spread(rate_ratio)
     _, ctxt = spread(cpu_ratio) if cpu_ratio else (0, "n/a")
     ok = med >= bars[name]
@@ -237,5 +251,11 @@ for name, rs in rounds.items():
           f" {txt:>19} {bars[name]:>4} {statistics.median(r[1] for r in rs):>9.2f} {statistics.median(r[3] for r in rs):>8.2f}"
           f" {ctxt:>19} {ps:>9.2f} {os_:>8.2f} {'ok' if ok else 'LOW'}")
 print("CPU: µs of CPU the server/proxy process spent per request; sys: its system calls per request")
+print()
+print(f"{'busy % (median), cores':<27} {'peer: under test':>17} {'load':>5} {'portlab: under test':>20} {'load':>5}")
+for name, rs in rounds.items():
+    med = lambda i: statistics.median(r[i] for r in rs)
+    print(f"{name:<27} {med(4):>17.0f} {med(5):>5.0f} {med(6):>20.0f} {med(7):>5.0f}")
+print("A load core near 100 % while the core under test idles: that run measured wrk + nginx, not the proxy.")
 sys.exit(status)
 PY

@@ -455,22 +455,22 @@ impl ClientConn<'_> {
         head.extend_from_slice(b" HTTP/1.1\r\n");
         let mut has_host = false;
         let mut expect_continue = false;
-        for h in req.headers.iter() {
+        copy_header_lines(&self.cbuf, req.headers, head, |h| {
             if h.name.eq_ignore_ascii_case("expect")
                 && h.value.eq_ignore_ascii_case(b"100-continue")
             {
                 // We answer 100 ourselves and stream the body without waiting for the upstream.
                 expect_continue = framing != BodyFraming::Empty;
-                continue;
+                return false;
             }
             if is_hop_by_hop(h.name)
                 || (facts.conn_options && named_in_connection(req.headers, h.name))
             {
-                continue;
+                return false;
             }
             has_host |= h.name.eq_ignore_ascii_case("host");
-            push_header(head, h.name.as_bytes(), h.value);
-        }
+            true
+        });
         if !has_host {
             push_header(head, b"Host", self.shared.upstream_host.as_bytes());
         }
@@ -759,22 +759,56 @@ fn parse_response(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        if is_hop_by_hop(h.name)
+    copy_header_lines(buf, resp.headers, out, |h| {
+        !(is_hop_by_hop(h.name)
             || (facts.conn_options && named_in_connection(resp.headers, h.name))
-        {
-            continue;
-        }
-        if framing == BodyFraming::Chunked && h.name.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        push_header(out, h.name.as_bytes(), h.value);
-    }
+            || (framing == BodyFraming::Chunked && h.name.eq_ignore_ascii_case("content-length")))
+    });
     Ok(Some(Response {
         head_len,
         framing,
         upstream_keep_alive: facts.keep_alive(resp.version.unwrap_or(1)),
     }))
+}
+
+/// Appends to `out` the header lines of `headers` (parsed by httparse from `buf`) that `keep`
+/// accepts, as the bytes that were read: each run of adjacent kept lines is one copy, not a
+/// re-serialisation of every name and value. A line that does not end in CR LF (httparse also
+/// accepts a bare LF) is written anew as `name: value` CR LF.
+fn copy_header_lines(
+    buf: &[u8],
+    headers: &[httparse::Header<'_>],
+    out: &mut Vec<u8>,
+    mut keep: impl FnMut(&httparse::Header<'_>) -> bool,
+) {
+    let base = buf.as_ptr() as usize;
+    // The pending run of kept raw lines, as a byte range of `buf`.
+    let mut run = 0..0;
+    for h in headers {
+        // httparse's names borrow from `buf`; a line ends at the first LF after its name
+        // (values cannot hold one: obsolete line folding is rejected).
+        let start = (h.name.as_ptr() as usize).wrapping_sub(base);
+        let line_end = buf
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+            .map(|lf| start + lf + 1)
+            .filter(|&end| end >= start + 2 && buf[end - 2] == b'\r');
+        let kept = keep(h);
+        match line_end {
+            Some(end) if kept && run.end == start && !run.is_empty() => run.end = end,
+            Some(end) if kept => {
+                out.extend_from_slice(&buf[run.clone()]);
+                run = start..end;
+            }
+            _ if kept => {
+                out.extend_from_slice(&buf[run.clone()]);
+                run = 0..0;
+                push_header(out, h.name.as_bytes(), h.value);
+            }
+            _ => {}
+        }
+    }
+    out.extend_from_slice(&buf[run]);
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -881,5 +915,67 @@ async fn read_some(
     match result {
         Ok(0) | Err(_) => Err(BodyError::Read),
         Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_of(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut slots);
+        assert!(resp.parse(buf).unwrap().is_complete());
+        resp.headers
+            .iter()
+            .map(|h| (h.name.to_owned(), h.value.to_vec()))
+            .collect()
+    }
+
+    fn copied(buf: &[u8], drop: &[&str]) -> Vec<u8> {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut slots);
+        assert!(resp.parse(buf).unwrap().is_complete());
+        let mut out = Vec::new();
+        copy_header_lines(buf, resp.headers, &mut out, |h| {
+            !drop.iter().any(|d| h.name.eq_ignore_ascii_case(d))
+        });
+        out
+    }
+
+    #[test]
+    fn kept_lines_are_copied_as_read() {
+        let buf = b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\nETag:  \"a b\" \r\n\
+                    Content-Length: 3\r\nKeep-Alive: timeout=5\r\n\r\nabc";
+        assert_eq!(
+            copied(buf, &["connection", "keep-alive"]),
+            b"Server: x\r\nETag:  \"a b\" \r\nContent-Length: 3\r\n".to_vec()
+        );
+        assert_eq!(
+            copied(
+                buf,
+                &[
+                    "server",
+                    "etag",
+                    "content-length",
+                    "connection",
+                    "keep-alive"
+                ]
+            ),
+            b""
+        );
+        assert_eq!(
+            copied(buf, &[]),
+            buf[17..buf.len() - 5].to_vec(),
+            "every line kept: the head's header block byte for byte"
+        );
+    }
+
+    #[test]
+    fn bare_lf_lines_are_rewritten_with_crlf() {
+        let buf = b"HTTP/1.1 200 OK\nA: 1\nB: 2\r\nC: 3\n\n";
+        assert_eq!(headers_of(buf).len(), 3);
+        assert_eq!(copied(buf, &[]), b"A: 1\r\nB: 2\r\nC: 3\r\n".to_vec());
+        assert_eq!(copied(buf, &["b"]), b"A: 1\r\nC: 3\r\n".to_vec());
     }
 }
