@@ -5,10 +5,13 @@
 #   tcp    HAProxy mode tcp → nginx                      vs portlab proxy (tcp)         (bar ≥ 1.1)
 #   http   HAProxy mode http, http-reuse always, server maxconn POOL → nginx
 #                                                        vs portlab proxy --mode http --pool POOL (bar ≥ 1.1)
-# Layout (2 cores): the server or proxy under test alone on core PROXY_CPU; wrk and the upstream
-# nginx on core LOAD_CPU (for the serve pair, nginx is the server under test and moves to
-# PROXY_CPU). Every server/proxy has one thread (nginx 1 worker, HAProxy nbthread 1, portlab
-# --threads 1). Each pair runs ROUNDS rounds, the order alternating every round; per round the
+# Layout (2 cores): the server or proxy under test alone on core PROXY_CPU; wrk on core LOAD_CPU
+# and the upstream nginx on UPSTREAM_CPU (default: LOAD_CPU too; for the serve pair, nginx is
+# the server under test and moves to PROXY_CPU). On 2 cores the load core (wrk + nginx) is
+# usually the busier one, which pulls the req/s ratio of the proxy pairs towards 1.0; the
+# per-round busy % of both cores shows it. With a third core, UPSTREAM_CPU=2 gives nginx its own.
+# Every server/proxy has one thread on its one core (nginx 1 worker, HAProxy nbthread 1 — its
+# nbthread equals the cores it gets —, portlab --threads 1). Each pair runs ROUNDS rounds, the order alternating every round; per round the
 # ratio portlab/peer of requests/s and of CPU per request, printed per round and as the median
 # with its min–max. CPU per request: user+sys time of the process under test (/proc/PID/stat,
 # threads and children included) over wrk's requests. Syscalls per request: a separate
@@ -18,7 +21,8 @@
 # One command for the final figures (quiet machine, ~4 min):  scripts/bench-serve-proxy.sh
 # Development (noisy machine, ~1 min):                       QUICK=1 scripts/bench-serve-proxy.sh
 # Env:   PORTLAB=path  DURATION=5s  CONNS=50  ROUNDS=5  POOL=64  PROXY_CPU=0  LOAD_CPU=1
-#        SYSCALL_DURATION=2s  PAIRS="serve tcp http" (a subset runs only those pairs)  KEEP_TMP=1
+#        UPSTREAM_CPU=LOAD_CPU  SYSCALL_DURATION=2s  KEEP_TMP=1
+#        PAIRS="serve tcp http" (a subset runs only those pairs)
 #        QUICK=1 = ROUNDS=2 DURATION=2s SYSCALL_DURATION=1s unless set.
 # Exit:  0 when every median ratio meets its bar, 1 otherwise, 2 when a tool is missing.
 set -euo pipefail
@@ -32,6 +36,7 @@ ROUNDS=${ROUNDS:-5}
 POOL=${POOL:-64}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+UPSTREAM_CPU=${UPSTREAM_CPU:-$LOAD_CPU}
 SYSCALL_DURATION=${SYSCALL_DURATION:-2s}
 PAIRS=${PAIRS:-serve tcp http}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -175,7 +180,7 @@ backend bk_http
     server nginx 127.0.0.1:$NGINX maxconn $POOL
 EOF
 
-start "$LOAD_CPU" nginx -c "$TMP/nginx.conf" -p "$TMP"
+start "$UPSTREAM_CPU" nginx -c "$TMP/nginx.conf" -p "$TMP"
 NGINX_PID=$LAST_PID
 start "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db
 HA_PID=$LAST_PID
@@ -189,7 +194,7 @@ PX_HTTP_PID=$LAST_PID
 for port in $NGINX $SERVE $HA_TCP $HA_HTTP $PX_TCP $PX_HTTP; do wait_http "$port"; done
 
 echo "wrk -t1 -c$CONNS -d$DURATION keep-alive, $ROUNDS interleaved rounds, $(nproc) CPUs, $(uname -r)"
-echo "under test on core $PROXY_CPU (1 thread each); wrk and the upstream nginx on core $LOAD_CPU"
+echo "under test on core $PROXY_CPU (1 thread each); wrk on core $LOAD_CPU, the upstream nginx on core $UPSTREAM_CPU"
 echo "req/s and CPU µs/req: medians over rounds; ratios: portlab/peer per round, median [min–max]"
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
@@ -215,7 +220,7 @@ for pair in $PAIRS; do
     serve)
         pin "$NGINX_PID" "$PROXY_CPU"
         compare "nginx / portlab serve" "$NGINX" "$NGINX_PID" "$SERVE" "$SERVE_PID" 0.8
-        pin "$NGINX_PID" "$LOAD_CPU" ;;
+        pin "$NGINX_PID" "$UPSTREAM_CPU" ;;
     tcp) compare "HAProxy tcp / proxy tcp" "$HA_TCP" "$HA_PID" "$PX_TCP" "$PX_TCP_PID" 1.1 ;;
     http) compare "HAProxy http / proxy http" "$HA_HTTP" "$HA_PID" "$PX_HTTP" "$PX_HTTP_PID" 1.1 ;;
     *) echo "bench: unknown pair $pair (serve, tcp, http)" >&2; exit 2 ;;
