@@ -104,25 +104,36 @@ core_ticks() {
     awk -v cpu="cpu$1" '$1 == cpu {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat
 }
 
-# Prints "REQ_PER_SEC CPU_US_PER_REQ PROXY_CORE_BUSY_PCT LOAD_CORE_BUSY_PCT" of one wrk run
-# against port $1 (wrk on LOAD_CPU): the CPU process $2 (with its children) spent per request
-# meanwhile, and how busy each core was (whatever ran there). A load core near 100 % while the
-# proxy core has idle time means the run measured the load core (wrk + nginx), not the proxy.
+# Rescheduling interrupts (IPIs) core $1 has received (/proc/interrupts, RES).
+core_ipis() {
+    awk -v col=$(($1 + 2)) '$1 == "RES:" {print $col}' /proc/interrupts
+}
+
+# Prints "REQ_PER_SEC CPU_US_PER_REQ PROXY_CORE_BUSY_PCT LOAD_CORE_BUSY_PCT PROXY_CORE_IPI_PER_REQ"
+# of one wrk run against port $1 (wrk on LOAD_CPU): the CPU process $2 (with its children)
+# spent per request meanwhile, how busy each core was (whatever ran there), and how many
+# wake-up IPIs per request the core under test received (each one a sleeping process woken
+# from the other core, paid by the waker: a VM exit in a guest). A load core near 100 % while
+# the proxy core has idle time means the run measured the load core (wrk + nginx), not the proxy.
 rps() {
-    local before after out pb lb pa la
+    local before after out pb lb pa la ib ia
     before=$(cpu_ticks "$2")
-    pb=$(core_ticks "$PROXY_CPU") lb=$(core_ticks "$LOAD_CPU")
+    pb=$(core_ticks "$PROXY_CPU") lb=$(core_ticks "$LOAD_CPU") ib=$(core_ipis "$PROXY_CPU")
     out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/hello.html")
     after=$(cpu_ticks "$2")
-    pa=$(core_ticks "$PROXY_CPU") la=$(core_ticks "$LOAD_CPU")
-    awk -v cpu=$((after - before)) -v hz="$TICKS_PER_SEC" -v pt="$pb $pa" -v lt="$lb $la" '
+    pa=$(core_ticks "$PROXY_CPU") la=$(core_ticks "$LOAD_CPU") ia=$(core_ipis "$PROXY_CPU")
+    awk -v cpu=$((after - before)) -v hz="$TICKS_PER_SEC" -v pt="$pb $pa" -v lt="$lb $la" \
+        -v ipi=$((ia - ib)) '
         function busy(t, f) {
             split(t, f, " ")
             return (f[3] - f[1] + f[4] - f[2] > 0) ? 100 * (f[3] - f[1]) / (f[3] - f[1] + f[4] - f[2]) : 0
         }
         /^Requests\/sec:/ {rate = $2}
         /requests in/ {n = $1}
-        END {printf "%s %.3f %.0f %.0f\n", rate, (n > 0) ? cpu * 1e6 / hz / n : 0, busy(pt), busy(lt)}' <<<"$out"
+        END {
+            printf "%s %.3f %.0f %.0f %.3f\n", rate, (n > 0) ? cpu * 1e6 / hz / n : 0, busy(pt),
+                busy(lt), (n > 0) ? ipi / n : 0
+        }' <<<"$out"
 }
 
 # Prints syscalls per request of process $2 (all its threads, and its children) over a
@@ -210,7 +221,7 @@ compare() { # name peer_port peer_pid portlab_port portlab_pid bar
         else
             ours=$(rps "$4" "$5"); peer=$(rps "$2" "$3")
         fi
-        echo "    round $round: peer $peer  portlab $ours  (req/s, CPU µs/req, busy % proxy core, load core)" >&2
+        echo "    round $round: peer $peer  portlab $ours  (req/s, CPU µs/req, busy % core under test, load core, IPIs/req)" >&2
         printf '%s\t%s\t%s\t%s\n' "$name" "$6" "${peer// /$'\t'}" "${ours// /$'\t'}" >>"$RESULTS"
     done
     printf 'sys\t%s\t%s\t%s\n' "$name" "$(syscalls_per_req "$2" "$3")" "$(syscalls_per_req "$4" "$5")" >>"$RESULTS"
@@ -234,10 +245,10 @@ for line in open(sys.argv[1]):
     if f[0] == "sys":
         sysc[f[1]] = (float(f[2]), float(f[3]))
         continue
-    name, bar, pr, pc, pbusy, plbusy, orate, oc, obusy, olbusy = f
+    name, bar, pr, pc, pbusy, plbusy, pipi, orate, oc, obusy, olbusy, oipi = f
     bars[name] = float(bar)
-    rounds.setdefault(name, []).append((float(pr), float(pc), float(orate), float(oc),
-                                        float(pbusy), float(plbusy), float(obusy), float(olbusy)))
+    rounds.setdefault(name, []).append(tuple(map(float, (pr, pc, orate, oc, pbusy, plbusy, obusy,
+                                                         olbusy, pipi, oipi))))
 def spread(xs):
     xs = sorted(xs)
     return statistics.median(xs), f"{statistics.median(xs):.2f} [{xs[0]:.2f}–{xs[-1]:.2f}]"
@@ -257,10 +268,13 @@ for name, rs in rounds.items():
           f" {ctxt:>19} {ps:>9.2f} {os_:>8.2f} {'ok' if ok else 'LOW'}")
 print("CPU: µs of CPU the server/proxy process spent per request; sys: its system calls per request")
 print()
-print(f"{'busy % (median), cores':<27} {'peer: under test':>17} {'load':>5} {'portlab: under test':>20} {'load':>5}")
+print(f"{'busy % (median), cores':<27} {'peer: under test':>17} {'load':>5} {'IPIs/req':>9}"
+      f" {'portlab: under test':>20} {'load':>5} {'IPIs/req':>9}")
 for name, rs in rounds.items():
     med = lambda i: statistics.median(r[i] for r in rs)
-    print(f"{name:<27} {med(4):>17.0f} {med(5):>5.0f} {med(6):>20.0f} {med(7):>5.0f}")
-print("A load core near 100 % while the core under test idles: that run measured wrk + nginx, not the proxy.")
+    print(f"{name:<27} {med(4):>17.0f} {med(5):>5.0f} {med(8):>9.3f} {med(6):>20.0f} {med(7):>5.0f}"
+          f" {med(9):>9.3f}")
+print("A load core near 100 % while the core under test idles: that run measured wrk + nginx, not the proxy;")
+print("IPIs/req: wake-ups of the core under test from the other core (its process slept in epoll_wait).")
 sys.exit(status)
 PY
