@@ -2,8 +2,11 @@
 //! HAProxy's `option splice-auto` does: small messages (a read that does not fill
 //! [`COPY_BUFFER_BYTES`]) are copied through a user-space buffer, which costs less than the
 //! pipe's page bookkeeping; from the first read that fills it on, that direction goes
-//! socket → pipe → socket inside the kernel and never through user space. One pipe per
-//! direction; pipes of finished relays go back to a [`PipePool`].
+//! socket → pipe → socket inside the kernel and never through user space. A direction takes
+//! its pipe from a [`PipePool`] only when it switches, so a connection of small messages holds
+//! no pipe (no `pipe2(2)`, no four extra descriptors); a drained pipe goes back to the pool
+//! when its direction ends. When no pipe can be had (out of descriptors) the direction keeps
+//! copying.
 //!
 //! Semantics match `tokio::io::copy_bidirectional`: EOF on one side becomes
 //! `shutdown(SHUT_WR)` on the other and the other direction carries on; the first error of
@@ -117,18 +120,29 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 const COPY_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Relays `src` → `dst` until EOF on `src`, then shuts `dst`'s write side. Small reads are
-/// copied; from the first read that fills [`COPY_BUFFER_BYTES`] on, bytes go through `pipe`.
+/// copied; from the first read that fills [`COPY_BUFFER_BYTES`] on, bytes go through a pipe
+/// taken from `pool` (given back, empty, at EOF; closed on an error, when it may hold bytes).
 /// `moved` counts the bytes written to `dst` as they go, so the total survives an error.
-async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, moved: &mut u64) -> io::Result<()> {
+async fn one_way(
+    src: &TcpStream,
+    dst: &TcpStream,
+    pool: &PipePool,
+    moved: &mut u64,
+) -> io::Result<()> {
     let mut buf = vec![0u8; COPY_BUFFER_BYTES];
-    let mut spliced = false;
+    let mut pipe: Option<Pipe> = None;
+    // A pipe is asked for once: out of descriptors, the direction copies to the end.
+    let mut asked = false;
     loop {
-        let n = if spliced {
-            splice_in(src, pipe).await?
-        } else {
-            read_in(src, &mut buf).await?
+        let n = match &pipe {
+            Some(pipe) => splice_in(src, pipe).await?,
+            None => read_in(src, &mut buf).await?,
         };
         if n == 0 {
+            // Every splice_out drained the pipe before the next read: it is empty.
+            if let Some(pipe) = pipe.take() {
+                pool.give_back(pipe);
+            }
             // EOF: pass the half-close on, as copy_bidirectional does.
             return match socket2::SockRef::from(dst).shutdown(std::net::Shutdown::Write) {
                 Ok(()) => Ok(()),
@@ -137,11 +151,15 @@ async fn one_way(src: &TcpStream, dst: &TcpStream, pipe: &Pipe, moved: &mut u64)
                 Err(e) => Err(e),
             };
         }
-        if spliced {
-            splice_out(pipe, dst, n, moved).await?;
-        } else {
-            write_out(dst, &buf[..n], moved).await?;
-            spliced = n == buf.len();
+        match &pipe {
+            Some(pipe) => splice_out(pipe, dst, n, moved).await?,
+            None => {
+                write_out(dst, &buf[..n], moved).await?;
+                if n == buf.len() && !asked {
+                    asked = true;
+                    pipe = pool.take().ok();
+                }
+            }
         }
     }
 }
@@ -245,34 +263,27 @@ pub(crate) struct Relayed {
     pub(crate) to_client: u64,
 }
 
-/// Relays both directions between `client` and `upstream` with `splice(2)` until both have
-/// sent EOF (`Ok`) or either fails (`Err`, the first error). The byte counts are in `relayed`
-/// either way.
+/// Relays both directions between `client` and `upstream` (copying small messages, splicing
+/// bulk through pipes of `pool`) until both have sent EOF (`Ok`) or either fails (`Err`, the
+/// first error). The byte counts are in `relayed` either way.
 ///
 /// # Errors
 /// The first I/O error of either direction (a reset is `ConnectionReset`).
 pub(crate) async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
-    pipes: (Pipe, Pipe),
     pool: &PipePool,
     relayed: &mut Relayed,
 ) -> io::Result<()> {
-    let (up_pipe, down_pipe) = pipes;
     let Relayed {
         to_upstream,
         to_client,
     } = relayed;
-    let result = tokio::try_join!(
-        one_way(client, upstream, &up_pipe, to_upstream),
-        one_way(upstream, client, &down_pipe, to_client),
-    );
-    if result.is_ok() {
-        // Both directions drained their pipe to the last byte: reusable.
-        pool.give_back(up_pipe);
-        pool.give_back(down_pipe);
-    }
-    result.map(|_| ())
+    tokio::try_join!(
+        one_way(client, upstream, pool, to_upstream),
+        one_way(upstream, client, pool, to_client),
+    )
+    .map(|_| ())
 }
 
 #[cfg(test)]
@@ -293,18 +304,10 @@ mod tests {
         let (mut client, client_side) = pair(&listener).await;
         let (upstream_side, mut upstream) = pair(&listener).await;
         let pool = std::sync::Arc::new(PipePool::default());
-        let pipes = (pool.take().expect("pipe"), pool.take().expect("pipe"));
         let relay_pool = std::sync::Arc::clone(&pool);
         let relay_task = tokio::spawn(async move {
             let mut relayed = Relayed::default();
-            let result = relay(
-                &client_side,
-                &upstream_side,
-                pipes,
-                &relay_pool,
-                &mut relayed,
-            )
-            .await;
+            let result = relay(&client_side, &upstream_side, &relay_pool, &mut relayed).await;
             (result.is_ok(), relayed)
         });
         // More than one pipe's worth each way, so the loop runs many times.
@@ -331,7 +334,11 @@ mod tests {
         assert_eq!(writer.await.expect("writer"), b"reply");
         let (ok, relayed) = relay_task.await.expect("relay");
         assert!(ok);
-        assert_eq!(pool.idle(), 2, "both drained pipes are back in the pool");
+        assert_eq!(
+            pool.idle(),
+            1,
+            "the bulk direction's drained pipe is back in the pool; the 5-byte reply took none"
+        );
         assert_eq!(
             relayed,
             Relayed {
@@ -347,18 +354,10 @@ mod tests {
         let (client, client_side) = pair(&listener).await;
         let (upstream_side, _upstream) = pair(&listener).await;
         let pool = std::sync::Arc::new(PipePool::default());
-        let pipes = (pool.take().expect("pipe"), pool.take().expect("pipe"));
         let relay_pool = std::sync::Arc::clone(&pool);
         let relay_task = tokio::spawn(async move {
             let mut relayed = Relayed::default();
-            relay(
-                &client_side,
-                &upstream_side,
-                pipes,
-                &relay_pool,
-                &mut relayed,
-            )
-            .await
+            relay(&client_side, &upstream_side, &relay_pool, &mut relayed).await
         });
         socket2::SockRef::from(&client)
             .set_linger(Some(std::time::Duration::ZERO))
@@ -372,7 +371,7 @@ mod tests {
         assert_eq!(
             pool.idle(),
             0,
-            "pipes that may hold bytes are closed, not pooled"
+            "no bulk data: no pipe was taken, none is pooled"
         );
     }
 }
