@@ -33,7 +33,7 @@ use crate::http::{
 };
 use crate::net::{add, load};
 use crate::pool::{CheckoutError, Lease, Pool, Upstream};
-use crate::watchdog::Watchdog;
+use crate::watchdog::{DeadlineSlot, Watchdog};
 use crate::UpstreamErrorClass;
 use portlab_load::breaker::{Admission, BreakerConfig, BreakerCounters, CircuitBreaker};
 
@@ -324,6 +324,7 @@ async fn serve_client(client: TcpStream, shared: Arc<Shared>) {
         req_head: Vec::with_capacity(1024),
         out: Vec::with_capacity(8 * 1024),
         upstream_failed: false,
+        deadline: shared.watchdog.slot(),
     };
     let _ = conn.run().await;
 }
@@ -371,6 +372,8 @@ struct ClientConn<'a> {
     out: Vec<u8>,
     /// The current request ended in a 502 or 504 (a failed upstream attempt for the breaker).
     upstream_failed: bool,
+    /// This connection's slot in the watchdog: every timed wait of the connection arms it.
+    deadline: DeadlineSlot,
 }
 
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -414,9 +417,10 @@ impl ClientConn<'_> {
                     return Ok(None);
                 }
             }
-            let deadline = Instant::now() + self.shared.config.client_idle_timeout;
+            let dog = &self.shared.watchdog;
+            let deadline = dog.deadline_after(self.shared.config.client_idle_timeout);
             let read = self.client.read_buf(&mut self.cbuf);
-            let Ok(read) = self.shared.watchdog.deadline(deadline, read).await else {
+            let Ok(read) = dog.within(&self.deadline, deadline, read).await else {
                 add(&self.shared.counters.client_timeouts, 1);
                 return Ok(None);
             };
@@ -512,6 +516,11 @@ impl ClientConn<'_> {
     /// Forwards one request and its response over the pool.
     async fn proxy_upstream(&mut self, request: &Request) -> Outcome {
         let deadline = Instant::now() + self.shared.config.upstream_timeout;
+        // The same deadline on the watchdog's clock, for the wait for the response head.
+        let deadline_ms = self
+            .shared
+            .watchdog
+            .deadline_after(self.shared.config.upstream_timeout);
         let mut fresh = false;
         loop {
             let mut lease = match self.shared.pool.checkout(deadline, fresh).await {
@@ -539,7 +548,10 @@ impl ClientConn<'_> {
                 }
             }
             self.ubuf.clear();
-            match self.read_response_head(&mut lease, request, deadline).await {
+            match self
+                .read_response_head(&mut lease, request, deadline_ms)
+                .await
+            {
                 Ok(response) => return self.send_response(lease, request, response).await,
                 Err(HeadError::Timeout) => return self.gateway_timeout().await,
                 Err(HeadError::Closed) if lease.reused && request.framing == BodyFraming::Empty => {
@@ -584,7 +596,7 @@ impl ClientConn<'_> {
         &mut self,
         lease: &mut Lease,
         request: &Request,
-        deadline: Instant,
+        deadline_ms: u64,
     ) -> Result<Response, HeadError> {
         loop {
             match parse_response(&self.ubuf, request.is_head, &mut self.out) {
@@ -603,7 +615,12 @@ impl ClientConn<'_> {
                 Err(ParseError::Malformed) => return Err(HeadError::Malformed),
             }
             let read = lease.conn.stream.read_buf(&mut self.ubuf);
-            match self.shared.watchdog.deadline(deadline, read).await {
+            match self
+                .shared
+                .watchdog
+                .within(&self.deadline, deadline_ms, read)
+                .await
+            {
                 Err(_) => return Err(HeadError::Timeout),
                 Ok(Ok(0)) | Ok(Err(_)) if self.ubuf.is_empty() => return Err(HeadError::Closed),
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Malformed),
@@ -632,7 +649,11 @@ impl ClientConn<'_> {
         } else {
             b"Via: 1.1 portlab\r\nConnection: close\r\n\r\n"
         });
-        let idle = Some((&self.shared.watchdog, self.shared.config.upstream_timeout));
+        let idle = Some((
+            &self.shared.watchdog,
+            &self.deadline,
+            self.shared.config.upstream_timeout,
+        ));
         let result = forward_body(
             &mut lease.conn.stream,
             &mut self.ubuf,
@@ -829,7 +850,7 @@ async fn forward_body(
     out: &mut Vec<u8>,
     framing: BodyFraming,
     rechunk: bool,
-    read_idle: Option<(&Watchdog, Duration)>,
+    read_idle: Option<(&Watchdog, &DeadlineSlot, Duration)>,
 ) -> Result<u64, BodyError> {
     let mut payload = 0u64;
     match framing {
@@ -899,15 +920,15 @@ async fn write_out(dst: &mut TcpStream, out: &mut Vec<u8>) -> Result<(), BodyErr
 async fn read_some(
     src: &mut TcpStream,
     buf: &mut BytesMut,
-    idle: Option<(&Watchdog, Duration)>,
+    idle: Option<(&Watchdog, &DeadlineSlot, Duration)>,
 ) -> Result<(), BodyError> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(STREAM_CHUNK_BYTES);
     }
     let read = src.read_buf(buf);
     let result = match idle {
-        Some((watchdog, idle)) => watchdog
-            .deadline(Instant::now() + idle, read)
+        Some((watchdog, slot, idle)) => watchdog
+            .within(slot, watchdog.deadline_after(idle), read)
             .await
             .map_err(|_| BodyError::Read)?,
         None => read.await,
