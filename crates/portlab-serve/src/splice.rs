@@ -417,6 +417,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn try_join2_polls_only_the_woken_branch() {
+        use std::sync::atomic::{AtomicBool, AtomicUsize};
+        let polls = Arc::new(AtomicUsize::new(0));
+        let release = Arc::new(AtomicBool::new(false));
+        let b_waker: Arc<Mutex<Option<Waker>>> = Arc::default();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let a = async move {
+            rx.await.map_err(|_| io::Error::other("dropped"))?;
+            Ok(())
+        };
+        let b = std::future::poll_fn({
+            let (polls, release, b_waker) = (polls.clone(), release.clone(), b_waker.clone());
+            move |cx| {
+                polls.fetch_add(1, Ordering::SeqCst);
+                *lock_waker(&b_waker) = Some(cx.waker().clone());
+                if release.load(Ordering::SeqCst) {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                }
+            }
+        });
+        let join = tokio::spawn(TryJoin2::new(a, b));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while lock_waker(&b_waker).is_none() {
+            assert!(std::time::Instant::now() < deadline, "never polled");
+            tokio::task::yield_now().await;
+        }
+        tx.send(()).expect("send");
+        // Branch a completes on its wake-up; b, never woken, is not polled again.
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(polls.load(Ordering::SeqCst), 1);
+        release.store(true, Ordering::SeqCst);
+        lock_waker(&b_waker).take().expect("b's waker").wake();
+        let result = tokio::time::timeout(std::time::Duration::from_secs(5), join)
+            .await
+            .expect("the join ends once b is woken and ready")
+            .expect("task");
+        assert!(result.is_ok());
+        assert_eq!(polls.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
     async fn relays_both_ways_and_passes_half_closes_on() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let (mut client, client_side) = pair(&listener).await;
