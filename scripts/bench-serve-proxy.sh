@@ -5,10 +5,13 @@
 #   tcp    HAProxy mode tcp → nginx                      vs portlab proxy (tcp)         (bar ≥ 1.1)
 #   http   HAProxy mode http, http-reuse always, server maxconn POOL → nginx
 #                                                        vs portlab proxy --mode http --pool POOL (bar ≥ 1.1)
-# Layout (2 cores): the server or proxy under test alone on core PROXY_CPU; wrk and the upstream
-# nginx on core LOAD_CPU (for the serve pair, nginx is the server under test and moves to
-# PROXY_CPU). Every server/proxy has one thread (nginx 1 worker, HAProxy nbthread 1, portlab
-# --threads 1). Each pair runs ROUNDS rounds, the order alternating every round; per round the
+# Layout (2 cores): the server or proxy under test alone on core PROXY_CPU; wrk on core LOAD_CPU
+# and the upstream nginx on UPSTREAM_CPU (default: LOAD_CPU too; for the serve pair, nginx is
+# the server under test and moves to PROXY_CPU). On 2 cores the load core (wrk + nginx) is
+# usually the busier one, which pulls the req/s ratio of the proxy pairs towards 1.0; the
+# per-round busy % of both cores shows it. With a third core, UPSTREAM_CPU=2 gives nginx its own.
+# Every server/proxy has one thread on its one core (nginx 1 worker, HAProxy nbthread 1 — its
+# nbthread equals the cores it gets —, portlab --threads 1). Each pair runs ROUNDS rounds, the order alternating every round; per round the
 # ratio portlab/peer of requests/s and of CPU per request, printed per round and as the median
 # with its min–max. CPU per request: user+sys time of the process under test (/proc/PID/stat,
 # threads and children included) over wrk's requests. Syscalls per request: a separate
@@ -18,7 +21,8 @@
 # One command for the final figures (quiet machine, ~4 min):  scripts/bench-serve-proxy.sh
 # Development (noisy machine, ~1 min):                       QUICK=1 scripts/bench-serve-proxy.sh
 # Env:   PORTLAB=path  DURATION=5s  CONNS=50  ROUNDS=5  POOL=64  PROXY_CPU=0  LOAD_CPU=1
-#        SYSCALL_DURATION=2s  PAIRS="serve tcp http" (a subset runs only those pairs)  KEEP_TMP=1
+#        UPSTREAM_CPU=LOAD_CPU  SYSCALL_DURATION=2s  KEEP_TMP=1
+#        PAIRS="serve tcp http" (a subset runs only those pairs)
 #        QUICK=1 = ROUNDS=2 DURATION=2s SYSCALL_DURATION=1s unless set.
 # Exit:  0 when every median ratio meets its bar, 1 otherwise, 2 when a tool is missing.
 set -euo pipefail
@@ -32,6 +36,7 @@ ROUNDS=${ROUNDS:-5}
 POOL=${POOL:-64}
 PROXY_CPU=${PROXY_CPU:-0}
 LOAD_CPU=${LOAD_CPU:-1}
+UPSTREAM_CPU=${UPSTREAM_CPU:-$LOAD_CPU}
 SYSCALL_DURATION=${SYSCALL_DURATION:-2s}
 PAIRS=${PAIRS:-serve tcp http}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -94,17 +99,41 @@ cpu_ticks() {
 }
 TICKS_PER_SEC=$(getconf CLK_TCK)
 
-# Prints "REQ_PER_SEC CPU_US_PER_REQ" of one wrk run against port $1 (wrk on LOAD_CPU) and the
-# CPU process $2 (with its children) spent per request meanwhile.
+# Busy and idle clock ticks of core $1 ("BUSY IDLE", /proc/stat: idle and iowait count as idle).
+core_ticks() {
+    awk -v cpu="cpu$1" '$1 == cpu {print $2 + $3 + $4 + $7 + $8 + $9, $5 + $6}' /proc/stat
+}
+
+# Rescheduling interrupts (IPIs) core $1 has received (/proc/interrupts, RES).
+core_ipis() {
+    awk -v col=$(($1 + 2)) '$1 == "RES:" {print $col}' /proc/interrupts
+}
+
+# Prints "REQ_PER_SEC CPU_US_PER_REQ PROXY_CORE_BUSY_PCT LOAD_CORE_BUSY_PCT PROXY_CORE_IPI_PER_REQ"
+# of one wrk run against port $1 (wrk on LOAD_CPU): the CPU process $2 (with its children)
+# spent per request meanwhile, how busy each core was (whatever ran there), and how many
+# wake-up IPIs per request the core under test received (each one a sleeping process woken
+# from the other core, paid by the waker: a VM exit in a guest). A load core near 100 % while
+# the proxy core has idle time means the run measured the load core (wrk + nginx), not the proxy.
 rps() {
-    local before after out
+    local before after out pb lb pa la ib ia
     before=$(cpu_ticks "$2")
+    pb=$(core_ticks "$PROXY_CPU") lb=$(core_ticks "$LOAD_CPU") ib=$(core_ipis "$PROXY_CPU")
     out=$(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"$DURATION" "http://127.0.0.1:$1/hello.html")
     after=$(cpu_ticks "$2")
-    awk -v cpu=$((after - before)) -v hz="$TICKS_PER_SEC" '
+    pa=$(core_ticks "$PROXY_CPU") la=$(core_ticks "$LOAD_CPU") ia=$(core_ipis "$PROXY_CPU")
+    awk -v cpu=$((after - before)) -v hz="$TICKS_PER_SEC" -v pt="$pb $pa" -v lt="$lb $la" \
+        -v ipi=$((ia - ib)) '
+        function busy(t, f) {
+            split(t, f, " ")
+            return (f[3] - f[1] + f[4] - f[2] > 0) ? 100 * (f[3] - f[1]) / (f[3] - f[1] + f[4] - f[2]) : 0
+        }
         /^Requests\/sec:/ {rate = $2}
         /requests in/ {n = $1}
-        END {printf "%s %.3f\n", rate, (n > 0) ? cpu * 1e6 / hz / n : 0}' <<<"$out"
+        END {
+            printf "%s %.3f %.0f %.0f %.3f\n", rate, (n > 0) ? cpu * 1e6 / hz / n : 0, busy(pt),
+                busy(lt), (n > 0) ? ipi / n : 0
+        }' <<<"$out"
 }
 
 # Prints syscalls per request of process $2 (all its threads, and its children) over a
@@ -162,7 +191,7 @@ backend bk_http
     server nginx 127.0.0.1:$NGINX maxconn $POOL
 EOF
 
-start "$LOAD_CPU" nginx -c "$TMP/nginx.conf" -p "$TMP"
+start "$UPSTREAM_CPU" nginx -c "$TMP/nginx.conf" -p "$TMP"
 NGINX_PID=$LAST_PID
 start "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db
 HA_PID=$LAST_PID
@@ -176,7 +205,7 @@ PX_HTTP_PID=$LAST_PID
 for port in $NGINX $SERVE $HA_TCP $HA_HTTP $PX_TCP $PX_HTTP; do wait_http "$port"; done
 
 echo "wrk -t1 -c$CONNS -d$DURATION keep-alive, $ROUNDS interleaved rounds, $(nproc) CPUs, $(uname -r)"
-echo "under test on core $PROXY_CPU (1 thread each); wrk and the upstream nginx on core $LOAD_CPU"
+echo "under test on core $PROXY_CPU (1 thread each); wrk on core $LOAD_CPU, the upstream nginx on core $UPSTREAM_CPU"
 echo "req/s and CPU µs/req: medians over rounds; ratios: portlab/peer per round, median [min–max]"
 RESULTS=$TMP/results.tsv
 : >"$RESULTS"
@@ -192,7 +221,7 @@ compare() { # name peer_port peer_pid portlab_port portlab_pid bar
         else
             ours=$(rps "$4" "$5"); peer=$(rps "$2" "$3")
         fi
-        echo "    round $round: peer $peer  portlab $ours  (req/s, CPU µs/req)" >&2
+        echo "    round $round: peer $peer  portlab $ours  (req/s, CPU µs/req, busy % core under test, load core, IPIs/req)" >&2
         printf '%s\t%s\t%s\t%s\n' "$name" "$6" "${peer// /$'\t'}" "${ours// /$'\t'}" >>"$RESULTS"
     done
     printf 'sys\t%s\t%s\t%s\n' "$name" "$(syscalls_per_req "$2" "$3")" "$(syscalls_per_req "$4" "$5")" >>"$RESULTS"
@@ -202,7 +231,7 @@ for pair in $PAIRS; do
     serve)
         pin "$NGINX_PID" "$PROXY_CPU"
         compare "nginx / portlab serve" "$NGINX" "$NGINX_PID" "$SERVE" "$SERVE_PID" 0.8
-        pin "$NGINX_PID" "$LOAD_CPU" ;;
+        pin "$NGINX_PID" "$UPSTREAM_CPU" ;;
     tcp) compare "HAProxy tcp / proxy tcp" "$HA_TCP" "$HA_PID" "$PX_TCP" "$PX_TCP_PID" 1.1 ;;
     http) compare "HAProxy http / proxy http" "$HA_HTTP" "$HA_PID" "$PX_HTTP" "$PX_HTTP_PID" 1.1 ;;
     *) echo "bench: unknown pair $pair (serve, tcp, http)" >&2; exit 2 ;;
@@ -216,9 +245,10 @@ for line in open(sys.argv[1]):
     if f[0] == "sys":
         sysc[f[1]] = (float(f[2]), float(f[3]))
         continue
-    name, bar, pr, pc, orate, oc = f
+    name, bar, pr, pc, pbusy, plbusy, pipi, orate, oc, obusy, olbusy, oipi = f
     bars[name] = float(bar)
-    rounds.setdefault(name, []).append((float(pr), float(pc), float(orate), float(oc)))
+    rounds.setdefault(name, []).append(tuple(map(float, (pr, pc, orate, oc, pbusy, plbusy, obusy,
+                                                         olbusy, pipi, oipi))))
 def spread(xs):
     xs = sorted(xs)
     return statistics.median(xs), f"{statistics.median(xs):.2f} [{xs[0]:.2f}–{xs[-1]:.2f}]"
@@ -226,8 +256,8 @@ print(f"{'pair (peer / portlab)':<27} {'peer req/s':>10} {'portlab':>9} {'ratio 
       f" {'peer CPU':>9} {'portlab':>8} {'ratio CPU/req':>19} {'peer sys':>9} {'portlab':>8}")
 status = 0
 for name, rs in rounds.items():
-    rate_ratio = [o / p for p, _, o, _ in rs if p]
-    cpu_ratio = [oc / pc for _, pc, _, oc in rs if pc]
+    rate_ratio = [r[2] / r[0] for r in rs if r[0]]
+    cpu_ratio = [r[3] / r[1] for r in rs if r[1]]
     med, txt = spread(rate_ratio)
     _, ctxt = spread(cpu_ratio) if cpu_ratio else (0, "n/a")
     ok = med >= bars[name]
@@ -237,5 +267,14 @@ for name, rs in rounds.items():
           f" {txt:>19} {bars[name]:>4} {statistics.median(r[1] for r in rs):>9.2f} {statistics.median(r[3] for r in rs):>8.2f}"
           f" {ctxt:>19} {ps:>9.2f} {os_:>8.2f} {'ok' if ok else 'LOW'}")
 print("CPU: µs of CPU the server/proxy process spent per request; sys: its system calls per request")
+print()
+print(f"{'busy % (median), cores':<27} {'peer: under test':>17} {'load':>5} {'IPIs/req':>9}"
+      f" {'portlab: under test':>20} {'load':>5} {'IPIs/req':>9}")
+for name, rs in rounds.items():
+    med = lambda i: statistics.median(r[i] for r in rs)
+    print(f"{name:<27} {med(4):>17.0f} {med(5):>5.0f} {med(8):>9.3f} {med(6):>20.0f} {med(7):>5.0f}"
+          f" {med(9):>9.3f}")
+print("A load core near 100 % while the core under test idles: that run measured wrk + nginx, not the proxy;")
+print("IPIs/req: wake-ups of the core under test from the other core (its process slept in epoll_wait).")
 sys.exit(status)
 PY

@@ -33,7 +33,7 @@ use crate::http::{
 };
 use crate::net::{add, load};
 use crate::pool::{CheckoutError, Lease, Pool, Upstream};
-use crate::watchdog::Watchdog;
+use crate::watchdog::{DeadlineSlot, Watchdog};
 use crate::UpstreamErrorClass;
 use portlab_load::breaker::{Admission, BreakerConfig, BreakerCounters, CircuitBreaker};
 
@@ -324,6 +324,7 @@ async fn serve_client(client: TcpStream, shared: Arc<Shared>) {
         req_head: Vec::with_capacity(1024),
         out: Vec::with_capacity(8 * 1024),
         upstream_failed: false,
+        deadline: shared.watchdog.slot(),
     };
     let _ = conn.run().await;
 }
@@ -371,6 +372,8 @@ struct ClientConn<'a> {
     out: Vec<u8>,
     /// The current request ended in a 502 or 504 (a failed upstream attempt for the breaker).
     upstream_failed: bool,
+    /// This connection's slot in the watchdog: every timed wait of the connection arms it.
+    deadline: DeadlineSlot,
 }
 
 const CONTINUE_100: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
@@ -414,9 +417,10 @@ impl ClientConn<'_> {
                     return Ok(None);
                 }
             }
-            let deadline = Instant::now() + self.shared.config.client_idle_timeout;
+            let dog = &self.shared.watchdog;
+            let deadline = dog.deadline_after(self.shared.config.client_idle_timeout);
             let read = self.client.read_buf(&mut self.cbuf);
-            let Ok(read) = self.shared.watchdog.deadline(deadline, read).await else {
+            let Ok(read) = dog.within(&self.deadline, deadline, read).await else {
                 add(&self.shared.counters.client_timeouts, 1);
                 return Ok(None);
             };
@@ -455,22 +459,22 @@ impl ClientConn<'_> {
         head.extend_from_slice(b" HTTP/1.1\r\n");
         let mut has_host = false;
         let mut expect_continue = false;
-        for h in req.headers.iter() {
+        copy_header_lines(&self.cbuf, req.headers, head, |h| {
             if h.name.eq_ignore_ascii_case("expect")
                 && h.value.eq_ignore_ascii_case(b"100-continue")
             {
                 // We answer 100 ourselves and stream the body without waiting for the upstream.
                 expect_continue = framing != BodyFraming::Empty;
-                continue;
+                return false;
             }
             if is_hop_by_hop(h.name)
                 || (facts.conn_options && named_in_connection(req.headers, h.name))
             {
-                continue;
+                return false;
             }
             has_host |= h.name.eq_ignore_ascii_case("host");
-            push_header(head, h.name.as_bytes(), h.value);
-        }
+            true
+        });
         if !has_host {
             push_header(head, b"Host", self.shared.upstream_host.as_bytes());
         }
@@ -512,6 +516,11 @@ impl ClientConn<'_> {
     /// Forwards one request and its response over the pool.
     async fn proxy_upstream(&mut self, request: &Request) -> Outcome {
         let deadline = Instant::now() + self.shared.config.upstream_timeout;
+        // The same deadline on the watchdog's clock, for the wait for the response head.
+        let deadline_ms = self
+            .shared
+            .watchdog
+            .deadline_after(self.shared.config.upstream_timeout);
         let mut fresh = false;
         loop {
             let mut lease = match self.shared.pool.checkout(deadline, fresh).await {
@@ -539,7 +548,10 @@ impl ClientConn<'_> {
                 }
             }
             self.ubuf.clear();
-            match self.read_response_head(&mut lease, request, deadline).await {
+            match self
+                .read_response_head(&mut lease, request, deadline_ms)
+                .await
+            {
                 Ok(response) => return self.send_response(lease, request, response).await,
                 Err(HeadError::Timeout) => return self.gateway_timeout().await,
                 Err(HeadError::Closed) if lease.reused && request.framing == BodyFraming::Empty => {
@@ -584,7 +596,7 @@ impl ClientConn<'_> {
         &mut self,
         lease: &mut Lease,
         request: &Request,
-        deadline: Instant,
+        deadline_ms: u64,
     ) -> Result<Response, HeadError> {
         loop {
             match parse_response(&self.ubuf, request.is_head, &mut self.out) {
@@ -603,7 +615,12 @@ impl ClientConn<'_> {
                 Err(ParseError::Malformed) => return Err(HeadError::Malformed),
             }
             let read = lease.conn.stream.read_buf(&mut self.ubuf);
-            match self.shared.watchdog.deadline(deadline, read).await {
+            match self
+                .shared
+                .watchdog
+                .within(&self.deadline, deadline_ms, read)
+                .await
+            {
                 Err(_) => return Err(HeadError::Timeout),
                 Ok(Ok(0)) | Ok(Err(_)) if self.ubuf.is_empty() => return Err(HeadError::Closed),
                 Ok(Ok(0)) | Ok(Err(_)) => return Err(HeadError::Malformed),
@@ -632,7 +649,11 @@ impl ClientConn<'_> {
         } else {
             b"Via: 1.1 portlab\r\nConnection: close\r\n\r\n"
         });
-        let idle = Some((&self.shared.watchdog, self.shared.config.upstream_timeout));
+        let idle = Some((
+            &self.shared.watchdog,
+            &self.deadline,
+            self.shared.config.upstream_timeout,
+        ));
         let result = forward_body(
             &mut lease.conn.stream,
             &mut self.ubuf,
@@ -759,22 +780,56 @@ fn parse_response(
     out.push(b' ');
     out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
     out.extend_from_slice(b"\r\n");
-    for h in resp.headers.iter() {
-        if is_hop_by_hop(h.name)
+    copy_header_lines(buf, resp.headers, out, |h| {
+        !(is_hop_by_hop(h.name)
             || (facts.conn_options && named_in_connection(resp.headers, h.name))
-        {
-            continue;
-        }
-        if framing == BodyFraming::Chunked && h.name.eq_ignore_ascii_case("content-length") {
-            continue;
-        }
-        push_header(out, h.name.as_bytes(), h.value);
-    }
+            || (framing == BodyFraming::Chunked && h.name.eq_ignore_ascii_case("content-length")))
+    });
     Ok(Some(Response {
         head_len,
         framing,
         upstream_keep_alive: facts.keep_alive(resp.version.unwrap_or(1)),
     }))
+}
+
+/// Appends to `out` the header lines of `headers` (parsed by httparse from `buf`) that `keep`
+/// accepts, as the bytes that were read: each run of adjacent kept lines is one copy, not a
+/// re-serialisation of every name and value. A line that does not end in CR LF (httparse also
+/// accepts a bare LF) is written anew as `name: value` CR LF.
+fn copy_header_lines(
+    buf: &[u8],
+    headers: &[httparse::Header<'_>],
+    out: &mut Vec<u8>,
+    mut keep: impl FnMut(&httparse::Header<'_>) -> bool,
+) {
+    let base = buf.as_ptr() as usize;
+    // The pending run of kept raw lines, as a byte range of `buf`.
+    let mut run = 0..0;
+    for h in headers {
+        // httparse's names borrow from `buf`; a line ends at the first LF after its name
+        // (values cannot hold one: obsolete line folding is rejected).
+        let start = (h.name.as_ptr() as usize).wrapping_sub(base);
+        let line_end = buf
+            .get(start..)
+            .and_then(|rest| rest.iter().position(|&b| b == b'\n'))
+            .map(|lf| start + lf + 1)
+            .filter(|&end| end >= start + 2 && buf[end - 2] == b'\r');
+        let kept = keep(h);
+        match line_end {
+            Some(end) if kept && run.end == start && !run.is_empty() => run.end = end,
+            Some(end) if kept => {
+                out.extend_from_slice(&buf[run.clone()]);
+                run = start..end;
+            }
+            _ if kept => {
+                out.extend_from_slice(&buf[run.clone()]);
+                run = 0..0;
+                push_header(out, h.name.as_bytes(), h.value);
+            }
+            _ => {}
+        }
+    }
+    out.extend_from_slice(&buf[run]);
 }
 
 fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
@@ -795,7 +850,7 @@ async fn forward_body(
     out: &mut Vec<u8>,
     framing: BodyFraming,
     rechunk: bool,
-    read_idle: Option<(&Watchdog, Duration)>,
+    read_idle: Option<(&Watchdog, &DeadlineSlot, Duration)>,
 ) -> Result<u64, BodyError> {
     let mut payload = 0u64;
     match framing {
@@ -865,15 +920,15 @@ async fn write_out(dst: &mut TcpStream, out: &mut Vec<u8>) -> Result<(), BodyErr
 async fn read_some(
     src: &mut TcpStream,
     buf: &mut BytesMut,
-    idle: Option<(&Watchdog, Duration)>,
+    idle: Option<(&Watchdog, &DeadlineSlot, Duration)>,
 ) -> Result<(), BodyError> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(STREAM_CHUNK_BYTES);
     }
     let read = src.read_buf(buf);
     let result = match idle {
-        Some((watchdog, idle)) => watchdog
-            .deadline(Instant::now() + idle, read)
+        Some((watchdog, slot, idle)) => watchdog
+            .within(slot, watchdog.deadline_after(idle), read)
             .await
             .map_err(|_| BodyError::Read)?,
         None => read.await,
@@ -881,5 +936,67 @@ async fn read_some(
     match result {
         Ok(0) | Err(_) => Err(BodyError::Read),
         Ok(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers_of(buf: &[u8]) -> Vec<(String, Vec<u8>)> {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut slots);
+        assert!(resp.parse(buf).unwrap().is_complete());
+        resp.headers
+            .iter()
+            .map(|h| (h.name.to_owned(), h.value.to_vec()))
+            .collect()
+    }
+
+    fn copied(buf: &[u8], drop: &[&str]) -> Vec<u8> {
+        let mut slots = [httparse::EMPTY_HEADER; 16];
+        let mut resp = httparse::Response::new(&mut slots);
+        assert!(resp.parse(buf).unwrap().is_complete());
+        let mut out = Vec::new();
+        copy_header_lines(buf, resp.headers, &mut out, |h| {
+            !drop.iter().any(|d| h.name.eq_ignore_ascii_case(d))
+        });
+        out
+    }
+
+    #[test]
+    fn kept_lines_are_copied_as_read() {
+        let buf = b"HTTP/1.1 200 OK\r\nServer: x\r\nConnection: keep-alive\r\nETag:  \"a b\" \r\n\
+                    Content-Length: 3\r\nKeep-Alive: timeout=5\r\n\r\nabc";
+        assert_eq!(
+            copied(buf, &["connection", "keep-alive"]),
+            b"Server: x\r\nETag:  \"a b\" \r\nContent-Length: 3\r\n".to_vec()
+        );
+        assert_eq!(
+            copied(
+                buf,
+                &[
+                    "server",
+                    "etag",
+                    "content-length",
+                    "connection",
+                    "keep-alive"
+                ]
+            ),
+            b""
+        );
+        assert_eq!(
+            copied(buf, &[]),
+            buf[17..buf.len() - 5].to_vec(),
+            "every line kept: the head's header block byte for byte"
+        );
+    }
+
+    #[test]
+    fn bare_lf_lines_are_rewritten_with_crlf() {
+        let buf = b"HTTP/1.1 200 OK\nA: 1\nB: 2\r\nC: 3\n\n";
+        assert_eq!(headers_of(buf).len(), 3);
+        assert_eq!(copied(buf, &[]), b"A: 1\r\nB: 2\r\nC: 3\r\n".to_vec());
+        assert_eq!(copied(buf, &["b"]), b"A: 1\r\nC: 3\r\n".to_vec());
     }
 }

@@ -3,31 +3,25 @@
 //! leg, exactly what portproxy shows), bytes are relayed unchanged, and a half-close on one
 //! side (FIN) is passed on as `shutdown(SHUT_WR)` on the other.
 //!
-//! The bytes go socket → pipe → socket with `splice(2)` (as HAProxy does), never through a
-//! user-space buffer; when no pipe can be had (out of file descriptors) that connection is
-//! relayed through two [`RELAY_BUFFER_BYTES`] buffers instead.
+//! Small messages are copied through a 16 KiB buffer per direction; bulk transfers go
+//! socket → pipe → socket with `splice(2)` (HAProxy's `splice-auto`), never through user space,
+//! with a pipe taken from a pool only by a direction that switches (see `splice.rs`).
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::accept::{accept_loop, ConnCounters};
 use crate::net::{add, connect_upstream, load, ClassCounters};
 use crate::splice::{relay, PipePool, Relayed};
 use crate::UpstreamErrorClass;
-
-/// Relay buffer per direction when no pipe can be had for `splice(2)`, bytes.
-const RELAY_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Where and how the forwarder connects.
 #[derive(Debug, Clone, Serialize)]
@@ -189,33 +183,12 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) {
             }
         };
     add(&c.upstream_connects, 1);
-    let pipes = match (shared.pipes.take(), shared.pipes.take()) {
-        (Ok(a), Ok(b)) => Some((a, b)),
-        _ => None,
-    };
-    if let Some(pipes) = pipes {
-        let mut relayed = Relayed::default();
-        let result = relay(&client, &upstream, pipes, &shared.pipes, &mut relayed).await;
-        add(&c.to_client, relayed.to_client);
-        add(&c.to_upstream, relayed.to_upstream);
-        if let Err(err) = result {
-            relay_failed(c, &err, &client, &upstream);
-        }
-        return;
-    }
-    let mut client = Counting::new(client);
-    let mut upstream = Counting::new(upstream);
-    let result = tokio::io::copy_bidirectional_with_sizes(
-        &mut client,
-        &mut upstream,
-        RELAY_BUFFER_BYTES,
-        RELAY_BUFFER_BYTES,
-    )
-    .await;
-    add(&c.to_client, client.written);
-    add(&c.to_upstream, upstream.written);
+    let mut relayed = Relayed::default();
+    let result = relay(&client, &upstream, &shared.pipes, &mut relayed).await;
+    add(&c.to_client, relayed.to_client);
+    add(&c.to_upstream, relayed.to_upstream);
     if let Err(err) = result {
-        relay_failed(c, &err, &client.inner, &upstream.inner);
+        relay_failed(c, &err, &client, &upstream);
     }
 }
 
@@ -224,48 +197,4 @@ fn relay_failed(c: &Counters, err: &io::Error, client: &TcpStream, upstream: &Tc
     c.relay_errors.add(UpstreamErrorClass::from_io(err));
     let _ = socket2::SockRef::from(client).set_linger(Some(Duration::ZERO));
     let _ = socket2::SockRef::from(upstream).set_linger(Some(Duration::ZERO));
-}
-
-/// A stream that counts the bytes written to it, so byte totals survive a relay error.
-struct Counting<S> {
-    inner: S,
-    written: u64,
-}
-
-impl<S> Counting<S> {
-    fn new(inner: S) -> Self {
-        Counting { inner, written: 0 }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Counting<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Counting<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if let Poll::Ready(Ok(n)) = poll {
-            self.written += n as u64;
-        }
-        poll
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
