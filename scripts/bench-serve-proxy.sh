@@ -24,6 +24,10 @@
 #        UPSTREAM_CPU=LOAD_CPU  SYSCALL_DURATION=2s  KEEP_TMP=1
 #        PAIRS="serve tcp http" (a subset runs only those pairs)
 #        QUICK=1 = ROUNDS=2 DURATION=2s SYSCALL_DURATION=1s unless set.
+#        QUOTA_PCT=40 caps the servers/proxies under test (both peers alike) at 40 % of a core
+#        with a CFS bandwidth quota (a cgroup: v1 cpu.cfs_quota_us or v2 cpu.max), so the
+#        process under test, not wrk + nginx on the load core, bounds req/s: on 2 cores the
+#        only layout where the req/s ratio measures the proxy. CPU/req is unaffected.
 # Exit:  0 when every median ratio meets its bar, 1 otherwise, 2 when a tool is missing.
 set -euo pipefail
 
@@ -55,6 +59,7 @@ PIDS=()
 cleanup() {
     for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+    if [[ -n ${QUOTA_CG:-} ]]; then rmdir "$QUOTA_CG" 2>/dev/null || true; fi
     if [[ -n ${KEEP_TMP:-} ]]; then echo "bench: logs kept in $TMP" >&2; else rm -rf "$TMP"; fi
 }
 trap cleanup EXIT INT TERM
@@ -203,6 +208,29 @@ start "$PROXY_CPU" "$PORTLAB" proxy --mode http --pool "$POOL" --listen "127.0.0
     --connect "127.0.0.1:$NGINX" --threads 1
 PX_HTTP_PID=$LAST_PID
 for port in $NGINX $SERVE $HA_TCP $HA_HTTP $PX_TCP $PX_HTTP; do wait_http "$port"; done
+
+# QUOTA_PCT: one CFS-bandwidth cgroup for the processes under test (only one of them serves
+# at a time, so they never share the quota). Removed on exit.
+QUOTA_CG=
+if [[ -n ${QUOTA_PCT:-} ]]; then
+    quota_us=$((QUOTA_PCT * 1000))
+    if [[ -f /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]]; then
+        QUOTA_CG=/sys/fs/cgroup/cpu/portlab-bench-$$
+        mkdir "$QUOTA_CG"
+        echo 100000 >"$QUOTA_CG/cpu.cfs_period_us"
+        echo "$quota_us" >"$QUOTA_CG/cpu.cfs_quota_us"
+    elif [[ -f /sys/fs/cgroup/cgroup.controllers ]] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers; then
+        QUOTA_CG=/sys/fs/cgroup/portlab-bench-$$
+        grep -qw cpu /sys/fs/cgroup/cgroup.subtree_control || echo +cpu >/sys/fs/cgroup/cgroup.subtree_control
+        mkdir "$QUOTA_CG"
+        echo "$quota_us 100000" >"$QUOTA_CG/cpu.max"
+    else
+        echo "bench: QUOTA_PCT needs the cgroup cpu controller (v1 or v2)" >&2
+        exit 2
+    fi
+    for pid in "$HA_PID" "$SERVE_PID" "$PX_TCP_PID" "$PX_HTTP_PID"; do echo "$pid" >"$QUOTA_CG/cgroup.procs"; done
+    echo "under test capped at $QUOTA_PCT % of a core (CFS quota, $QUOTA_CG); nginx as server under test is not capped"
+fi
 
 echo "wrk -t1 -c$CONNS -d$DURATION keep-alive, $ROUNDS interleaved rounds, $(nproc) CPUs, $(uname -r)"
 echo "under test on core $PROXY_CPU (1 thread each); wrk on core $LOAD_CPU, the upstream nginx on core $UPSTREAM_CPU"
