@@ -14,7 +14,7 @@ fn main() {
     let clang = std::env::var("PORTLAB_BPF_CLANG").unwrap_or_else(|_| "clang".to_string());
     let result = Command::new(&clang)
         .args([
-            "-target", "bpf", "-O2", "-g", "-Wall", "-Werror", "-c", src, "-o",
+            "-target", "bpf", "-mcpu=v3", "-O2", "-g", "-Wall", "-Werror", "-c", src, "-o",
         ])
         .arg(&obj)
         .output();

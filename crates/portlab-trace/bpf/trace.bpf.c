@@ -35,6 +35,7 @@ typedef long long __s64;
 #define BPF_MAP_TYPE_HASH 1
 #define BPF_MAP_TYPE_ARRAY 2
 #define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_MAP_TYPE_LRU_HASH 9
 #define BPF_ANY 0
 #define BPF_NOEXIST 1
 
@@ -118,9 +119,11 @@ struct task_struct {
     struct nsproxy *nsproxy;
 } __attribute__((preserve_access_index));
 
-// ---- maps (layouts mirrored in src/bpf.rs) ----
+// ---- maps and constants (layouts mirrored in src/bpf.rs) ----
 
-// What to count; written once by user space before the programs attach.
+// What to count: a read-only global (.rodata) that user space sets when it loads the object
+// (aya EbpfLoader::override_global) and the kernel freezes, so the verifier reads every field as
+// a constant and prunes the filters that are off: no map lookup per event for the config.
 struct config {
     __u32 tgid;         // 0: every process
     __u16 dport;        // 0: every destination
@@ -132,6 +135,8 @@ struct config {
     __u32 syscalls;     // 1: the two syscall tracepoints are attached
     __u32 pad;
 };
+
+volatile const struct config cfg = {};
 
 struct flow_key {
     __u32 tgid;
@@ -161,19 +166,18 @@ struct flow {
     char comm[16];
 };
 
+// Failures are keyed by the flow's slot in `counters` (8 bytes to hash, not 28).
 struct errno_key {
-    struct flow_key flow;
+    __u32 slot;
     __s32 err;
-    __u32 pad;
 };
 
 #define PHASE_CONNECTING 1
 #define PHASE_ESTABLISHED 2
 struct sock_state {
-    struct flow_key key;
     __u64 syn_sent_ns;
+    __u32 slot;
     __u32 phase;
-    __u32 pad;
 };
 
 struct tuple {
@@ -186,10 +190,11 @@ struct tuple {
 // A socket that left SYN_SENT for CLOSE and waits for its errno (error report or connect()
 // return). User space counts the ones that wait longer than 50 ms (src/bpf.rs).
 struct failed {
-    struct flow_key key;
     __u64 closed_ns;
-    struct tuple tuple;
+    __u32 slot;
     __u32 no_port;
+    struct tuple tuple;
+    __u32 pad;
 };
 
 struct call {
@@ -209,20 +214,31 @@ struct stats {
 
 #define MAX_FLOWS 4096
 
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct config);
-} config SEC(".maps");
-
-// One more than MAX_FLOWS: user space inserts the overflow row (tgid 0, :: port 0) first.
+// (tgid, destination) -> slot in `counters`; user space inserts the overflow row (tgid 0,
+// :: port 0 -> slot 0) first, so one more than MAX_FLOWS.
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, MAX_FLOWS + 1);
     __type(key, struct flow_key);
-    __type(value, struct flow);
+    __type(value, __u32);
 } flows SEC(".maps");
+
+// The counters of each flow, by slot (0: the overflow row). An array: the verifier inlines its
+// lookups, so the transitions after SYN_SENT reach their counters without hashing a key.
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, MAX_FLOWS + 1);
+    __type(key, __u32);
+    __type(value, struct flow);
+} counters SEC(".maps");
+
+// The last slot handed out (slots are 1..MAX_FLOWS).
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u32);
+} next_slot SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -252,8 +268,11 @@ struct {
     __type(value, __u64);
 } by_tuple SEC(".maps");
 
+// Thread id -> the socket its current connect() moved to SYN_SENT (0: none). Entries are
+// written in place, never deleted per call (an update or delete takes a bucket lock; a lookup
+// does not); an LRU hash, so threads that exited make room.
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 16384);
     __type(key, __u32);
     __type(value, struct call);
@@ -301,7 +320,7 @@ INLINE void copy16(__u8 *dst, const __u8 *src) {
 }
 
 // 16 bytes equal? (__builtin_memcmp would be a call to memcmp, which BPF has not.)
-INLINE int same16(const __u8 *a, const __u8 *b) {
+INLINE int same16(const volatile __u8 *a, const __u8 *b) {
     int diff = 0;
 #pragma unroll
     for (int i = 0; i < 16; i++)
@@ -309,13 +328,14 @@ INLINE int same16(const __u8 *a, const __u8 *b) {
     return diff == 0;
 }
 
-// Whether the current task passes the --pid, --cgroup and --netns filters.
-INLINE int task_selected(const struct config *c, __u32 tgid) {
-    if (c->tgid && c->tgid != tgid)
+// Whether the current task passes the --pid, --cgroup and --netns filters (constants: the
+// verifier drops the tests of the filters that are off).
+INLINE int task_selected(__u32 tgid) {
+    if (cfg.tgid && cfg.tgid != tgid)
         return 0;
-    if (c->cgroup_id && bpf_get_current_ancestor_cgroup_id(c->cgroup_level) != c->cgroup_id)
+    if (cfg.cgroup_id && bpf_get_current_ancestor_cgroup_id(cfg.cgroup_level) != cfg.cgroup_id)
         return 0;
-    if (c->netns) {
+    if (cfg.netns) {
         struct task_struct *t = (void *)bpf_get_current_task();
         struct nsproxy *nsp = 0;
         struct net *net = 0;
@@ -327,7 +347,7 @@ INLINE int task_selected(const struct config *c, __u32 tgid) {
         if (!net)
             return 0;
         bpf_probe_read_kernel(&inum, sizeof(inum), &net->ns.inum);
-        if (inum != c->netns)
+        if (inum != cfg.netns)
             return 0;
     }
     return 1;
@@ -350,10 +370,10 @@ INLINE void count_in(void *map, const void *key) {
     __sync_fetch_and_add(n, 1);
 }
 
-INLINE void fail(struct flow *f, const struct flow_key *key, __s32 err, __u64 now) {
-    struct errno_key ek = {};
-    ek.flow = *key;
-    ek.err = err;
+INLINE struct flow *counters_of(__u32 slot) { return bpf_map_lookup_elem(&counters, &slot); }
+
+INLINE void fail(struct flow *f, __u32 slot, __s32 err, __u64 now) {
+    struct errno_key ek = {.slot = slot, .err = err};
     count_in(&failures, &ek);
     if (!f->first_failure_ns)
         f->first_failure_ns = now;
@@ -375,148 +395,197 @@ INLINE void record_search(struct flow *f, __u64 ns) {
 }
 
 // Counts a socket that waited in `failed` with the errno that came (0: none).
-INLINE void finish_failed(__u64 sk, struct failed *w, __s32 err, __u64 now) {
+INLINE void finish_failed(__u64 sk, struct failed *w, __s32 err) {
     struct failed copy = *w;
     if (bpf_map_delete_elem(&failed, &sk) != 0)
         return; // user space or another CPU counted it
     if (!copy.no_port)
         bpf_map_delete_elem(&by_tuple, &copy.tuple);
-    struct flow *f = bpf_map_lookup_elem(&flows, &copy.key);
+    struct flow *f = counters_of(copy.slot);
     if (!f)
         return;
     if (!err && copy.no_port)
         err = EADDRNOTAVAIL;
     if (err)
-        fail(f, &copy.key, err, now);
+        fail(f, copy.slot, err, bpf_ktime_get_ns());
     else
         __sync_fetch_and_add(&f->abandoned, 1);
 }
 
-INLINE void syn_sent(const struct set_state_args *ctx, __u64 sk, __u64 now) {
+// The slot of (tgid, destination) in `counters`, creating the flow on its first connect;
+// slot 0 (the overflow row) once MAX_FLOWS flows exist. -1: not counted (lost).
+INLINE long flow_slot(const struct flow_key *key) {
+    __u32 *found = bpf_map_lookup_elem(&flows, key);
+    if (found)
+        return *found;
+    __u32 *next = bpf_map_lookup_elem(&next_slot, &ZERO);
+    if (!next)
+        return -1;
+    __u32 slot = __sync_fetch_and_add(next, 1) + 1;
+    long err = -E2BIG;
+    if (slot <= MAX_FLOWS) {
+        struct flow *f = counters_of(slot);
+        if (!f)
+            return -1;
+        bpf_get_current_comm(f->comm, sizeof(f->comm));
+        err = bpf_map_update_elem(&flows, key, &slot, BPF_NOEXIST);
+        if (err == 0)
+            return slot;
+    }
+    if (err == -E2BIG) {
+        struct stats *s = stat();
+        if (s)
+            s->flows_overflowed++;
+        return 0;
+    }
+    // Another CPU created this flow first (its slot is the one; ours stays unused).
+    found = bpf_map_lookup_elem(&flows, key);
+    return found ? *found : -1;
+}
+
+INLINE void syn_sent(const struct set_state_args *ctx, __u64 sk) {
     // No lookup of what this socket address held before: a TCP socket always passes through
     // CLOSE (traced, which deletes its entry) before its memory is reused; a socket still
     // waiting in `failed` is settled when the next failure finds it there (below).
-    struct config *c = bpf_map_lookup_elem(&config, &ZERO);
-    if (!c)
-        return;
-    if (c->match_daddr && !same16(c->daddr, ctx->daddr_v6))
+    if (cfg.match_daddr && !same16(cfg.daddr, ctx->daddr_v6))
         return;
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 tgid = pid_tgid >> 32;
     __u32 tid = (__u32)pid_tgid;
-    if (!task_selected(c, tgid))
+    if (!task_selected(tgid))
         return;
+    count_event();
 
     struct flow_key key = {};
     key.tgid = tgid;
     key.dport = ctx->dport;
     copy16(key.daddr, ctx->daddr_v6);
-    struct flow *f = bpf_map_lookup_elem(&flows, &key);
+    long slot = flow_slot(&key);
+    struct flow *f = slot >= 0 ? counters_of((__u32)slot) : 0;
     if (!f) {
-        struct flow fresh = {};
-        bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
-        long err = bpf_map_update_elem(&flows, &key, &fresh, BPF_NOEXIST);
-        if (err == -E2BIG) {
-            struct stats *s = stat();
-            if (s)
-                s->flows_overflowed++;
-            __builtin_memset(&key, 0, sizeof(key));
-        }
-        f = bpf_map_lookup_elem(&flows, &key);
-        if (!f) {
-            count_lost();
-            return;
-        }
+        count_lost();
+        return;
     }
     __sync_fetch_and_add(&f->attempts, 1);
     struct sock_state s = {};
-    s.key = key;
-    s.syn_sent_ns = now;
+    s.syn_sent_ns = bpf_ktime_get_ns();
+    s.slot = (__u32)slot;
     s.phase = PHASE_CONNECTING;
     if (bpf_map_update_elem(&socks, &sk, &s, BPF_ANY) != 0)
         count_lost(); // its outcome will not be seen: it stays in_progress
-    if (c->syscalls) {
-        // Pairs this socket with the connect() return on this thread (sys_exit_connect).
-        struct call call = {.sk = sk};
-        if (bpf_map_update_elem(&calls, &tid, &call, BPF_ANY) != 0)
-            count_lost();
+    if (cfg.syscalls) {
+        // Pairs this socket with the connect() return on this thread (sys_exit_connect),
+        // in place when the thread has an entry already.
+        struct call *call = bpf_map_lookup_elem(&calls, &tid);
+        if (call) {
+            call->sk = sk;
+        } else {
+            struct call fresh = {.sk = sk};
+            if (bpf_map_update_elem(&calls, &tid, &fresh, BPF_ANY) != 0)
+                count_lost();
+        }
     }
+}
+
+// The connect() return this SYN_SENT socket's failure can wait for: whether this thread is
+// inside connect() on it (syscall tracepoints only).
+INLINE int in_connect_on(__u64 sk) {
+    if (!cfg.syscalls)
+        return 0;
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct call *call = bpf_map_lookup_elem(&calls, &tid);
+    return call && call->sk == sk;
+}
+
+INLINE void left_syn_sent(const struct set_state_args *ctx, __u64 sk, struct sock_state *s,
+                          int new) {
+    struct flow *f = counters_of(s->slot);
+    if (!f)
+        return;
+    if (new == TCP_ESTABLISHED) {
+        __sync_fetch_and_add(&f->successes, 1);
+        s->phase = PHASE_ESTABLISHED;
+        return;
+    }
+    if (new != TCP_CLOSE)
+        return;
+    __u64 now = bpf_ktime_get_ns();
+    struct failed w = {};
+    w.slot = s->slot;
+    w.closed_ns = now;
+    w.no_port = ctx->sport == 0;
+    if (w.no_port) {
+        // __inet_hash_connect() found no free port: the failed port search.
+        record_search(f, now - s->syn_sent_ns);
+    } else {
+        w.tuple.sport = ctx->sport;
+        w.tuple.dport = ctx->dport;
+        copy16(w.tuple.saddr, ctx->saddr_v6);
+        copy16(w.tuple.daddr, ctx->daddr_v6);
+    }
+    bpf_map_delete_elem(&socks, &sk);
+    if (w.no_port && !in_connect_on(sk)) {
+        // No connect() return to wait for (no syscall tracepoints, or not in the call).
+        fail(f, w.slot, EADDRNOTAVAIL, now);
+        return;
+    }
+    long err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
+    if (err != 0) {
+        // An earlier failure of this socket address still waits for its errno (closed
+        // while connecting, memory reused within 50 ms): it got none, count it now.
+        struct failed *old = bpf_map_lookup_elem(&failed, &sk);
+        if (old)
+            finish_failed(sk, old, 0);
+        err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
+    }
+    if (err != 0) {
+        count_lost();
+        return;
+    }
+    if (!w.no_port && bpf_map_update_elem(&by_tuple, &w.tuple, &sk, BPF_ANY) != 0)
+        count_lost();
 }
 
 SEC("tracepoint/sock/inet_sock_set_state")
 int inet_sock_set_state(struct set_state_args *ctx) {
+    // Every test before the first map operation is on the record itself: the transitions that
+    // cannot matter (a listener's, SYN_RECV, the steps between ESTABLISHED and the last CLOSE)
+    // return here. The server side of a connection still costs one missed lookup at its CLOSE.
     if (ctx->protocol != IPPROTO_TCP)
         return 0;
     int old = ctx->oldstate;
     int new = ctx->newstate;
-    if (!(new == TCP_SYN_SENT || old == TCP_SYN_SENT || new == TCP_CLOSE))
+    if (cfg.dport && cfg.dport != ctx->dport)
         return 0;
-    struct config *c = bpf_map_lookup_elem(&config, &ZERO);
-    if (!c || (c->dport && c->dport != ctx->dport))
-        return 0;
-    count_event();
     __u64 sk = (__u64)ctx->skaddr;
-    __u64 now = bpf_ktime_get_ns();
-    if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
-        syn_sent(ctx, sk, now);
+    if (new == TCP_SYN_SENT) {
+        if (old == TCP_CLOSE)
+            syn_sent(ctx, sk);
+        return 0;
+    }
+    if (old == TCP_SYN_SENT) {
+        if (new != TCP_ESTABLISHED && new != TCP_CLOSE)
+            return 0;
+    } else if (new != TCP_CLOSE || !(old == TCP_ESTABLISHED || old == TCP_FIN_WAIT1 ||
+                                     old == TCP_FIN_WAIT2 || old == TCP_CLOSING ||
+                                     old == TCP_CLOSE_WAIT || old == TCP_LAST_ACK)) {
         return 0;
     }
     struct sock_state *s = bpf_map_lookup_elem(&socks, &sk);
     if (!s)
         return 0;
-    struct flow *f = bpf_map_lookup_elem(&flows, &s->key);
-    if (!f)
-        return 0;
+    count_event();
     if (s->phase == PHASE_CONNECTING) {
-        if (old != TCP_SYN_SENT)
-            return 0;
-        if (new == TCP_ESTABLISHED) {
-            __sync_fetch_and_add(&f->successes, 1);
-            s->phase = PHASE_ESTABLISHED;
-            return 0;
-        }
-        if (new != TCP_CLOSE)
-            return 0;
-        struct failed w = {};
-        w.key = s->key;
-        w.closed_ns = now;
-        w.no_port = ctx->sport == 0;
-        if (w.no_port) {
-            // __inet_hash_connect() found no free port: the failed port search.
-            record_search(f, now - s->syn_sent_ns);
-        } else {
-            w.tuple.sport = ctx->sport;
-            w.tuple.dport = ctx->dport;
-            copy16(w.tuple.saddr, ctx->saddr_v6);
-            copy16(w.tuple.daddr, ctx->daddr_v6);
-        }
-        bpf_map_delete_elem(&socks, &sk);
-        __u32 tid = (__u32)bpf_get_current_pid_tgid();
-        struct call *call = bpf_map_lookup_elem(&calls, &tid);
-        if (w.no_port && !(call && call->sk == sk)) {
-            // No connect() return to wait for (no syscall tracepoints, or not in the call).
-            fail(f, &w.key, EADDRNOTAVAIL, now);
-            return 0;
-        }
-        long err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
-        if (err != 0) {
-            // An earlier failure of this socket address still waits for its errno (closed
-            // while connecting, memory reused within 50 ms): it got none, count it now.
-            struct failed *old = bpf_map_lookup_elem(&failed, &sk);
-            if (old)
-                finish_failed(sk, old, 0, now);
-            err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
-        }
-        if (err != 0) {
-            count_lost();
-            return 0;
-        }
-        if (!w.no_port && bpf_map_update_elem(&by_tuple, &w.tuple, &sk, BPF_ANY) != 0)
-            count_lost();
+        if (old == TCP_SYN_SENT)
+            left_syn_sent(ctx, sk, s, new);
         return 0;
     }
+    if (old == TCP_SYN_SENT)
+        return 0;
     // Established: who closed first is read from the state it leaves for CLOSE.
-    if (new != TCP_CLOSE)
+    struct flow *f = counters_of(s->slot);
+    bpf_map_delete_elem(&socks, &sk);
+    if (!f)
         return 0;
     if (old == TCP_FIN_WAIT1 || old == TCP_FIN_WAIT2 || old == TCP_CLOSING) {
         __sync_fetch_and_add(&f->closed_first, 1);
@@ -526,7 +595,6 @@ int inet_sock_set_state(struct set_state_args *ctx) {
     } else {
         __sync_fetch_and_add(&f->closed_other, 1);
     }
-    bpf_map_delete_elem(&socks, &sk);
     return 0;
 }
 
@@ -546,24 +614,28 @@ int inet_sk_error_report(struct error_report_args *ctx) {
     __u64 sk = *skp;
     struct failed *w = bpf_map_lookup_elem(&failed, &sk);
     if (w)
-        finish_failed(sk, w, ctx->error, bpf_ktime_get_ns());
+        finish_failed(sk, w, ctx->error);
     else
         bpf_map_delete_elem(&by_tuple, &t);
     return 0;
 }
 
 // A new connect() on this thread: forget a socket left from a SYN_SENT outside connect()
-// (TCP Fast Open's sendmsg), so its exit is not paired with it. Usually a lookup that misses.
+// (TCP Fast Open's sendmsg) or from an earlier call, so its exit is not paired with it.
+// A lookup and a store: the entry stays for the thread's next call.
 SEC("tracepoint/syscalls/sys_enter_connect")
 int sys_enter_connect(void *ctx) {
+    count_event();
     __u32 tid = (__u32)bpf_get_current_pid_tgid();
-    if (bpf_map_lookup_elem(&calls, &tid))
-        bpf_map_delete_elem(&calls, &tid);
+    struct call *call = bpf_map_lookup_elem(&calls, &tid);
+    if (call && call->sk)
+        call->sk = 0;
     return 0;
 }
 
 SEC("tracepoint/syscalls/sys_exit_connect")
 int sys_exit_connect(struct sys_exit_args *ctx) {
+    count_event();
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 tid = (__u32)pid_tgid;
     long ret = ctx->ret;
@@ -571,17 +643,15 @@ int sys_exit_connect(struct sys_exit_args *ctx) {
     __u64 sk = 0;
     if (cp) {
         sk = cp->sk;
-        bpf_map_delete_elem(&calls, &tid);
+        cp->sk = 0;
     }
     if (ret >= 0 || ret == -EINPROGRESS)
         return 0;
-    count_event();
     __s32 err = (__s32)-ret;
-    __u64 now = bpf_ktime_get_ns();
     if (sk) {
         struct failed *w = bpf_map_lookup_elem(&failed, &sk);
         if (w) {
-            finish_failed(sk, w, err, now);
+            finish_failed(sk, w, err);
             return 0;
         }
         // connect() gave up on a socket still connecting with no state change seen (a
@@ -591,18 +661,17 @@ int sys_exit_connect(struct sys_exit_args *ctx) {
         struct sock_state *s = bpf_map_lookup_elem(&socks, &sk);
         if (!s || s->phase != PHASE_CONNECTING)
             return 0;
-        struct flow_key key = s->key;
+        __u32 slot = s->slot;
         if (bpf_map_delete_elem(&socks, &sk) != 0)
             return 0;
-        struct flow *f = bpf_map_lookup_elem(&flows, &key);
+        struct flow *f = counters_of(slot);
         if (f)
-            fail(f, &key, err, now);
+            fail(f, slot, err, bpf_ktime_get_ns());
         return 0;
     }
     // No TCP socket changed state in this call: a routing failure before a port was chosen
     // (ENETUNREACH), or not a TCP socket. No destination.
-    struct config *c = bpf_map_lookup_elem(&config, &ZERO);
-    if (!c || c->dport || c->match_daddr || !task_selected(c, (__u32)(pid_tgid >> 32)))
+    if (cfg.dport || cfg.match_daddr || !task_selected((__u32)(pid_tgid >> 32)))
         return 0;
     struct socketless_key k = {};
     k.tgid = pid_tgid >> 32;
