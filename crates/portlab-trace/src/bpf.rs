@@ -215,8 +215,9 @@ fn cgroup_id(rel: &str) -> Result<(u64, u32), TraceError> {
 }
 
 impl BpfRoute {
-    /// Loads the program with the filter as its constants, attaches (the syscall tracepoints unless
-    /// `filter.skip_syscalls`). Every later connect() is counted when this returns.
+    /// Loads the program with the filter as its constants, attaches (the syscall tracepoints
+    /// when `filter.syscalls` enables them on this route). Every later connect() is counted
+    /// when this returns.
     ///
     /// # Errors
     /// Not built with clang, the kernel's tracepoint records differ from the program's, the
@@ -234,7 +235,7 @@ impl BpfRoute {
         }
         let mut config = Config {
             tgid: filter.pid.unwrap_or(0),
-            syscalls: u32::from(!filter.skip_syscalls),
+            syscalls: u32::from(filter.syscalls.enabled_on(crate::Route::Bpf)),
             ..Config::default()
         };
         if let Some(d) = filter.dest {
@@ -283,7 +284,7 @@ impl BpfRoute {
             ("inet_sock_set_state", "sock"),
             ("inet_sk_error_report", "sock"),
         ];
-        if !filter.skip_syscalls {
+        if filter.syscalls.enabled_on(crate::Route::Bpf) {
             progs.push(("sys_exit_connect", "syscalls"));
             progs.push(("sys_enter_connect", "syscalls"));
         }

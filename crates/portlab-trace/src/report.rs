@@ -160,6 +160,10 @@ pub struct TraceSnapshot {
     pub reader_cpu_ms: u64,
     /// How the tracepoints were read: `bpf` (kernel maps) or `perf` (rings).
     pub route: crate::Route,
+    /// Whether `sys_enter_connect`/`sys_exit_connect` were traced ([`crate::Syscalls`]): when
+    /// false, a bound socket's synchronous failure counts as `abandoned` (no errno) and
+    /// connect() errors without a TCP socket are not seen.
+    pub syscalls: bool,
 }
 
 impl TraceSnapshot {
@@ -241,6 +245,7 @@ pub(crate) fn snapshot(agg: &mut Aggregator, elapsed_ms: u64, start_ns: u64) -> 
         socketless_failures: socketless,
         reader_cpu_ms: 0,
         route: crate::Route::Perf,
+        syscalls: true,
     }
 }
 
