@@ -18,10 +18,14 @@
 #   ns per event, lost events, and trace's CPU scaled to 10,000 connects/s.
 #
 # Part C, the reader at 10,000 and 100,000 events/s: a paced UDP connect() loop (2 hits per
-#   call, no packets) while trace runs; trace's CPU % of a core, ns per event, lost events.
+#   call, no packets) while `trace --syscalls` runs; trace's CPU % of a core, ns per event, lost events.
 #
 # Part D, the kernel-side cost per event (paid by the traced process, not by trace): CPU per
-#   UDP connect() of an unpaced python3 loop without and with trace, paired rounds.
+#   UDP connect() of an unpaced python3 loop without and with `trace --syscalls`, paired
+#   rounds (each call is 2 syscall-tracepoint hits; the slow path is included).
+#
+# Part F, the host-wide cost of the syscall tracepoints: CPU per syscall of dd bs=1 (an
+#   unrelated process) without trace and with --syscalls / --no-syscalls on each route.
 #
 # Every traced variant runs on each route of $ROUTES (default "bpf perf": the BPF route that
 # counts in kernel maps, and the perf_event_open route beside it), so A and D print one block
@@ -35,7 +39,7 @@
 #   busy host this overstates (a preempted program's time counts), so read it quiet.
 #
 # Usage: scripts/bench-trace.sh            (the full run: ~12 min with the defaults)
-#        QUICK=1 scripts/bench-trace.sh    (DURATION=1s ROUNDS=3, parts A, D and E only)
+#        QUICK=1 scripts/bench-trace.sh    (DURATION=1s ROUNDS=3, parts A, D, E and F)
 #   The BPF route's bars on a quiet machine (≈ 4 min):
 #        ROUTES=bpf RATES="" FLOODS="" scripts/bench-trace.sh
 #   (env: DURATION=1.5s CONNS=50 ROUNDS=12 RATES="1250 12500" FLOODS="10000 100000"
@@ -178,10 +182,11 @@ PY
 echo "nginx on $URL (CPU 1); load on CPU 0: -c $CONNS -z $DURATION --connection close" >&2
 "$PORTLAB" load -c "$CONNS" -z 1s --connection close "$URL" >/dev/null 2>&1 || true # warm-up
 
-# Variants: ROUTE = portlab trace --route ROUTE, ROUTE-nosys = the same with --no-syscalls.
+# Variants: ROUTE-sys = portlab trace --route ROUTE --syscalls, ROUTE-nosys = --no-syscalls
+# (the BPF route's default is nosys, the perf route's sys).
 # A round is 0 v1 0 v2 … 0 (0 = no trace; forward order in odd rounds, reversed in even ones).
 VARIANTS=""
-for r in $ROUTES; do VARIANTS="$VARIANTS $r $r-nosys"; done
+for r in $ROUTES; do VARIANTS="$VARIANTS $r-sys $r-nosys"; done
 read -r -a VARS <<<"$VARIANTS"
 echo "Part A: $ROUNDS rounds of 0 between each of ($VARIANTS), ABBA order" >&2
 for round in $(seq "$ROUNDS"); do
@@ -197,7 +202,7 @@ for round in $(seq "$ROUNDS"); do
     case $traced in
       0) ;;
       *-nosys) start_trace "$name" --route "${traced%-nosys}" --no-syscalls ;;
-      *) start_trace "$name" --route "$traced" ;;
+      *-sys) start_trace "$name" --route "${traced%-sys}" --syscalls ;;
     esac
     load "$name"
     if [[ $traced != 0 ]]; then stop_trace; fi
@@ -226,7 +231,7 @@ SECS=$(python3 -c "d='$DURATION'; print(float(d[:-1]) if d.endswith('s') else fl
 for route in $ROUTES; do
 for events in $FLOODS; do
   name="c$events-$route"
-  start_trace "$name" --route "$route"
+  start_trace "$name" --route "$route" --syscalls
   taskset -c 0 python3 - "$events" "$SECS" <<'PY'
 import socket, sys, time
 per_sec, secs = int(sys.argv[1]) // 2, float(sys.argv[2])
@@ -275,38 +280,62 @@ PY
 for round in $(seq "$ROUNDS"); do
   printf '0\t%s\n' "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
   for route in $ROUTES; do
-    start_trace "d$round-$route" --route "$route"
+    start_trace "d$round-$route" --route "$route" --syscalls
     printf '%s\t%s\n' "$route" "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
     stop_trace
   done
 done
 
-# Part E: the kernel's own accounting of the BPF programs (kernel.bpf_stats_enabled).
+# Part E: the kernel's own accounting of the BPF programs (kernel.bpf_stats_enabled), in the
+# default mode and with --syscalls.
 : >"$WORK/bpfstats.txt"
 if [[ " $ROUTES " == *" bpf "* && -w /proc/sys/kernel/bpf_stats_enabled ]]; then
   echo "Part E: bpf_stats at --rate $E_RATE" >&2
   old_stats=$(cat /proc/sys/kernel/bpf_stats_enabled)
   echo 1 >/proc/sys/kernel/bpf_stats_enabled
-  start_trace e --route bpf
-  load e --rate "$E_RATE"
-  child=$(ps -o pid= --ppid "$TRACE_PID" | tr -d ' ')
-  for fd in /proc/"${child:-$TRACE_PID}"/fdinfo/*; do
-    grep -q '^prog_type' "$fd" 2>/dev/null || continue
-    awk '/^run_time_ns/ {t=$2} /^run_cnt/ {c=$2} END {print t, c}' "$fd"
-  done >"$WORK/bpfstats.raw"
-  stop_trace
-  echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
-  python3 - "$WORK/bpfstats.raw" "$WORK/e.ljson" >"$WORK/bpfstats.txt" <<'PY'
+  for mode in default --syscalls; do
+    if [[ $mode == default ]]; then start_trace e --route bpf; else start_trace e --route bpf "$mode"; fi
+    load e --rate "$E_RATE"
+    child=$(ps -o pid= --ppid "$TRACE_PID" | tr -d ' ')
+    for fd in /proc/"${child:-$TRACE_PID}"/fdinfo/*; do
+      grep -q '^prog_type' "$fd" 2>/dev/null || continue
+      awk '/^run_time_ns/ {t=$2} /^run_cnt/ {c=$2} END {print t, c}' "$fd"
+    done >"$WORK/bpfstats.raw"
+    stop_trace
+    python3 - "$WORK/bpfstats.raw" "$WORK/e.ljson" "$mode" >>"$WORK/bpfstats.txt" <<'PY'
 import json, sys
 rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
 ns, runs = sum(r[0] for r in rows), sum(r[1] for r in rows)
 conns = json.load(open(sys.argv[2]))["summary"]["succeeded"]
 per_conn = ns / max(conns, 1)
-print(f"  {conns:,} connections, {runs:,} program runs ({runs / max(conns, 1):.1f} per connection, all four programs), "
+progs = ", ".join(f"{c / max(conns, 1):.1f} runs x {t / max(c, 1):.0f} ns" for t, c in rows if c)
+print(f"  {sys.argv[3]}: {conns:,} connections, {runs:,} program runs ({runs / max(conns, 1):.1f} per connection; per program: {progs}), "
       f"{ns / max(runs, 1):.0f} ns per run, {per_conn:,.0f} ns per connection "
-      f"= {per_conn * 10000 / 1e9 * 100:.2f} % of a core at 10,000 connects/s (bar < 2 %)")
+      f"= {per_conn * 10000 / 1e9 * 100:.2f} % of a core at 10,000 connects/s (bar < 2 %; programs only, not the tracepoint's record)")
 PY
+  done
+  echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
 fi
+
+# Part F: the host-wide cost of the syscall tracepoints: CPU per read()/write() syscall of an
+# unrelated process (dd bs=1, 2 syscalls per byte, CPU 0) without trace and with each route
+# --syscalls and --no-syscalls, interleaved $ROUNDS times, paired differences.
+echo "Part F: CPU per syscall of an unrelated process (dd bs=1)" >&2
+: >"$WORK/dd.tsv"
+dd_ns() {
+  /usr/bin/time -f "%U %S" -o "$WORK/dd.time" taskset -c 0 dd if=/dev/zero of=/dev/null bs=1 count=1000000 2>/dev/null
+  awk '{printf "%.1f\n", ($1 + $2) / 2000000 * 1e9}' "$WORK/dd.time"
+}
+for round in $(seq "$ROUNDS"); do
+  printf '0\t%s\n' "$(dd_ns)" >>"$WORK/dd.tsv"
+  for route in $ROUTES; do
+    for mode in --syscalls --no-syscalls; do
+      start_trace "f$round" --route "$route" "$mode"
+      printf '%s%s\t%s\n' "$route" "$mode" "$(dd_ns)" >>"$WORK/dd.tsv"
+      stop_trace
+    done
+  done
+done
 
 python3 - "$RESULTS" "$ROUTES" <<'PY'
 import sys, statistics
@@ -324,7 +353,7 @@ for r in A:
     byrun[(int(head[1:]), step)] = r
 def host_cpu_per_conn(r):  # load + nginx, seconds per connection
     return (f(r[5]) + f(r[12])) / max(f(r[4]), 1)
-for variant, label in [v for r in routes for v in ((r, f"portlab trace --route {r}"), (f"{r}-nosys", f"portlab trace --route {r} --no-syscalls"))]:
+for variant, label in [v for r in routes for v in ((f"{r}-sys", f"portlab trace --route {r} --syscalls" + (" (default)" if r == "perf" else "")), (f"{r}-nosys", f"portlab trace --route {r} --no-syscalls" + (" (default)" if r == "bpf" else "")))]:
   ratios, cpu_ratios, cpu_deltas, trace_pct, ev_rates, lost = [], [], [], [], [], 0
   for (rd, step), t in sorted(byrun.items()):
       if t[2] != variant:
@@ -392,3 +421,15 @@ PY
 echo
 echo "Part E: BPF route, kernel-side cost from kernel.bpf_stats_enabled (client and server on this host)"
 cat "$WORK/bpfstats.txt"
+python3 - "$WORK/dd.tsv" <<'PY'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+print("\nPart F: host-wide syscall slow path, CPU ns per syscall of dd bs=1 (not traced itself)")
+base = [float(v) for k, v in rows if k == "0"]
+if base:
+    print(f"  without trace: median {statistics.median(base):.1f} ns")
+for k in dict.fromkeys(k for k, _ in rows if k != "0"):
+    on = [float(v) for kk, v in rows if kk == k]
+    d = sorted(b - a for a, b in zip(base, on))
+    print(f"  {k.replace('--', ' --')}: median {statistics.median(on):.1f} ns, paired difference median {statistics.median(d):+.1f} ns (spread {d[0]:+.1f} to {d[-1]:+.1f})")
+PY
