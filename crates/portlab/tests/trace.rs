@@ -185,7 +185,10 @@ fn exhausting(extra_args: &[&str], syscalls: bool) {
         "auto picks BPF when it loads: {report}"
     );
     assert_eq!(report["lost_events"], 0);
-    assert_eq!(report["syscalls"], syscalls, "BPF route default: no syscall tracepoints");
+    assert_eq!(
+        report["syscalls"], syscalls,
+        "BPF route default: no syscall tracepoints"
+    );
     let pid = counts["pid"].as_u64().expect("pid");
     let f = flow(&report, pid, &format!("127.0.0.1:{port}"));
     assert_eq!(f["comm"], counts["comm"]);

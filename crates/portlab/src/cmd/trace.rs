@@ -24,10 +24,11 @@ use crate::style::Painter;
 /// Flags of `portlab trace`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Reads the tracepoints sock:inet_sock_set_state, sock:inet_sk_error_report and
-syscalls:sys_{enter,exit}_connect (no kprobes). Route `bpf` (the default when it loads): a BPF
-program built into portlab counts in kernel maps, nothing is copied per event; route `perf`:
-perf_event_open rings read and aggregated in user space. The report names the route. Needs
+Reads the tracepoints sock:inet_sock_set_state and sock:inet_sk_error_report, plus
+syscalls:sys_{enter,exit}_connect on the perf route or with --syscalls (no kprobes). Route `bpf`
+(the default when it loads): a BPF program built into portlab counts in kernel maps, nothing is
+copied per event; route `perf`: perf_event_open rings read and aggregated in user space. The
+report names the route and says when connect() returns were not traced. Needs
 root, or CAP_BPF + CAP_PERFMON (perf route: CAP_PERFMON). Counts are cumulative since the
 start; lost events are reported.
 
