@@ -354,7 +354,7 @@ for r in A:
 def host_cpu_per_conn(r):  # load + nginx, seconds per connection
     return (f(r[5]) + f(r[12])) / max(f(r[4]), 1)
 for variant, label in [v for r in routes for v in ((f"{r}-sys", f"portlab trace --route {r} --syscalls" + (" (default)" if r == "perf" else "")), (f"{r}-nosys", f"portlab trace --route {r} --no-syscalls" + (" (default)" if r == "bpf" else "")))]:
-  ratios, cpu_ratios, cpu_deltas, trace_pct, ev_rates, lost = [], [], [], [], [], 0
+  ratios, cpu_ratios, cpu_deltas, trace_pct, reader_pct, ev_rates, lost = [], [], [], [], [], [], 0
   for (rd, step), t in sorted(byrun.items()):
       if t[2] != variant:
           continue
@@ -368,6 +368,7 @@ for variant, label in [v for r in routes for v in ((f"{r}-sys", f"portlab trace 
       cpu_ratios.append(host_cpu_per_conn(t) / cb)
       cpu_deltas.append((host_cpu_per_conn(t) - cb) * 1e6)
       trace_pct.append(f(t[6]) / f(t[9]) * 100)
+      reader_pct.append(f(t[10]) / f(t[9]) * 100)
       ev_rates.append(f(t[7]) / f(t[9]))
       lost += int(t[8])
   if not ratios:
@@ -376,8 +377,10 @@ for variant, label in [v for r in routes for v in ((f"{r}-sys", f"portlab trace 
   print(f" {label}: {len(ratios)} paired runs")
   print(f"  conn/s traced/untraced: median {med(ratios):.3f} (spread {min(ratios):.3f}-{max(ratios):.3f}; bar >= 0.95)")
   print(f"  load+nginx CPU per connection traced/untraced: median {med(cpu_ratios):.3f} (spread {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}), "
-        f"+{med(cpu_deltas):.2f} us per connection (spread {min(cpu_deltas):.2f}-{max(cpu_deltas):.2f})")
-  print(f"  trace's own CPU: median {med(trace_pct):.2f} % of a core at {med(ev_rates):,.0f} events/s; lost {lost}")
+        f"{med(cpu_deltas):+.2f} us per connection (spread {min(cpu_deltas):+.2f} to {max(cpu_deltas):+.2f})")
+  print(f"  trace's own CPU: median {med(trace_pct):.2f} % of a core over the run, its one-off start included "
+        f"(loading and verifying the program, ~70 ms: short rounds overstate it); reader thread {med(reader_pct):.2f} %; "
+        f"at {med(ev_rates):,.0f} events/s; lost {lost}")
 base = [r for r in A if r[2] == "0"]
 if base:
   rates = [f(r[11]) for r in base]
