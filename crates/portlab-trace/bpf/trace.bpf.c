@@ -119,6 +119,43 @@ struct task_struct {
     struct nsproxy *nsproxy;
 } __attribute__((preserve_access_index));
 
+// Read by the tp_btf program (CO-RE: the loader fixes the offsets from the kernel's BTF; the
+// nesting of anonymous unions mirrors include/net/sock.h so the access paths match).
+struct in6_addr {
+    __u8 u6_addr8[16];
+};
+struct sock_common {
+    union {
+        struct {
+            __u32 skc_daddr;
+            __u32 skc_rcv_saddr;
+        };
+    };
+    union {
+        struct {
+            __u16 skc_dport;
+            __u16 skc_num;
+        };
+    };
+    unsigned short skc_family;
+    struct in6_addr skc_v6_daddr;
+    struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+struct sock {
+    struct sock_common __sk_common;
+    __u16 sk_protocol;
+} __attribute__((preserve_access_index));
+
+// The two fields the tracepoint takes from struct inet_sock (beyond struct sock, so read with
+// bpf_probe_read_kernel): tcp_set_state(CLOSE) zeroes inet_num (inet_put_port()) before the
+// tracepoint fires, but not inet_sport.
+struct inet_sock {
+    __u32 inet_saddr;
+    __u16 inet_sport;
+} __attribute__((preserve_access_index));
+
+#define AF_INET 2
+
 // ---- maps and constants (layouts mirrored in src/bpf.rs) ----
 
 // What to count: a read-only global (.rodata) that user space sets when it loads the object
@@ -443,11 +480,66 @@ INLINE long flow_slot(const struct flow_key *key) {
     return found ? *found : -1;
 }
 
-INLINE void syn_sent(const struct set_state_args *ctx, __u64 sk) {
+// The fields of an inet_sock_set_state hit, for both programs: `btf` is a constant after
+// inlining, 0 for the classic tracepoint (ctx is its record) and 1 for tp_btf (ctx[0] is the
+// struct sock *, read as the tracepoint's TP_STORE_ADDRS does: include/trace/events/sock.h).
+INLINE __u16 ev_dport(const void *ctx, int btf) {
+    if (!btf)
+        return ((const struct set_state_args *)ctx)->dport;
+    const struct sock *sk = (const struct sock *)((const __u64 *)ctx)[0];
+    return __builtin_bswap16(sk->__sk_common.skc_dport);
+}
+
+INLINE __u16 ev_sport(const void *ctx, int btf) {
+    if (!btf)
+        return ((const struct set_state_args *)ctx)->sport;
+    const struct inet_sock *inet = (const struct inet_sock *)((const __u64 *)ctx)[0];
+    __u16 port = 0;
+    bpf_probe_read_kernel(&port, sizeof(port), &inet->inet_sport);
+    return __builtin_bswap16(port);
+}
+
+INLINE void v4_mapped(__u8 *out, __u32 be_addr) {
+    __builtin_memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    __builtin_memcpy(out + 12, &be_addr, 4);
+}
+
+INLINE void ev_daddr(const void *ctx, int btf, __u8 *out) {
+    if (!btf) {
+        copy16(out, ((const struct set_state_args *)ctx)->daddr_v6);
+        return;
+    }
+    const struct sock *sk = (const struct sock *)((const __u64 *)ctx)[0];
+    if (sk->__sk_common.skc_family == AF_INET)
+        v4_mapped(out, sk->__sk_common.skc_daddr);
+    else
+        bpf_probe_read_kernel(out, 16, &sk->__sk_common.skc_v6_daddr);
+}
+
+INLINE void ev_saddr(const void *ctx, int btf, __u8 *out) {
+    if (!btf) {
+        copy16(out, ((const struct set_state_args *)ctx)->saddr_v6);
+        return;
+    }
+    const struct sock *sk = (const struct sock *)((const __u64 *)ctx)[0];
+    if (sk->__sk_common.skc_family == AF_INET) {
+        const struct inet_sock *inet = (const struct inet_sock *)((const __u64 *)ctx)[0];
+        __u32 addr = 0;
+        bpf_probe_read_kernel(&addr, sizeof(addr), &inet->inet_saddr);
+        v4_mapped(out, addr);
+    } else
+        bpf_probe_read_kernel(out, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+}
+
+INLINE void syn_sent(const void *ctx, int btf, __u64 sk) {
     // No lookup of what this socket address held before: a TCP socket always passes through
     // CLOSE (traced, which deletes its entry) before its memory is reused; a socket still
     // waiting in `failed` is settled when the next failure finds it there (below).
-    if (cfg.match_daddr && !same16(cfg.daddr, ctx->daddr_v6))
+    struct flow_key key = {};
+    ev_daddr(ctx, btf, key.daddr);
+    if (cfg.match_daddr && !same16(cfg.daddr, key.daddr))
         return;
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 tgid = pid_tgid >> 32;
@@ -456,10 +548,8 @@ INLINE void syn_sent(const struct set_state_args *ctx, __u64 sk) {
         return;
     count_event();
 
-    struct flow_key key = {};
     key.tgid = tgid;
-    key.dport = ctx->dport;
-    copy16(key.daddr, ctx->daddr_v6);
+    key.dport = ev_dport(ctx, btf);
     long slot = flow_slot(&key);
     struct flow *f = slot >= 0 ? counters_of((__u32)slot) : 0;
     if (!f) {
@@ -497,8 +587,7 @@ INLINE int in_connect_on(__u64 sk) {
     return call && call->sk == sk;
 }
 
-INLINE void left_syn_sent(const struct set_state_args *ctx, __u64 sk, struct sock_state *s,
-                          int new) {
+INLINE void left_syn_sent(const void *ctx, int btf, __u64 sk, struct sock_state *s, int new) {
     struct flow *f = counters_of(s->slot);
     if (!f)
         return;
@@ -513,15 +602,16 @@ INLINE void left_syn_sent(const struct set_state_args *ctx, __u64 sk, struct soc
     struct failed w = {};
     w.slot = s->slot;
     w.closed_ns = now;
-    w.no_port = ctx->sport == 0;
+    __u16 sport = ev_sport(ctx, btf);
+    w.no_port = sport == 0;
     if (w.no_port) {
         // __inet_hash_connect() found no free port: the failed port search.
         record_search(f, now - s->syn_sent_ns);
     } else {
-        w.tuple.sport = ctx->sport;
-        w.tuple.dport = ctx->dport;
-        copy16(w.tuple.saddr, ctx->saddr_v6);
-        copy16(w.tuple.daddr, ctx->daddr_v6);
+        w.tuple.sport = sport;
+        w.tuple.dport = ev_dport(ctx, btf);
+        ev_saddr(ctx, btf, w.tuple.saddr);
+        ev_daddr(ctx, btf, w.tuple.daddr);
     }
     bpf_map_delete_elem(&socks, &sk);
     if (w.no_port && !in_connect_on(sk)) {
@@ -546,21 +636,16 @@ INLINE void left_syn_sent(const struct set_state_args *ctx, __u64 sk, struct soc
         count_lost();
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int inet_sock_set_state(struct set_state_args *ctx) {
-    // Every test before the first map operation is on the record itself: the transitions that
+// The state machine of one inet_sock_set_state hit, for both programs (see ev_dport).
+INLINE int set_state(const void *ctx, int btf, __u64 sk, int old, int new) {
+    // Every test before the first map operation is on the hit itself: the transitions that
     // cannot matter (a listener's, SYN_RECV, the steps between ESTABLISHED and the last CLOSE)
     // return here. The server side of a connection still costs one missed lookup at its CLOSE.
-    if (ctx->protocol != IPPROTO_TCP)
+    if (cfg.dport && cfg.dport != ev_dport(ctx, btf))
         return 0;
-    int old = ctx->oldstate;
-    int new = ctx->newstate;
-    if (cfg.dport && cfg.dport != ctx->dport)
-        return 0;
-    __u64 sk = (__u64)ctx->skaddr;
     if (new == TCP_SYN_SENT) {
         if (old == TCP_CLOSE)
-            syn_sent(ctx, sk);
+            syn_sent(ctx, btf, sk);
         return 0;
     }
     if (old == TCP_SYN_SENT) {
@@ -577,7 +662,7 @@ int inet_sock_set_state(struct set_state_args *ctx) {
     count_event();
     if (s->phase == PHASE_CONNECTING) {
         if (old == TCP_SYN_SENT)
-            left_syn_sent(ctx, sk, s, new);
+            left_syn_sent(ctx, btf, sk, s, new);
         return 0;
     }
     if (old == TCP_SYN_SENT)
@@ -596,6 +681,25 @@ int inet_sock_set_state(struct set_state_args *ctx) {
         __sync_fetch_and_add(&f->closed_other, 1);
     }
     return 0;
+}
+
+// The classic tracepoint: the kernel builds the record (perf_trace_inet_sock_set_state)
+// before the program runs. The fallback when tp_btf does not load.
+SEC("tracepoint/sock/inet_sock_set_state")
+int inet_sock_set_state(struct set_state_args *ctx) {
+    if (ctx->protocol != IPPROTO_TCP)
+        return 0;
+    return set_state(ctx, 0, (__u64)ctx->skaddr, ctx->oldstate, ctx->newstate);
+}
+
+// The same hook as a BTF raw tracepoint: no record is built; the program reads the few fields
+// it needs from the socket (args: struct sock *sk, int oldstate, int newstate).
+SEC("tp_btf/inet_sock_set_state")
+int inet_sock_set_state_btf(__u64 *ctx) {
+    const struct sock *sk = (const struct sock *)ctx[0];
+    if (sk->sk_protocol != IPPROTO_TCP)
+        return 0;
+    return set_state(ctx, 1, (__u64)sk, (int)ctx[1], (int)ctx[2]);
 }
 
 SEC("tracepoint/sock/inet_sk_error_report")

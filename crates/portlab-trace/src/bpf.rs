@@ -16,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
-use aya::programs::TracePoint;
+use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader, Pod};
 
 use crate::aggregate::{Aggregator, DurationHistogram, FlowCounters, FlowKey, OVERFLOW_KEY};
@@ -150,6 +150,37 @@ pub(crate) struct BpfRoute {
     /// Outcomes counted here (errno never came): per flow slot, abandoned and EADDRNOTAVAIL.
     user_abandoned: HashMap<Slot, u64>,
     user_eaddrnotavail: HashMap<Slot, u64>,
+    /// How sock:inet_sock_set_state is read.
+    pub(crate) set_state_program: SetStateProgram,
+}
+
+/// The program type that reads sock:inet_sock_set_state on the BPF route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SetStateProgram {
+    /// `tp_btf/inet_sock_set_state` (BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP): the program
+    /// reads the socket through BTF; the kernel builds no tracepoint record.
+    TpBtf,
+    /// The classic tracepoint program, with why tp_btf was not used.
+    Tracepoint(String),
+}
+
+/// Set (to anything) to use the classic tracepoint program for inet_sock_set_state even when
+/// the tp_btf one loads: for tests of the fallback and for comparing the two.
+pub const CLASSIC_ENV: &str = "PORTLAB_TRACE_CLASSIC_TRACEPOINT";
+
+/// Loads and attaches `inet_sock_set_state_btf` against the running kernel's BTF.
+fn attach_btf(ebpf: &mut Ebpf) -> Result<(), String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut("inet_sock_set_state_btf")
+        .ok_or("the BPF object has no program inet_sock_set_state_btf")?
+        .try_into()
+        .map_err(|e| format!("inet_sock_set_state_btf: {e}"))?;
+    prog.load("inet_sock_set_state", &btf)
+        .map_err(|e| format!("loading tp_btf/inet_sock_set_state: {e}: {e:?}"))?;
+    prog.attach()
+        .map_err(|e| format!("attaching tp_btf/inet_sock_set_state: {e}"))?;
+    Ok(())
 }
 
 impl std::fmt::Debug for BpfRoute {
@@ -279,11 +310,22 @@ impl BpfRoute {
             ebpf: None,
             user_abandoned: HashMap::new(),
             user_eaddrnotavail: HashMap::new(),
+            set_state_program: SetStateProgram::TpBtf,
         };
-        let mut progs = vec![
-            ("inet_sock_set_state", "sock"),
-            ("inet_sk_error_report", "sock"),
-        ];
+        // sock:inet_sock_set_state (≈ 10 hits per loopback connection): as a BTF raw tracepoint
+        // when it loads (no tracepoint record built per hit), else the classic tracepoint.
+        let set_state = match std::env::var_os(CLASSIC_ENV) {
+            Some(_) => Err(format!("{CLASSIC_ENV} is set")),
+            None => attach_btf(&mut ebpf),
+        };
+        let mut progs = vec![("inet_sk_error_report", "sock")];
+        let set_state_program = match set_state {
+            Ok(()) => SetStateProgram::TpBtf,
+            Err(why) => {
+                progs.push(("inet_sock_set_state", "sock"));
+                SetStateProgram::Tracepoint(why)
+            }
+        };
         if filter.syscalls.enabled_on(crate::Route::Bpf) {
             progs.push(("sys_exit_connect", "syscalls"));
             progs.push(("sys_enter_connect", "syscalls"));
@@ -301,8 +343,17 @@ impl BpfRoute {
         }
         Ok(BpfRoute {
             ebpf: Some(ebpf),
+            set_state_program,
             ..route
         })
+    }
+
+    /// How sock:inet_sock_set_state is read: `tp_btf` or `tracepoint`, and why not tp_btf.
+    pub(crate) fn set_state_program(&self) -> (&'static str, Option<&str>) {
+        match &self.set_state_program {
+            SetStateProgram::TpBtf => ("tp_btf", None),
+            SetStateProgram::Tracepoint(why) => ("tracepoint", Some(why)),
+        }
     }
 
     /// Detaches the programs; the maps stay readable for the last [`BpfRoute::refresh`].

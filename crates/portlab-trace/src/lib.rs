@@ -239,6 +239,12 @@ impl Shared {
         snap.reader_cpu_ms = self.reader_cpu_ns.load(Ordering::Relaxed) / 1_000_000;
         snap.route = self.route;
         snap.syscalls = self.syscalls;
+        if let Some(bpf) = &self.bpf {
+            let route = bpf.lock().unwrap_or_else(|e| e.into_inner());
+            let (program, why) = route.set_state_program();
+            snap.bpf_set_state_program = Some(program);
+            snap.bpf_tp_btf_unavailable = why.map(str::to_string);
+        }
         snap
     }
 

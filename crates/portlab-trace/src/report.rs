@@ -164,6 +164,12 @@ pub struct TraceSnapshot {
     /// false, a bound socket's synchronous failure counts as `abandoned` (no errno) and
     /// connect() errors without a TCP socket are not seen.
     pub syscalls: bool,
+    /// BPF route: the program type reading sock:inet_sock_set_state, `tp_btf` (BTF raw
+    /// tracepoint, no record built per hit) or `tracepoint` (the classic fallback); None on
+    /// the perf route.
+    pub bpf_set_state_program: Option<&'static str>,
+    /// Why the BPF route fell back to the classic tracepoint program (None otherwise).
+    pub bpf_tp_btf_unavailable: Option<String>,
 }
 
 impl TraceSnapshot {
@@ -246,6 +252,8 @@ pub(crate) fn snapshot(agg: &mut Aggregator, elapsed_ms: u64, start_ns: u64) -> 
         reader_cpu_ms: 0,
         route: crate::Route::Perf,
         syscalls: true,
+        bpf_set_state_program: None,
+        bpf_tp_btf_unavailable: None,
     }
 }
 

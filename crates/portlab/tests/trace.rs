@@ -27,14 +27,24 @@ struct Trace {
 
 impl Trace {
     fn start(args: &[&str]) -> Trace {
-        Trace::spawn(&[&["trace", "--json"], args].concat())
+        Trace::start_env(args, &[])
+    }
+
+    /// The same with these environment variables set.
+    fn start_env(args: &[&str], env: &[(&str, &str)]) -> Trace {
+        Trace::spawn_env(&[&["trace", "--json"], args].concat(), env)
     }
 
     /// Any portlab command that prints "ready" on stderr once attached.
     fn spawn(args: &[&str]) -> Trace {
+        Trace::spawn_env(args, &[])
+    }
+
+    fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Trace {
         let serial = serial();
         let mut child = Command::new(PORTLAB)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -131,17 +141,24 @@ fn time_wait_in(ns: &NetNs) -> usize {
 
 #[test]
 fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
-    exhausting(&[], false);
+    exhausting(&[], &[], false);
+}
+
+/// The same on the classic tracepoint program for inet_sock_set_state (the fallback when the
+/// tp_btf one does not load).
+#[test]
+fn a_python_loop_exhausting_its_pool_is_reported_exactly_on_the_classic_tracepoint() {
+    exhausting(&[], &[("PORTLAB_TRACE_CLASSIC_TRACEPOINT", "1")], false);
 }
 
 /// The same with the syscall tracepoints on the BPF route (an EADDRNOTAVAIL then waits for
 /// its connect() return instead of being counted at the CLOSE).
 #[test]
 fn a_python_loop_exhausting_its_pool_is_reported_exactly_with_syscalls() {
-    exhausting(&["--syscalls"], true);
+    exhausting(&["--syscalls"], &[], true);
 }
 
-fn exhausting(extra_args: &[&str], syscalls: bool) {
+fn exhausting(extra_args: &[&str], env: &[(&str, &str)], syscalls: bool) {
     let ns = exhaustible_namespace("trace");
     // A fixed port outside the range (the namespace is new): bind(0) would take one of the
     // 1,000 and leave 999 for connect().
@@ -162,7 +179,7 @@ fn exhausting(extra_args: &[&str], syscalls: bool) {
         }
     });
     let netns = format!("/var/run/netns/{}", ns.name());
-    let trace = Trace::start(&[&["--netns", &netns], extra_args].concat());
+    let trace = Trace::start_env(&[&["--netns", &netns], extra_args].concat(), env);
 
     let counts = python(&ns, CHURN, &[port.to_string(), "1500".to_string()]);
     let ok = counts["ok"].as_u64().expect("ok");
@@ -188,6 +205,16 @@ fn exhausting(extra_args: &[&str], syscalls: bool) {
     assert_eq!(
         report["syscalls"], syscalls,
         "BPF route default: no syscall tracepoints"
+    );
+    let program = if env.is_empty() {
+        "tp_btf"
+    } else {
+        "tracepoint"
+    };
+    assert_eq!(
+        report["bpf_set_state_program"], program,
+        "{}",
+        report["bpf_tp_btf_unavailable"]
     );
     let pid = counts["pid"].as_u64().expect("pid");
     let f = flow(&report, pid, &format!("127.0.0.1:{port}"));
