@@ -187,6 +187,9 @@ echo "nginx on $URL (CPU 1); load on CPU 0: -c $CONNS -z $DURATION --connection 
 # A round is 0 v1 0 v2 … 0 (0 = no trace; forward order in odd rounds, reversed in even ones).
 VARIANTS=""
 for r in $ROUTES; do VARIANTS="$VARIANTS $r-sys $r-nosys"; done
+# bpf-classic: the default mode with the classic tracepoint program for inet_sock_set_state
+# instead of tp_btf (PORTLAB_TRACE_CLASSIC_TRACEPOINT), what tp_btf saves.
+if [[ " $ROUTES " == *" bpf "* ]]; then VARIANTS="$VARIANTS bpf-classic"; fi
 read -r -a VARS <<<"$VARIANTS"
 echo "Part A: $ROUNDS rounds of 0 between each of ($VARIANTS), ABBA order" >&2
 for round in $(seq "$ROUNDS"); do
@@ -201,6 +204,7 @@ for round in $(seq "$ROUNDS"); do
     name="a$round-$step-$traced"
     case $traced in
       0) ;;
+      bpf-classic) PORTLAB_TRACE_CLASSIC_TRACEPOINT=1 start_trace "$name" --route bpf ;;
       *-nosys) start_trace "$name" --route "${traced%-nosys}" --no-syscalls ;;
       *-sys) start_trace "$name" --route "${traced%-sys}" --syscalls ;;
     esac
@@ -353,7 +357,10 @@ for r in A:
     byrun[(int(head[1:]), step)] = r
 def host_cpu_per_conn(r):  # load + nginx, seconds per connection
     return (f(r[5]) + f(r[12])) / max(f(r[4]), 1)
-for variant, label in [v for r in routes for v in ((f"{r}-sys", f"portlab trace --route {r} --syscalls" + (" (default)" if r == "perf" else "")), (f"{r}-nosys", f"portlab trace --route {r} --no-syscalls" + (" (default)" if r == "bpf" else "")))]:
+variants = [v for r in routes for v in ((f"{r}-sys", f"portlab trace --route {r} --syscalls" + (" (default)" if r == "perf" else "")), (f"{r}-nosys", f"portlab trace --route {r} --no-syscalls" + (" (default)" if r == "bpf" else "")))]
+if "bpf" in routes:
+    variants.append(("bpf-classic", "portlab trace --route bpf, classic tracepoint program instead of tp_btf"))
+for variant, label in variants:
   ratios, cpu_ratios, cpu_deltas, trace_pct, reader_pct, ev_rates, lost = [], [], [], [], [], [], 0
   for (rd, step), t in sorted(byrun.items()):
       if t[2] != variant:
