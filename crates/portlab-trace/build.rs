@@ -1,5 +1,5 @@
-//! Compiles bpf/trace.bpf.c into a BPF object with clang (`-target bpf -O2 -g`) for the BPF
-//! route (src/bpf.rs embeds it). Without clang the build still succeeds with a warning, and
+//! Compiles bpf/trace.bpf.c into a BPF object with clang (`-target bpf -mcpu=v3 -O2 -g`) for
+//! the BPF route (src/bpf.rs embeds it). Without clang the build still succeeds with a warning, and
 //! `portlab trace` uses the perf route.
 
 use std::path::PathBuf;

@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
 //
 // portlab trace, BPF route: the connect() state machine of src/aggregate.rs, run in the kernel
-// on the same four tracepoints, counting into hash maps that user space reads (src/bpf.rs).
-// Nothing is sent to user space per event.
+// on the same four tracepoints (inet_sock_set_state as tp_btf when it loads), counting into
+// maps that user space reads (src/bpf.rs). Nothing is sent to user space per event.
 //
-// Built by build.rs with `clang -target bpf -O2 -g`; no vmlinux.h, no libbpf headers: the
-// tracepoint records are declared from /sys/kernel/tracing/events/*/*/format (stable since
+// Built by build.rs with `clang -target bpf -mcpu=v3 -O2 -g`; no vmlinux.h, no libbpf headers:
+// the tracepoint records are declared from /sys/kernel/tracing/events/*/*/format (stable since
 // Linux 4.16; src/bpf.rs checks the running kernel's offsets before loading), the helpers by
-// their ids in include/uapi/linux/bpf.h, and the three kernel structs read for the --netns
-// filter with preserve_access_index (CO-RE: the loader fixes the offsets from the kernel's BTF).
+// their ids in include/uapi/linux/bpf.h, and the kernel structs read for the --netns filter and
+// by the tp_btf program with preserve_access_index (CO-RE: the loader fixes the offsets from the
+// kernel's BTF).
 //
 // Kernel sequence (measured on Linux 6.18, docs/trace.md):
 //   connect() -> tcp_v4_connect(): CLOSE -> SYN_SENT on the caller's thread, sport 0
@@ -683,13 +684,18 @@ INLINE int set_state(const void *ctx, int btf, __u64 sk, int old, int new) {
     return 0;
 }
 
+// What a classic tracepoint program returns: 0 would make the kernel drop the hit for every
+// perf_event_open user of the same tracepoint on the host (perf_trace_run_bpf_submit(),
+// kernel/events/core.c), among them another portlab trace on the perf route, or perf record.
+#define PASS_ON 1
+
 // The classic tracepoint: the kernel builds the record (perf_trace_inet_sock_set_state)
 // before the program runs. The fallback when tp_btf does not load.
 SEC("tracepoint/sock/inet_sock_set_state")
 int inet_sock_set_state(struct set_state_args *ctx) {
-    if (ctx->protocol != IPPROTO_TCP)
-        return 0;
-    return set_state(ctx, 0, (__u64)ctx->skaddr, ctx->oldstate, ctx->newstate);
+    if (ctx->protocol == IPPROTO_TCP)
+        set_state(ctx, 0, (__u64)ctx->skaddr, ctx->oldstate, ctx->newstate);
+    return PASS_ON;
 }
 
 // The same hook as a BTF raw tracepoint: no record is built; the program reads the few fields
@@ -702,10 +708,9 @@ int inet_sock_set_state_btf(__u64 *ctx) {
     return set_state(ctx, 1, (__u64)sk, (int)ctx[1], (int)ctx[2]);
 }
 
-SEC("tracepoint/sock/inet_sk_error_report")
-int inet_sk_error_report(struct error_report_args *ctx) {
+INLINE void error_report(struct error_report_args *ctx) {
     if (ctx->protocol != IPPROTO_TCP || ctx->error == 0)
-        return 0;
+        return;
     count_event();
     struct tuple t = {};
     t.sport = ctx->sport;
@@ -714,31 +719,33 @@ int inet_sk_error_report(struct error_report_args *ctx) {
     copy16(t.daddr, ctx->daddr_v6);
     __u64 *skp = bpf_map_lookup_elem(&by_tuple, &t);
     if (!skp)
-        return 0;
+        return;
     __u64 sk = *skp;
     struct failed *w = bpf_map_lookup_elem(&failed, &sk);
     if (w)
         finish_failed(sk, w, ctx->error);
     else
         bpf_map_delete_elem(&by_tuple, &t);
-    return 0;
+}
+
+SEC("tracepoint/sock/inet_sk_error_report")
+int inet_sk_error_report(struct error_report_args *ctx) {
+    error_report(ctx);
+    return PASS_ON;
 }
 
 // A new connect() on this thread: forget a socket left from a SYN_SENT outside connect()
 // (TCP Fast Open's sendmsg) or from an earlier call, so its exit is not paired with it.
 // A lookup and a store: the entry stays for the thread's next call.
-SEC("tracepoint/syscalls/sys_enter_connect")
-int sys_enter_connect(void *ctx) {
+INLINE void enter_connect(void) {
     count_event();
     __u32 tid = (__u32)bpf_get_current_pid_tgid();
     struct call *call = bpf_map_lookup_elem(&calls, &tid);
     if (call && call->sk)
         call->sk = 0;
-    return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_connect")
-int sys_exit_connect(struct sys_exit_args *ctx) {
+INLINE void exit_connect(struct sys_exit_args *ctx) {
     count_event();
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 tid = (__u32)pid_tgid;
@@ -750,38 +757,49 @@ int sys_exit_connect(struct sys_exit_args *ctx) {
         cp->sk = 0;
     }
     if (ret >= 0 || ret == -EINPROGRESS)
-        return 0;
+        return;
     __s32 err = (__s32)-ret;
     if (sk) {
         struct failed *w = bpf_map_lookup_elem(&failed, &sk);
         if (w) {
             finish_failed(sk, w, err);
-            return 0;
+            return;
         }
         // connect() gave up on a socket still connecting with no state change seen (a
         // blocking connect's timeout or refusal). Interrupted calls keep connecting.
         if (err == EINTR || err == EALREADY || err == EAGAIN || err == ERESTARTSYS)
-            return 0;
+            return;
         struct sock_state *s = bpf_map_lookup_elem(&socks, &sk);
         if (!s || s->phase != PHASE_CONNECTING)
-            return 0;
+            return;
         __u32 slot = s->slot;
         if (bpf_map_delete_elem(&socks, &sk) != 0)
-            return 0;
+            return;
         struct flow *f = counters_of(slot);
         if (f)
             fail(f, slot, err, bpf_ktime_get_ns());
-        return 0;
+        return;
     }
     // No TCP socket changed state in this call: a routing failure before a port was chosen
     // (ENETUNREACH), or not a TCP socket. No destination.
     if (cfg.dport || cfg.match_daddr || !task_selected((__u32)(pid_tgid >> 32)))
-        return 0;
+        return;
     struct socketless_key k = {};
     k.tgid = pid_tgid >> 32;
     k.err = err;
     count_in(&socketless, &k);
-    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int sys_enter_connect(void *ctx) {
+    enter_connect();
+    return PASS_ON;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect(struct sys_exit_args *ctx) {
+    exit_connect(ctx);
+    return PASS_ON;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";
