@@ -2,21 +2,30 @@
 # What `portlab trace` costs: new connections/s of `portlab load --connection close` against
 # nginx with and without `portlab trace` running (host-wide, no filter), and trace's own CPU.
 #
-# Part A, overhead at full speed: $ROUNDS interleaved rounds (ABBA order: without, with, with,
-#   without, …) of `portlab load -c $CONNS -z $DURATION --connection close`; load pinned to
-#   CPU 0, nginx to CPU 1 (taskset), trace unpinned. Prints conn/s per run, the median of the
-#   paired ratios with/without and their spread (min–max), load's CPU per connection, and
-#   trace's CPU (user+sys from GNU time) as % of one core with the events/s it processed.
+# Part A, overhead at full speed: $ROUNDS short rounds of `portlab load -c $CONNS -z $DURATION
+#   --connection close`; load pinned to CPU 0, nginx (one worker, no master) to CPU 1, trace
+#   unpinned. Each round runs every traced variant between two untraced runs (0 v1 0 v2 0 …),
+#   the variants in reverse order every other round (ABBA), and compares each traced run with
+#   the mean of its two untraced neighbours, so drift of the machine cancels. Prints per
+#   variant the median of these paired ratios of conn/s and their spread (min–max), and — the
+#   figure noise moves much less — the CPU per connection of load + nginx together (load:
+#   task-clock from `perf stat` or GNU time; nginx: /proc/PID/schedstat, ns), traced ÷
+#   untraced and the difference in µs per connection (what tracing costs the traced
+#   processes: programs or samples, the syscall slow path), plus trace's own CPU.
 # Part B, cost per event: `portlab load --rate R` for each R in $RATES (each connection is
 #   about 8 tracepoint hits here — client and server are on this host — so 1,250 conn/s ≈
 #   10,000 events/s and 12,500 ≈ 100,000); reports events/s seen, trace CPU % of a core, CPU
 #   ns per event, lost events, and trace's CPU scaled to 10,000 connects/s.
 #
 # Part C, the reader at 10,000 and 100,000 events/s: a paced UDP connect() loop (2 hits per
-#   call, no packets) while trace runs; trace's CPU % of a core, ns per event, lost events.
+#   call, no packets) while `trace --syscalls` runs; trace's CPU % of a core, ns per event, lost events.
 #
 # Part D, the kernel-side cost per event (paid by the traced process, not by trace): CPU per
-#   UDP connect() of an unpaced python3 loop without and with trace, paired rounds.
+#   UDP connect() of an unpaced python3 loop without and with `trace --syscalls`, paired
+#   rounds (each call is 2 syscall-tracepoint hits; the slow path is included).
+#
+# Part F, the host-wide cost of the syscall tracepoints: CPU per syscall of dd bs=1 (an
+#   unrelated process) without trace and with --syscalls / --no-syscalls on each route.
 #
 # Every traced variant runs on each route of $ROUTES (default "bpf perf": the BPF route that
 # counts in kernel maps, and the perf_event_open route beside it), so A and D print one block
@@ -29,22 +38,24 @@
 #   process's /proc/PID/fdinfo) per connection, and as % of a core at 10,000 connects/s. On a
 #   busy host this overstates (a preempted program's time counts), so read it quiet.
 #
-# Usage: scripts/bench-trace.sh            (the full run: ~6 min with the defaults)
-#        QUICK=1 scripts/bench-trace.sh    (DURATION=2s ROUNDS=2, parts A and D only)
-#   (env: DURATION=5s CONNS=50 ROUNDS=6 RATES="1250 12500" FLOODS="10000 100000"
+# Usage: scripts/bench-trace.sh            (the full run: ~12 min with the defaults)
+#        QUICK=1 scripts/bench-trace.sh    (DURATION=1s ROUNDS=3, parts A, D, E and F)
+#   The BPF route's bars on a quiet machine (≈ 4 min):
+#        ROUTES=bpf RATES="" FLOODS="" scripts/bench-trace.sh
+#   (env: DURATION=1.5s CONNS=50 ROUNDS=12 RATES="1250 12500" FLOODS="10000 100000"
 #         ROUTES="bpf perf" QUICK=1 REBUILD=1)
 # Needs: root (perf_event_open on tracepoints), nginx, python3, GNU time, taskset, cargo.
 set -euo pipefail
 
 if [[ -n ${QUICK:-} ]]; then
-  DURATION=${DURATION:-2s}
-  ROUNDS=${ROUNDS:-2}
+  DURATION=${DURATION:-1s}
+  ROUNDS=${ROUNDS:-3}
   RATES=${RATES:-}
   FLOODS=${FLOODS:-}
 fi
-DURATION=${DURATION:-5s}
+DURATION=${DURATION:-1.5s}
 CONNS=${CONNS:-50}
-ROUNDS=${ROUNDS:-6}
+ROUNDS=${ROUNDS:-12}
 ROUTES=${ROUTES:-"bpf perf"}
 E_RATE=${E_RATE:-2000}
 RATES=${RATES-"1250 12500"}
@@ -76,6 +87,7 @@ chmod 644 "$WORK/html/hello.html"
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 cat >"$WORK/nginx.conf" <<EOF
 worker_processes 1;
+master_process off;
 error_log $WORK/error.log;
 pid $WORK/nginx.pid;
 events { worker_connections 4096; }
@@ -118,12 +130,29 @@ stop_trace() {
   TRACE_PID=
 }
 
-# load NAME ARGS...: one load run (JSON report and GNU time output kept under $WORK)
+# nginx's CPU time so far, ns (/proc/PID/schedstat: on-CPU time, ns resolution).
+nginx_ns() { awk '{print $1}' "/proc/$NGINX_PID/schedstat"; }
+
+# load NAME ARGS...: one load run (JSON report, load's CPU and nginx's CPU kept under $WORK).
+# Load's CPU is perf stat's task-clock when perf works (ns), else GNU time's user+sys (10 ms).
+HAVE_PERF=
+if command -v perf >/dev/null && perf stat -x, -e task-clock -o /dev/null -- true 2>/dev/null; then
+  HAVE_PERF=1
+fi
 load() {
   local name=$1
   shift
-  /usr/bin/time -f "CPU %U %S" -o "$WORK/$name.ltime" taskset -c 0 "$PORTLAB" load \
-    -c "$CONNS" -z "$DURATION" --connection close --json "$@" "$URL" >"$WORK/$name.ljson" 2>/dev/null || true
+  local n0
+  n0=$(nginx_ns)
+  if [[ -n $HAVE_PERF ]]; then
+    perf stat -x, -e task-clock -o "$WORK/$name.lperf" taskset -c 0 "$PORTLAB" load \
+      -c "$CONNS" -z "$DURATION" --connection close --json "$@" "$URL" >"$WORK/$name.ljson" 2>/dev/null || true
+    awk -F, '/task-clock/ {printf "CPU %.6f 0\n", $1 / 1000}' "$WORK/$name.lperf" >"$WORK/$name.ltime"
+  else
+    /usr/bin/time -f "CPU %U %S" -o "$WORK/$name.ltime" taskset -c 0 "$PORTLAB" load \
+      -c "$CONNS" -z "$DURATION" --connection close --json "$@" "$URL" >"$WORK/$name.ljson" 2>/dev/null || true
+  fi
+  echo "$(($(nginx_ns) - n0))" >"$WORK/$name.nginx"
 }
 
 RESULTS=$WORK/results.tsv
@@ -140,39 +169,49 @@ r = json.load(open(f"{work}/{name}.ljson"))
 s = r["summary"]
 conns = s["succeeded"]
 lcpu = cpu(f"{work}/{name}.ltime")
+ncpu = int(open(f"{work}/{name}.nginx").read()) / 1e9
 tcpu = events = lost = elapsed = reader = "-"
 if traced != "0":
     t = json.load(open(f"{work}/{name}.json"))
     tcpu, events, lost = cpu(f"{work}/{name}.time"), t["events"], t["lost_events"]
     elapsed, reader = t["elapsed_ms"] / 1000, t["reader_cpu_ms"] / 1000
-print("\t".join(str(x) for x in (part, name, traced, rate, conns, lcpu, tcpu, events, lost, elapsed, reader, s.get("requests_per_sec", 0))))
+print("\t".join(str(x) for x in (part, name, traced, rate, conns, lcpu, tcpu, events, lost, elapsed, reader, s.get("requests_per_sec", 0), ncpu)))
 PY
 }
 
 echo "nginx on $URL (CPU 1); load on CPU 0: -c $CONNS -z $DURATION --connection close" >&2
 "$PORTLAB" load -c "$CONNS" -z 1s --connection close "$URL" >/dev/null 2>&1 || true # warm-up
 
-# Variants: 0 = no trace, ROUTE = portlab trace --route ROUTE, ROUTE-nosys = the same with
-# --no-syscalls; the order rotates every round.
-VARIANTS="0"
-for r in $ROUTES; do VARIANTS="$VARIANTS $r $r-nosys"; done
+# Variants: ROUTE-sys = portlab trace --route ROUTE --syscalls, ROUTE-nosys = --no-syscalls
+# (the BPF route's default is nosys, the perf route's sys).
+# A round is 0 v1 0 v2 … 0 (0 = no trace; forward order in odd rounds, reversed in even ones).
+VARIANTS=""
+for r in $ROUTES; do VARIANTS="$VARIANTS $r-sys $r-nosys"; done
+# bpf-classic: the default mode with the classic tracepoint program for inet_sock_set_state
+# instead of tp_btf (PORTLAB_TRACE_CLASSIC_TRACEPOINT), what tp_btf saves.
+if [[ " $ROUTES " == *" bpf "* ]]; then VARIANTS="$VARIANTS bpf-classic"; fi
 read -r -a VARS <<<"$VARIANTS"
-echo "Part A: $ROUNDS rounds of variants ($VARIANTS), rotating order" >&2
+echo "Part A: $ROUNDS rounds of 0 between each of ($VARIANTS), ABBA order" >&2
 for round in $(seq "$ROUNDS"); do
   n=${#VARS[@]}
-  order=()
-  for i in $(seq 0 $((n - 1))); do order+=("${VARS[$(((i + round) % n))]}"); done
-  for traced in "${order[@]}"; do
-    name="a$round-$traced"
+  order=(0)
+  for i in $(seq 0 $((n - 1))); do
+    if ((round % 2)); then v=${VARS[$i]}; else v=${VARS[$((n - 1 - i))]}; fi
+    order+=("$v" 0)
+  done
+  for step in "${!order[@]}"; do
+    traced=${order[$step]}
+    name="a$round-$step-$traced"
     case $traced in
       0) ;;
+      bpf-classic) PORTLAB_TRACE_CLASSIC_TRACEPOINT=1 start_trace "$name" --route bpf ;;
       *-nosys) start_trace "$name" --route "${traced%-nosys}" --no-syscalls ;;
-      *) start_trace "$name" --route "$traced" ;;
+      *-sys) start_trace "$name" --route "${traced%-sys}" --syscalls ;;
     esac
     load "$name"
     if [[ $traced != 0 ]]; then stop_trace; fi
     record A "$name" "$traced"
-    tail -1 "$RESULTS" | awk -F'\t' '{printf "  round %s traced=%s: %8.0f conn/s\n", "'"$round"'", $3, $12}' >&2
+    tail -1 "$RESULTS" | awk -F'\t' '{printf "  round %s traced=%s: %8.0f conn/s, load+nginx %.1f us CPU/conn\n", "'"$round"'", $3, $12, ($6 + $13) / $5 * 1e6}' >&2
   done
 done
 
@@ -196,7 +235,7 @@ SECS=$(python3 -c "d='$DURATION'; print(float(d[:-1]) if d.endswith('s') else fl
 for route in $ROUTES; do
 for events in $FLOODS; do
   name="c$events-$route"
-  start_trace "$name" --route "$route"
+  start_trace "$name" --route "$route" --syscalls
   taskset -c 0 python3 - "$events" "$SECS" <<'PY'
 import socket, sys, time
 per_sec, secs = int(sys.argv[1]) // 2, float(sys.argv[2])
@@ -245,38 +284,62 @@ PY
 for round in $(seq "$ROUNDS"); do
   printf '0\t%s\n' "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
   for route in $ROUTES; do
-    start_trace "d$round-$route" --route "$route"
+    start_trace "d$round-$route" --route "$route" --syscalls
     printf '%s\t%s\n' "$route" "$(taskset -c 0 python3 "$WORK/flood.py")" >>"$WORK/udp.tsv"
     stop_trace
   done
 done
 
-# Part E: the kernel's own accounting of the BPF programs (kernel.bpf_stats_enabled).
+# Part E: the kernel's own accounting of the BPF programs (kernel.bpf_stats_enabled), in the
+# default mode and with --syscalls.
 : >"$WORK/bpfstats.txt"
 if [[ " $ROUTES " == *" bpf "* && -w /proc/sys/kernel/bpf_stats_enabled ]]; then
   echo "Part E: bpf_stats at --rate $E_RATE" >&2
   old_stats=$(cat /proc/sys/kernel/bpf_stats_enabled)
   echo 1 >/proc/sys/kernel/bpf_stats_enabled
-  start_trace e --route bpf
-  load e --rate "$E_RATE"
-  child=$(ps -o pid= --ppid "$TRACE_PID" | tr -d ' ')
-  for fd in /proc/"${child:-$TRACE_PID}"/fdinfo/*; do
-    grep -q '^prog_type' "$fd" 2>/dev/null || continue
-    awk '/^run_time_ns/ {t=$2} /^run_cnt/ {c=$2} END {print t, c}' "$fd"
-  done >"$WORK/bpfstats.raw"
-  stop_trace
-  echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
-  python3 - "$WORK/bpfstats.raw" "$WORK/e.ljson" >"$WORK/bpfstats.txt" <<'PY'
+  for mode in default --syscalls; do
+    if [[ $mode == default ]]; then start_trace e --route bpf; else start_trace e --route bpf "$mode"; fi
+    load e --rate "$E_RATE"
+    child=$(ps -o pid= --ppid "$TRACE_PID" | tr -d ' ')
+    for fd in /proc/"${child:-$TRACE_PID}"/fdinfo/*; do
+      grep -q '^prog_type' "$fd" 2>/dev/null || continue
+      awk '/^run_time_ns/ {t=$2} /^run_cnt/ {c=$2} END {print t, c}' "$fd"
+    done >"$WORK/bpfstats.raw"
+    stop_trace
+    python3 - "$WORK/bpfstats.raw" "$WORK/e.ljson" "$mode" >>"$WORK/bpfstats.txt" <<'PY'
 import json, sys
 rows = [tuple(map(int, l.split())) for l in open(sys.argv[1]) if l.strip()]
 ns, runs = sum(r[0] for r in rows), sum(r[1] for r in rows)
 conns = json.load(open(sys.argv[2]))["summary"]["succeeded"]
 per_conn = ns / max(conns, 1)
-print(f"  {conns:,} connections, {runs:,} program runs ({runs / max(conns, 1):.1f} per connection, all four programs), "
+progs = ", ".join(f"{c / max(conns, 1):.1f} runs x {t / max(c, 1):.0f} ns" for t, c in rows if c)
+print(f"  {sys.argv[3]}: {conns:,} connections, {runs:,} program runs ({runs / max(conns, 1):.1f} per connection; per program: {progs}), "
       f"{ns / max(runs, 1):.0f} ns per run, {per_conn:,.0f} ns per connection "
-      f"= {per_conn * 10000 / 1e9 * 100:.2f} % of a core at 10,000 connects/s (bar < 2 %)")
+      f"= {per_conn * 10000 / 1e9 * 100:.2f} % of a core at 10,000 connects/s (bar < 2 %; programs only, not the tracepoint's record)")
 PY
+  done
+  echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
 fi
+
+# Part F: the host-wide cost of the syscall tracepoints: CPU per read()/write() syscall of an
+# unrelated process (dd bs=1, 2 syscalls per byte, CPU 0) without trace and with each route
+# --syscalls and --no-syscalls, interleaved $ROUNDS times, paired differences.
+echo "Part F: CPU per syscall of an unrelated process (dd bs=1)" >&2
+: >"$WORK/dd.tsv"
+dd_ns() {
+  /usr/bin/time -f "%U %S" -o "$WORK/dd.time" taskset -c 0 dd if=/dev/zero of=/dev/null bs=1 count=1000000 2>/dev/null
+  awk '{printf "%.1f\n", ($1 + $2) / 2000000 * 1e9}' "$WORK/dd.time"
+}
+for round in $(seq "$ROUNDS"); do
+  printf '0\t%s\n' "$(dd_ns)" >>"$WORK/dd.tsv"
+  for route in $ROUTES; do
+    for mode in --syscalls --no-syscalls; do
+      start_trace "f$round" --route "$route" "$mode"
+      printf '%s%s\t%s\n' "$route" "$mode" "$(dd_ns)" >>"$WORK/dd.tsv"
+      stop_trace
+    done
+  done
+done
 
 python3 - "$RESULTS" "$ROUTES" <<'PY'
 import sys, statistics
@@ -285,27 +348,51 @@ A = [r for r in rows if r[0] == "A"]
 B = [r for r in rows if r[0] == "B"]
 def f(x):
     return float(x)
-print("\nPart A: portlab load --connection close, new connections/s without and with portlab trace")
-base = {r[1].split("-")[0]: r for r in A if r[2] == "0"}
+print("\nPart A: portlab load --connection close, new connections/s and CPU per connection without and with portlab trace")
+print("  (each traced run against the mean of the untraced runs just before and after it)")
 routes = sys.argv[2].split()
-for variant, label in [v for r in routes for v in ((r, f"portlab trace --route {r}"), (f"{r}-nosys", f"portlab trace --route {r} --no-syscalls"))]:
-  print(f" {label}:")
-  trac = {r[1].split("-")[0]: r for r in A if r[2] == variant}
-  ratios, cpu_ratios, trace_pct, ev_rates = [], [], [], []
-  for k in sorted(base):
-      b, t = base[k], trac.get(k)
-      if not t:
+byrun = {}
+for r in A:
+    head, step = r[1].split("-")[0], int(r[1].split("-")[1])
+    byrun[(int(head[1:]), step)] = r
+def host_cpu_per_conn(r):  # load + nginx, seconds per connection
+    return (f(r[5]) + f(r[12])) / max(f(r[4]), 1)
+variants = [v for r in routes for v in ((f"{r}-sys", f"portlab trace --route {r} --syscalls" + (" (default)" if r == "perf" else "")), (f"{r}-nosys", f"portlab trace --route {r} --no-syscalls" + (" (default)" if r == "bpf" else "")))]
+if "bpf" in routes:
+    variants.append(("bpf-classic", "portlab trace --route bpf, classic tracepoint program instead of tp_btf"))
+for variant, label in variants:
+  ratios, cpu_ratios, cpu_deltas, trace_pct, reader_pct, ev_rates, lost = [], [], [], [], [], [], 0
+  for (rd, step), t in sorted(byrun.items()):
+      if t[2] != variant:
           continue
-      rb, rt = f(b[11]), f(t[11])
-      ratios.append(rt / rb)
-      cpu_ratios.append((f(t[5]) / f(t[4])) / (f(b[5]) / f(b[4])))
+      nb = [byrun.get((rd, step - 1)), byrun.get((rd, step + 1))]
+      nb = [b for b in nb if b and b[2] == "0"]
+      if not nb:
+          continue
+      rb = statistics.mean(f(b[11]) for b in nb)
+      cb = statistics.mean(host_cpu_per_conn(b) for b in nb)
+      ratios.append(f(t[11]) / rb)
+      cpu_ratios.append(host_cpu_per_conn(t) / cb)
+      cpu_deltas.append((host_cpu_per_conn(t) - cb) * 1e6)
       trace_pct.append(f(t[6]) / f(t[9]) * 100)
+      reader_pct.append(f(t[10]) / f(t[9]) * 100)
       ev_rates.append(f(t[7]) / f(t[9]))
-      print(f"  {k}: without {rb:8.0f}/s  with {rt:8.0f}/s  ratio {rt/rb:.3f}  load CPU/conn ratio {cpu_ratios[-1]:.3f}  "
-            f"trace CPU {trace_pct[-1]:.1f} % of a core at {ev_rates[-1]:,.0f} events/s, lost {t[8]}")
-  if ratios:
-      print(f"  median ratio with/without {statistics.median(ratios):.3f} (spread {min(ratios):.3f}–{max(ratios):.3f}); "
-            f"load CPU per connection ×{statistics.median(cpu_ratios):.3f}; trace CPU median {statistics.median(trace_pct):.1f} % of a core")
+      lost += int(t[8])
+  if not ratios:
+      continue
+  med = statistics.median
+  print(f" {label}: {len(ratios)} paired runs")
+  print(f"  conn/s traced/untraced: median {med(ratios):.3f} (spread {min(ratios):.3f}-{max(ratios):.3f}; bar >= 0.95)")
+  print(f"  load+nginx CPU per connection traced/untraced: median {med(cpu_ratios):.3f} (spread {min(cpu_ratios):.3f}-{max(cpu_ratios):.3f}), "
+        f"{med(cpu_deltas):+.2f} us per connection (spread {min(cpu_deltas):+.2f} to {max(cpu_deltas):+.2f})")
+  print(f"  trace's own CPU: median {med(trace_pct):.2f} % of a core over the run, its one-off start included "
+        f"(loading and verifying the program, ~70 ms: short rounds overstate it); reader thread {med(reader_pct):.2f} %; "
+        f"at {med(ev_rates):,.0f} events/s; lost {lost}")
+base = [r for r in A if r[2] == "0"]
+if base:
+  rates = [f(r[11]) for r in base]
+  cpus = [host_cpu_per_conn(r) * 1e6 for r in base]
+  print(f" untraced runs: {min(rates):,.0f}-{max(rates):,.0f} conn/s, load+nginx {min(cpus):.1f}-{max(cpus):.1f} us CPU per connection")
 print("\nPart B: fixed rates (portlab load --rate R --connection close)")
 for r in [x for x in B if x[2] != "0"]:
     b = next((x for x in B if x[2] == "0" and x[3] == r[3]), None)
@@ -344,3 +431,15 @@ PY
 echo
 echo "Part E: BPF route, kernel-side cost from kernel.bpf_stats_enabled (client and server on this host)"
 cat "$WORK/bpfstats.txt"
+python3 - "$WORK/dd.tsv" <<'PY'
+import sys, statistics
+rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
+print("\nPart F: host-wide syscall slow path, CPU ns per syscall of dd bs=1 (not traced itself)")
+base = [float(v) for k, v in rows if k == "0"]
+if base:
+    print(f"  without trace: median {statistics.median(base):.1f} ns")
+for k in dict.fromkeys(k for k, _ in rows if k != "0"):
+    on = [float(v) for kk, v in rows if kk == k]
+    d = sorted(b - a for a, b in zip(base, on))
+    print(f"  {k.replace('--', ' --')}: median {statistics.median(on):.1f} ns, paired difference median {statistics.median(d):+.1f} ns (spread {d[0]:+.1f} to {d[-1]:+.1f})")
+PY

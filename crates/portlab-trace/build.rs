@@ -1,5 +1,5 @@
-//! Compiles bpf/trace.bpf.c into a BPF object with clang (`-target bpf -O2 -g`) for the BPF
-//! route (src/bpf.rs embeds it). Without clang the build still succeeds with a warning, and
+//! Compiles bpf/trace.bpf.c into a BPF object with clang (`-target bpf -mcpu=v3 -O2 -g`) for
+//! the BPF route (src/bpf.rs embeds it). Without clang the build still succeeds with a warning, and
 //! `portlab trace` uses the perf route.
 
 use std::path::PathBuf;
@@ -14,7 +14,7 @@ fn main() {
     let clang = std::env::var("PORTLAB_BPF_CLANG").unwrap_or_else(|_| "clang".to_string());
     let result = Command::new(&clang)
         .args([
-            "-target", "bpf", "-O2", "-g", "-Wall", "-Werror", "-c", src, "-o",
+            "-target", "bpf", "-mcpu=v3", "-O2", "-g", "-Wall", "-Werror", "-c", src, "-o",
         ])
         .arg(&obj)
         .output();

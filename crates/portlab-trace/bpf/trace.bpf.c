@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: (MIT OR GPL-2.0)
 //
 // portlab trace, BPF route: the connect() state machine of src/aggregate.rs, run in the kernel
-// on the same four tracepoints, counting into hash maps that user space reads (src/bpf.rs).
-// Nothing is sent to user space per event.
+// on the same four tracepoints (inet_sock_set_state as tp_btf when it loads), counting into
+// maps that user space reads (src/bpf.rs). Nothing is sent to user space per event.
 //
-// Built by build.rs with `clang -target bpf -O2 -g`; no vmlinux.h, no libbpf headers: the
-// tracepoint records are declared from /sys/kernel/tracing/events/*/*/format (stable since
+// Built by build.rs with `clang -target bpf -mcpu=v3 -O2 -g`; no vmlinux.h, no libbpf headers:
+// the tracepoint records are declared from /sys/kernel/tracing/events/*/*/format (stable since
 // Linux 4.16; src/bpf.rs checks the running kernel's offsets before loading), the helpers by
-// their ids in include/uapi/linux/bpf.h, and the three kernel structs read for the --netns
-// filter with preserve_access_index (CO-RE: the loader fixes the offsets from the kernel's BTF).
+// their ids in include/uapi/linux/bpf.h, and the kernel structs read for the --netns filter and
+// by the tp_btf program with preserve_access_index (CO-RE: the loader fixes the offsets from the
+// kernel's BTF).
 //
 // Kernel sequence (measured on Linux 6.18, docs/trace.md):
 //   connect() -> tcp_v4_connect(): CLOSE -> SYN_SENT on the caller's thread, sport 0
@@ -35,6 +36,7 @@ typedef long long __s64;
 #define BPF_MAP_TYPE_HASH 1
 #define BPF_MAP_TYPE_ARRAY 2
 #define BPF_MAP_TYPE_PERCPU_ARRAY 6
+#define BPF_MAP_TYPE_LRU_HASH 9
 #define BPF_ANY 0
 #define BPF_NOEXIST 1
 
@@ -118,9 +120,48 @@ struct task_struct {
     struct nsproxy *nsproxy;
 } __attribute__((preserve_access_index));
 
-// ---- maps (layouts mirrored in src/bpf.rs) ----
+// Read by the tp_btf program (CO-RE: the loader fixes the offsets from the kernel's BTF; the
+// nesting of anonymous unions mirrors include/net/sock.h so the access paths match).
+struct in6_addr {
+    __u8 u6_addr8[16];
+};
+struct sock_common {
+    union {
+        struct {
+            __u32 skc_daddr;
+            __u32 skc_rcv_saddr;
+        };
+    };
+    union {
+        struct {
+            __u16 skc_dport;
+            __u16 skc_num;
+        };
+    };
+    unsigned short skc_family;
+    struct in6_addr skc_v6_daddr;
+    struct in6_addr skc_v6_rcv_saddr;
+} __attribute__((preserve_access_index));
+struct sock {
+    struct sock_common __sk_common;
+    __u16 sk_protocol;
+} __attribute__((preserve_access_index));
 
-// What to count; written once by user space before the programs attach.
+// The two fields the tracepoint takes from struct inet_sock (beyond struct sock, so read with
+// bpf_probe_read_kernel): tcp_set_state(CLOSE) zeroes inet_num (inet_put_port()) before the
+// tracepoint fires, but not inet_sport.
+struct inet_sock {
+    __u32 inet_saddr;
+    __u16 inet_sport;
+} __attribute__((preserve_access_index));
+
+#define AF_INET 2
+
+// ---- maps and constants (layouts mirrored in src/bpf.rs) ----
+
+// What to count: a read-only global (.rodata) that user space sets when it loads the object
+// (aya EbpfLoader::override_global) and the kernel freezes, so the verifier reads every field as
+// a constant and prunes the filters that are off: no map lookup per event for the config.
 struct config {
     __u32 tgid;         // 0: every process
     __u16 dport;        // 0: every destination
@@ -132,6 +173,8 @@ struct config {
     __u32 syscalls;     // 1: the two syscall tracepoints are attached
     __u32 pad;
 };
+
+volatile const struct config cfg = {};
 
 struct flow_key {
     __u32 tgid;
@@ -161,19 +204,18 @@ struct flow {
     char comm[16];
 };
 
+// Failures are keyed by the flow's slot in `counters` (8 bytes to hash, not 28).
 struct errno_key {
-    struct flow_key flow;
+    __u32 slot;
     __s32 err;
-    __u32 pad;
 };
 
 #define PHASE_CONNECTING 1
 #define PHASE_ESTABLISHED 2
 struct sock_state {
-    struct flow_key key;
     __u64 syn_sent_ns;
+    __u32 slot;
     __u32 phase;
-    __u32 pad;
 };
 
 struct tuple {
@@ -186,10 +228,11 @@ struct tuple {
 // A socket that left SYN_SENT for CLOSE and waits for its errno (error report or connect()
 // return). User space counts the ones that wait longer than 50 ms (src/bpf.rs).
 struct failed {
-    struct flow_key key;
     __u64 closed_ns;
-    struct tuple tuple;
+    __u32 slot;
     __u32 no_port;
+    struct tuple tuple;
+    __u32 pad;
 };
 
 struct call {
@@ -209,20 +252,31 @@ struct stats {
 
 #define MAX_FLOWS 4096
 
-struct {
-    __uint(type, BPF_MAP_TYPE_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct config);
-} config SEC(".maps");
-
-// One more than MAX_FLOWS: user space inserts the overflow row (tgid 0, :: port 0) first.
+// (tgid, destination) -> slot in `counters`; user space inserts the overflow row (tgid 0,
+// :: port 0 -> slot 0) first, so one more than MAX_FLOWS.
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, MAX_FLOWS + 1);
     __type(key, struct flow_key);
-    __type(value, struct flow);
+    __type(value, __u32);
 } flows SEC(".maps");
+
+// The counters of each flow, by slot (0: the overflow row). An array: the verifier inlines its
+// lookups, so the transitions after SYN_SENT reach their counters without hashing a key.
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, MAX_FLOWS + 1);
+    __type(key, __u32);
+    __type(value, struct flow);
+} counters SEC(".maps");
+
+// The last slot handed out (slots are 1..MAX_FLOWS).
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u32);
+} next_slot SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -252,8 +306,11 @@ struct {
     __type(value, __u64);
 } by_tuple SEC(".maps");
 
+// Thread id -> the socket its current connect() moved to SYN_SENT (0: none). Entries are
+// written in place, never deleted per call (an update or delete takes a bucket lock; a lookup
+// does not); an LRU hash, so threads that exited make room.
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 16384);
     __type(key, __u32);
     __type(value, struct call);
@@ -301,7 +358,7 @@ INLINE void copy16(__u8 *dst, const __u8 *src) {
 }
 
 // 16 bytes equal? (__builtin_memcmp would be a call to memcmp, which BPF has not.)
-INLINE int same16(const __u8 *a, const __u8 *b) {
+INLINE int same16(const volatile __u8 *a, const __u8 *b) {
     int diff = 0;
 #pragma unroll
     for (int i = 0; i < 16; i++)
@@ -309,13 +366,14 @@ INLINE int same16(const __u8 *a, const __u8 *b) {
     return diff == 0;
 }
 
-// Whether the current task passes the --pid, --cgroup and --netns filters.
-INLINE int task_selected(const struct config *c, __u32 tgid) {
-    if (c->tgid && c->tgid != tgid)
+// Whether the current task passes the --pid, --cgroup and --netns filters (constants: the
+// verifier drops the tests of the filters that are off).
+INLINE int task_selected(__u32 tgid) {
+    if (cfg.tgid && cfg.tgid != tgid)
         return 0;
-    if (c->cgroup_id && bpf_get_current_ancestor_cgroup_id(c->cgroup_level) != c->cgroup_id)
+    if (cfg.cgroup_id && bpf_get_current_ancestor_cgroup_id(cfg.cgroup_level) != cfg.cgroup_id)
         return 0;
-    if (c->netns) {
+    if (cfg.netns) {
         struct task_struct *t = (void *)bpf_get_current_task();
         struct nsproxy *nsp = 0;
         struct net *net = 0;
@@ -327,7 +385,7 @@ INLINE int task_selected(const struct config *c, __u32 tgid) {
         if (!net)
             return 0;
         bpf_probe_read_kernel(&inum, sizeof(inum), &net->ns.inum);
-        if (inum != c->netns)
+        if (inum != cfg.netns)
             return 0;
     }
     return 1;
@@ -350,10 +408,10 @@ INLINE void count_in(void *map, const void *key) {
     __sync_fetch_and_add(n, 1);
 }
 
-INLINE void fail(struct flow *f, const struct flow_key *key, __s32 err, __u64 now) {
-    struct errno_key ek = {};
-    ek.flow = *key;
-    ek.err = err;
+INLINE struct flow *counters_of(__u32 slot) { return bpf_map_lookup_elem(&counters, &slot); }
+
+INLINE void fail(struct flow *f, __u32 slot, __s32 err, __u64 now) {
+    struct errno_key ek = {.slot = slot, .err = err};
     count_in(&failures, &ek);
     if (!f->first_failure_ns)
         f->first_failure_ns = now;
@@ -375,148 +433,245 @@ INLINE void record_search(struct flow *f, __u64 ns) {
 }
 
 // Counts a socket that waited in `failed` with the errno that came (0: none).
-INLINE void finish_failed(__u64 sk, struct failed *w, __s32 err, __u64 now) {
+INLINE void finish_failed(__u64 sk, struct failed *w, __s32 err) {
     struct failed copy = *w;
     if (bpf_map_delete_elem(&failed, &sk) != 0)
         return; // user space or another CPU counted it
     if (!copy.no_port)
         bpf_map_delete_elem(&by_tuple, &copy.tuple);
-    struct flow *f = bpf_map_lookup_elem(&flows, &copy.key);
+    struct flow *f = counters_of(copy.slot);
     if (!f)
         return;
     if (!err && copy.no_port)
         err = EADDRNOTAVAIL;
     if (err)
-        fail(f, &copy.key, err, now);
+        fail(f, copy.slot, err, bpf_ktime_get_ns());
     else
         __sync_fetch_and_add(&f->abandoned, 1);
 }
 
-INLINE void syn_sent(const struct set_state_args *ctx, __u64 sk, __u64 now) {
+// The slot of (tgid, destination) in `counters`, creating the flow on its first connect;
+// slot 0 (the overflow row) once MAX_FLOWS flows exist. -1: not counted (lost).
+INLINE long flow_slot(const struct flow_key *key) {
+    __u32 *found = bpf_map_lookup_elem(&flows, key);
+    if (found)
+        return *found;
+    __u32 *next = bpf_map_lookup_elem(&next_slot, &ZERO);
+    if (!next)
+        return -1;
+    __u32 slot = __sync_fetch_and_add(next, 1) + 1;
+    long err = -E2BIG;
+    if (slot <= MAX_FLOWS) {
+        struct flow *f = counters_of(slot);
+        if (!f)
+            return -1;
+        bpf_get_current_comm(f->comm, sizeof(f->comm));
+        err = bpf_map_update_elem(&flows, key, &slot, BPF_NOEXIST);
+        if (err == 0)
+            return slot;
+    }
+    if (err == -E2BIG) {
+        struct stats *s = stat();
+        if (s)
+            s->flows_overflowed++;
+        return 0;
+    }
+    // Another CPU created this flow first (its slot is the one; ours stays unused).
+    found = bpf_map_lookup_elem(&flows, key);
+    return found ? *found : -1;
+}
+
+// The fields of an inet_sock_set_state hit, for both programs: `btf` is a constant after
+// inlining, 0 for the classic tracepoint (ctx is its record) and 1 for tp_btf (ctx[0] is the
+// struct sock *, read as the tracepoint's TP_STORE_ADDRS does: include/trace/events/sock.h).
+INLINE __u16 ev_dport(const void *ctx, int btf) {
+    if (!btf)
+        return ((const struct set_state_args *)ctx)->dport;
+    const struct sock *sk = (const struct sock *)((const __u64 *)ctx)[0];
+    return __builtin_bswap16(sk->__sk_common.skc_dport);
+}
+
+INLINE __u16 ev_sport(const void *ctx, int btf) {
+    if (!btf)
+        return ((const struct set_state_args *)ctx)->sport;
+    const struct inet_sock *inet = (const struct inet_sock *)((const __u64 *)ctx)[0];
+    __u16 port = 0;
+    bpf_probe_read_kernel(&port, sizeof(port), &inet->inet_sport);
+    return __builtin_bswap16(port);
+}
+
+INLINE void v4_mapped(__u8 *out, __u32 be_addr) {
+    __builtin_memset(out, 0, 10);
+    out[10] = 0xff;
+    out[11] = 0xff;
+    __builtin_memcpy(out + 12, &be_addr, 4);
+}
+
+INLINE void ev_daddr(const void *ctx, int btf, __u8 *out) {
+    if (!btf) {
+        copy16(out, ((const struct set_state_args *)ctx)->daddr_v6);
+        return;
+    }
+    const struct sock *sk = (const struct sock *)((const __u64 *)ctx)[0];
+    if (sk->__sk_common.skc_family == AF_INET)
+        v4_mapped(out, sk->__sk_common.skc_daddr);
+    else
+        bpf_probe_read_kernel(out, 16, &sk->__sk_common.skc_v6_daddr);
+}
+
+INLINE void ev_saddr(const void *ctx, int btf, __u8 *out) {
+    if (!btf) {
+        copy16(out, ((const struct set_state_args *)ctx)->saddr_v6);
+        return;
+    }
+    const struct sock *sk = (const struct sock *)((const __u64 *)ctx)[0];
+    if (sk->__sk_common.skc_family == AF_INET) {
+        const struct inet_sock *inet = (const struct inet_sock *)((const __u64 *)ctx)[0];
+        __u32 addr = 0;
+        bpf_probe_read_kernel(&addr, sizeof(addr), &inet->inet_saddr);
+        v4_mapped(out, addr);
+    } else
+        bpf_probe_read_kernel(out, 16, &sk->__sk_common.skc_v6_rcv_saddr);
+}
+
+INLINE void syn_sent(const void *ctx, int btf, __u64 sk) {
     // No lookup of what this socket address held before: a TCP socket always passes through
     // CLOSE (traced, which deletes its entry) before its memory is reused; a socket still
     // waiting in `failed` is settled when the next failure finds it there (below).
-    struct config *c = bpf_map_lookup_elem(&config, &ZERO);
-    if (!c)
-        return;
-    if (c->match_daddr && !same16(c->daddr, ctx->daddr_v6))
+    struct flow_key key = {};
+    ev_daddr(ctx, btf, key.daddr);
+    if (cfg.match_daddr && !same16(cfg.daddr, key.daddr))
         return;
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 tgid = pid_tgid >> 32;
     __u32 tid = (__u32)pid_tgid;
-    if (!task_selected(c, tgid))
+    if (!task_selected(tgid))
         return;
+    count_event();
 
-    struct flow_key key = {};
     key.tgid = tgid;
-    key.dport = ctx->dport;
-    copy16(key.daddr, ctx->daddr_v6);
-    struct flow *f = bpf_map_lookup_elem(&flows, &key);
+    key.dport = ev_dport(ctx, btf);
+    long slot = flow_slot(&key);
+    struct flow *f = slot >= 0 ? counters_of((__u32)slot) : 0;
     if (!f) {
-        struct flow fresh = {};
-        bpf_get_current_comm(fresh.comm, sizeof(fresh.comm));
-        long err = bpf_map_update_elem(&flows, &key, &fresh, BPF_NOEXIST);
-        if (err == -E2BIG) {
-            struct stats *s = stat();
-            if (s)
-                s->flows_overflowed++;
-            __builtin_memset(&key, 0, sizeof(key));
-        }
-        f = bpf_map_lookup_elem(&flows, &key);
-        if (!f) {
-            count_lost();
-            return;
-        }
+        count_lost();
+        return;
     }
     __sync_fetch_and_add(&f->attempts, 1);
     struct sock_state s = {};
-    s.key = key;
-    s.syn_sent_ns = now;
+    s.syn_sent_ns = bpf_ktime_get_ns();
+    s.slot = (__u32)slot;
     s.phase = PHASE_CONNECTING;
     if (bpf_map_update_elem(&socks, &sk, &s, BPF_ANY) != 0)
         count_lost(); // its outcome will not be seen: it stays in_progress
-    if (c->syscalls) {
-        // Pairs this socket with the connect() return on this thread (sys_exit_connect).
-        struct call call = {.sk = sk};
-        if (bpf_map_update_elem(&calls, &tid, &call, BPF_ANY) != 0)
-            count_lost();
+    if (cfg.syscalls) {
+        // Pairs this socket with the connect() return on this thread (sys_exit_connect),
+        // in place when the thread has an entry already.
+        struct call *call = bpf_map_lookup_elem(&calls, &tid);
+        if (call) {
+            call->sk = sk;
+        } else {
+            struct call fresh = {.sk = sk};
+            if (bpf_map_update_elem(&calls, &tid, &fresh, BPF_ANY) != 0)
+                count_lost();
+        }
     }
 }
 
-SEC("tracepoint/sock/inet_sock_set_state")
-int inet_sock_set_state(struct set_state_args *ctx) {
-    if (ctx->protocol != IPPROTO_TCP)
+// The connect() return this SYN_SENT socket's failure can wait for: whether this thread is
+// inside connect() on it (syscall tracepoints only).
+INLINE int in_connect_on(__u64 sk) {
+    if (!cfg.syscalls)
         return 0;
-    int old = ctx->oldstate;
-    int new = ctx->newstate;
-    if (!(new == TCP_SYN_SENT || old == TCP_SYN_SENT || new == TCP_CLOSE))
-        return 0;
-    struct config *c = bpf_map_lookup_elem(&config, &ZERO);
-    if (!c || (c->dport && c->dport != ctx->dport))
-        return 0;
-    count_event();
-    __u64 sk = (__u64)ctx->skaddr;
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    struct call *call = bpf_map_lookup_elem(&calls, &tid);
+    return call && call->sk == sk;
+}
+
+INLINE void left_syn_sent(const void *ctx, int btf, __u64 sk, struct sock_state *s, int new) {
+    struct flow *f = counters_of(s->slot);
+    if (!f)
+        return;
+    if (new == TCP_ESTABLISHED) {
+        __sync_fetch_and_add(&f->successes, 1);
+        s->phase = PHASE_ESTABLISHED;
+        return;
+    }
+    if (new != TCP_CLOSE)
+        return;
     __u64 now = bpf_ktime_get_ns();
-    if (old == TCP_CLOSE && new == TCP_SYN_SENT) {
-        syn_sent(ctx, sk, now);
+    struct failed w = {};
+    w.slot = s->slot;
+    w.closed_ns = now;
+    __u16 sport = ev_sport(ctx, btf);
+    w.no_port = sport == 0;
+    if (w.no_port) {
+        // __inet_hash_connect() found no free port: the failed port search.
+        record_search(f, now - s->syn_sent_ns);
+    } else {
+        w.tuple.sport = sport;
+        w.tuple.dport = ev_dport(ctx, btf);
+        ev_saddr(ctx, btf, w.tuple.saddr);
+        ev_daddr(ctx, btf, w.tuple.daddr);
+    }
+    bpf_map_delete_elem(&socks, &sk);
+    if (w.no_port && !in_connect_on(sk)) {
+        // No connect() return to wait for (no syscall tracepoints, or not in the call).
+        fail(f, w.slot, EADDRNOTAVAIL, now);
+        return;
+    }
+    long err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
+    if (err != 0) {
+        // An earlier failure of this socket address still waits for its errno (closed
+        // while connecting, memory reused within 50 ms): it got none, count it now.
+        struct failed *old = bpf_map_lookup_elem(&failed, &sk);
+        if (old)
+            finish_failed(sk, old, 0);
+        err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
+    }
+    if (err != 0) {
+        count_lost();
+        return;
+    }
+    if (!w.no_port && bpf_map_update_elem(&by_tuple, &w.tuple, &sk, BPF_ANY) != 0)
+        count_lost();
+}
+
+// The state machine of one inet_sock_set_state hit, for both programs (see ev_dport).
+INLINE int set_state(const void *ctx, int btf, __u64 sk, int old, int new) {
+    // Every test before the first map operation is on the hit itself: the transitions that
+    // cannot matter (a listener's, SYN_RECV, the steps between ESTABLISHED and the last CLOSE)
+    // return here. The server side of a connection still costs one missed lookup at its CLOSE.
+    if (cfg.dport && cfg.dport != ev_dport(ctx, btf))
+        return 0;
+    if (new == TCP_SYN_SENT) {
+        if (old == TCP_CLOSE)
+            syn_sent(ctx, btf, sk);
+        return 0;
+    }
+    if (old == TCP_SYN_SENT) {
+        if (new != TCP_ESTABLISHED && new != TCP_CLOSE)
+            return 0;
+    } else if (new != TCP_CLOSE || !(old == TCP_ESTABLISHED || old == TCP_FIN_WAIT1 ||
+                                     old == TCP_FIN_WAIT2 || old == TCP_CLOSING ||
+                                     old == TCP_CLOSE_WAIT || old == TCP_LAST_ACK)) {
         return 0;
     }
     struct sock_state *s = bpf_map_lookup_elem(&socks, &sk);
     if (!s)
         return 0;
-    struct flow *f = bpf_map_lookup_elem(&flows, &s->key);
-    if (!f)
-        return 0;
+    count_event();
     if (s->phase == PHASE_CONNECTING) {
-        if (old != TCP_SYN_SENT)
-            return 0;
-        if (new == TCP_ESTABLISHED) {
-            __sync_fetch_and_add(&f->successes, 1);
-            s->phase = PHASE_ESTABLISHED;
-            return 0;
-        }
-        if (new != TCP_CLOSE)
-            return 0;
-        struct failed w = {};
-        w.key = s->key;
-        w.closed_ns = now;
-        w.no_port = ctx->sport == 0;
-        if (w.no_port) {
-            // __inet_hash_connect() found no free port: the failed port search.
-            record_search(f, now - s->syn_sent_ns);
-        } else {
-            w.tuple.sport = ctx->sport;
-            w.tuple.dport = ctx->dport;
-            copy16(w.tuple.saddr, ctx->saddr_v6);
-            copy16(w.tuple.daddr, ctx->daddr_v6);
-        }
-        bpf_map_delete_elem(&socks, &sk);
-        __u32 tid = (__u32)bpf_get_current_pid_tgid();
-        struct call *call = bpf_map_lookup_elem(&calls, &tid);
-        if (w.no_port && !(call && call->sk == sk)) {
-            // No connect() return to wait for (no syscall tracepoints, or not in the call).
-            fail(f, &w.key, EADDRNOTAVAIL, now);
-            return 0;
-        }
-        long err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
-        if (err != 0) {
-            // An earlier failure of this socket address still waits for its errno (closed
-            // while connecting, memory reused within 50 ms): it got none, count it now.
-            struct failed *old = bpf_map_lookup_elem(&failed, &sk);
-            if (old)
-                finish_failed(sk, old, 0, now);
-            err = bpf_map_update_elem(&failed, &sk, &w, BPF_NOEXIST);
-        }
-        if (err != 0) {
-            count_lost();
-            return 0;
-        }
-        if (!w.no_port && bpf_map_update_elem(&by_tuple, &w.tuple, &sk, BPF_ANY) != 0)
-            count_lost();
+        if (old == TCP_SYN_SENT)
+            left_syn_sent(ctx, btf, sk, s, new);
         return 0;
     }
+    if (old == TCP_SYN_SENT)
+        return 0;
     // Established: who closed first is read from the state it leaves for CLOSE.
-    if (new != TCP_CLOSE)
+    struct flow *f = counters_of(s->slot);
+    bpf_map_delete_elem(&socks, &sk);
+    if (!f)
         return 0;
     if (old == TCP_FIN_WAIT1 || old == TCP_FIN_WAIT2 || old == TCP_CLOSING) {
         __sync_fetch_and_add(&f->closed_first, 1);
@@ -526,14 +681,36 @@ int inet_sock_set_state(struct set_state_args *ctx) {
     } else {
         __sync_fetch_and_add(&f->closed_other, 1);
     }
-    bpf_map_delete_elem(&socks, &sk);
     return 0;
 }
 
-SEC("tracepoint/sock/inet_sk_error_report")
-int inet_sk_error_report(struct error_report_args *ctx) {
-    if (ctx->protocol != IPPROTO_TCP || ctx->error == 0)
+// What a classic tracepoint program returns: 0 would make the kernel drop the hit for every
+// perf_event_open user of the same tracepoint on the host (perf_trace_run_bpf_submit(),
+// kernel/events/core.c), among them another portlab trace on the perf route, or perf record.
+#define PASS_ON 1
+
+// The classic tracepoint: the kernel builds the record (perf_trace_inet_sock_set_state)
+// before the program runs. The fallback when tp_btf does not load.
+SEC("tracepoint/sock/inet_sock_set_state")
+int inet_sock_set_state(struct set_state_args *ctx) {
+    if (ctx->protocol == IPPROTO_TCP)
+        set_state(ctx, 0, (__u64)ctx->skaddr, ctx->oldstate, ctx->newstate);
+    return PASS_ON;
+}
+
+// The same hook as a BTF raw tracepoint: no record is built; the program reads the few fields
+// it needs from the socket (args: struct sock *sk, int oldstate, int newstate).
+SEC("tp_btf/inet_sock_set_state")
+int inet_sock_set_state_btf(__u64 *ctx) {
+    const struct sock *sk = (const struct sock *)ctx[0];
+    if (sk->sk_protocol != IPPROTO_TCP)
         return 0;
+    return set_state(ctx, 1, (__u64)sk, (int)ctx[1], (int)ctx[2]);
+}
+
+INLINE void error_report(struct error_report_args *ctx) {
+    if (ctx->protocol != IPPROTO_TCP || ctx->error == 0)
+        return;
     count_event();
     struct tuple t = {};
     t.sport = ctx->sport;
@@ -542,28 +719,34 @@ int inet_sk_error_report(struct error_report_args *ctx) {
     copy16(t.daddr, ctx->daddr_v6);
     __u64 *skp = bpf_map_lookup_elem(&by_tuple, &t);
     if (!skp)
-        return 0;
+        return;
     __u64 sk = *skp;
     struct failed *w = bpf_map_lookup_elem(&failed, &sk);
     if (w)
-        finish_failed(sk, w, ctx->error, bpf_ktime_get_ns());
+        finish_failed(sk, w, ctx->error);
     else
         bpf_map_delete_elem(&by_tuple, &t);
-    return 0;
+}
+
+SEC("tracepoint/sock/inet_sk_error_report")
+int inet_sk_error_report(struct error_report_args *ctx) {
+    error_report(ctx);
+    return PASS_ON;
 }
 
 // A new connect() on this thread: forget a socket left from a SYN_SENT outside connect()
-// (TCP Fast Open's sendmsg), so its exit is not paired with it. Usually a lookup that misses.
-SEC("tracepoint/syscalls/sys_enter_connect")
-int sys_enter_connect(void *ctx) {
+// (TCP Fast Open's sendmsg) or from an earlier call, so its exit is not paired with it.
+// A lookup and a store: the entry stays for the thread's next call.
+INLINE void enter_connect(void) {
+    count_event();
     __u32 tid = (__u32)bpf_get_current_pid_tgid();
-    if (bpf_map_lookup_elem(&calls, &tid))
-        bpf_map_delete_elem(&calls, &tid);
-    return 0;
+    struct call *call = bpf_map_lookup_elem(&calls, &tid);
+    if (call && call->sk)
+        call->sk = 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_connect")
-int sys_exit_connect(struct sys_exit_args *ctx) {
+INLINE void exit_connect(struct sys_exit_args *ctx) {
+    count_event();
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     __u32 tid = (__u32)pid_tgid;
     long ret = ctx->ret;
@@ -571,44 +754,52 @@ int sys_exit_connect(struct sys_exit_args *ctx) {
     __u64 sk = 0;
     if (cp) {
         sk = cp->sk;
-        bpf_map_delete_elem(&calls, &tid);
+        cp->sk = 0;
     }
     if (ret >= 0 || ret == -EINPROGRESS)
-        return 0;
-    count_event();
+        return;
     __s32 err = (__s32)-ret;
-    __u64 now = bpf_ktime_get_ns();
     if (sk) {
         struct failed *w = bpf_map_lookup_elem(&failed, &sk);
         if (w) {
-            finish_failed(sk, w, err, now);
-            return 0;
+            finish_failed(sk, w, err);
+            return;
         }
         // connect() gave up on a socket still connecting with no state change seen (a
         // blocking connect's timeout or refusal). Interrupted calls keep connecting.
         if (err == EINTR || err == EALREADY || err == EAGAIN || err == ERESTARTSYS)
-            return 0;
+            return;
         struct sock_state *s = bpf_map_lookup_elem(&socks, &sk);
         if (!s || s->phase != PHASE_CONNECTING)
-            return 0;
-        struct flow_key key = s->key;
+            return;
+        __u32 slot = s->slot;
         if (bpf_map_delete_elem(&socks, &sk) != 0)
-            return 0;
-        struct flow *f = bpf_map_lookup_elem(&flows, &key);
+            return;
+        struct flow *f = counters_of(slot);
         if (f)
-            fail(f, &key, err, now);
-        return 0;
+            fail(f, slot, err, bpf_ktime_get_ns());
+        return;
     }
     // No TCP socket changed state in this call: a routing failure before a port was chosen
     // (ENETUNREACH), or not a TCP socket. No destination.
-    struct config *c = bpf_map_lookup_elem(&config, &ZERO);
-    if (!c || c->dport || c->match_daddr || !task_selected(c, (__u32)(pid_tgid >> 32)))
-        return 0;
+    if (cfg.dport || cfg.match_daddr || !task_selected((__u32)(pid_tgid >> 32)))
+        return;
     struct socketless_key k = {};
     k.tgid = pid_tgid >> 32;
     k.err = err;
     count_in(&socketless, &k);
-    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_connect")
+int sys_enter_connect(void *ctx) {
+    enter_connect();
+    return PASS_ON;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect(struct sys_exit_args *ctx) {
+    exit_connect(ctx);
+    return PASS_ON;
 }
 
 char LICENSE[] SEC("license") = "Dual MIT/GPL";

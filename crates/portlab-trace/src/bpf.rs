@@ -1,7 +1,8 @@
 //! The BPF route: bpf/trace.bpf.c (compiled by build.rs with clang) runs the connect() state
 //! machine of [`crate::aggregate`] in the kernel, on the same four tracepoints, and counts into
-//! hash maps; this module loads it with `aya`, writes the filter into its `config` map, and
-//! reads the maps into an [`Aggregator`] on every refresh. No record per event crosses to user
+//! maps; this module loads it with `aya`, sets the filter as the object's read-only `cfg`
+//! global (constants to the verifier, so a filter that is off costs nothing), and reads the
+//! maps into an [`Aggregator`] on every refresh. No record per event crosses to user
 //! space, so the traced processes pay a map update (≈ 0.1–0.3 µs) instead of perf's sample copy
 //! (≈ 1 µs, docs/trace.md).
 //!
@@ -15,7 +16,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray};
-use aya::programs::TracePoint;
+use aya::programs::{BtfTracePoint, TracePoint};
 use aya::{Ebpf, EbpfLoader, Pod};
 
 use crate::aggregate::{Aggregator, DurationHistogram, FlowCounters, FlowKey, OVERFLOW_KEY};
@@ -79,12 +80,14 @@ struct KFlow {
     comm: [u8; 16],
 }
 
+/// A flow's slot in the `counters` array (0: the overflow row).
+type Slot = u32;
+
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 struct ErrnoKey {
-    flow: KFlowKey,
+    slot: Slot,
     err: i32,
-    pad: u32,
 }
 
 #[repr(C)]
@@ -99,10 +102,11 @@ struct Tuple {
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default)]
 struct Failed {
-    key: KFlowKey,
     closed_ns: u64,
-    tuple: Tuple,
+    slot: Slot,
     no_port: u32,
+    tuple: Tuple,
+    pad: u32,
 }
 
 #[repr(C)]
@@ -135,15 +139,48 @@ unsafe impl Pod for Stats {}
 pub(crate) struct BpfRoute {
     /// The programs; dropping it detaches them (the maps stay readable).
     ebpf: Option<Ebpf>,
-    flows: BpfHashMap<MapData, KFlowKey, KFlow>,
+    /// (tgid, destination) → slot in `counters`.
+    flows: BpfHashMap<MapData, KFlowKey, Slot>,
+    counters: Array<MapData, KFlow>,
     failures: BpfHashMap<MapData, ErrnoKey, u64>,
     failed: BpfHashMap<MapData, u64, Failed>,
     by_tuple: BpfHashMap<MapData, Tuple, u64>,
     socketless: BpfHashMap<MapData, SocketlessKey, u64>,
     stats: PerCpuArray<MapData, Stats>,
-    /// Outcomes counted here (errno never came): per flow, abandoned and EADDRNOTAVAIL.
-    user_abandoned: HashMap<KFlowKey, u64>,
-    user_eaddrnotavail: HashMap<KFlowKey, u64>,
+    /// Outcomes counted here (errno never came): per flow slot, abandoned and EADDRNOTAVAIL.
+    user_abandoned: HashMap<Slot, u64>,
+    user_eaddrnotavail: HashMap<Slot, u64>,
+    /// How sock:inet_sock_set_state is read.
+    pub(crate) set_state_program: SetStateProgram,
+}
+
+/// The program type that reads sock:inet_sock_set_state on the BPF route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SetStateProgram {
+    /// `tp_btf/inet_sock_set_state` (BPF_PROG_TYPE_TRACING, BPF_TRACE_RAW_TP): the program
+    /// reads the socket through BTF; the kernel builds no tracepoint record.
+    TpBtf,
+    /// The classic tracepoint program, with why tp_btf was not used.
+    Tracepoint(String),
+}
+
+/// Set (to anything) to use the classic tracepoint program for inet_sock_set_state even when
+/// the tp_btf one loads: for tests of the fallback and for comparing the two.
+pub const CLASSIC_ENV: &str = "PORTLAB_TRACE_CLASSIC_TRACEPOINT";
+
+/// Loads and attaches `inet_sock_set_state_btf` against the running kernel's BTF.
+fn attach_btf(ebpf: &mut Ebpf) -> Result<(), String> {
+    let btf = aya::Btf::from_sys_fs().map_err(|e| format!("reading the kernel's BTF: {e}"))?;
+    let prog: &mut BtfTracePoint = ebpf
+        .program_mut("inet_sock_set_state_btf")
+        .ok_or("the BPF object has no program inet_sock_set_state_btf")?
+        .try_into()
+        .map_err(|e| format!("inet_sock_set_state_btf: {e}"))?;
+    prog.load("inet_sock_set_state", &btf)
+        .map_err(|e| format!("loading tp_btf/inet_sock_set_state: {e}: {e:?}"))?;
+    prog.attach()
+        .map_err(|e| format!("attaching tp_btf/inet_sock_set_state: {e}"))?;
+    Ok(())
 }
 
 impl std::fmt::Debug for BpfRoute {
@@ -209,8 +246,9 @@ fn cgroup_id(rel: &str) -> Result<(u64, u32), TraceError> {
 }
 
 impl BpfRoute {
-    /// Loads the program, writes the filter, attaches (the syscall tracepoints unless
-    /// `filter.skip_syscalls`). Every later connect() is counted when this returns.
+    /// Loads the program with the filter as its constants, attaches (the syscall tracepoints
+    /// when `filter.syscalls` enables them on this route). Every later connect() is counted
+    /// when this returns.
     ///
     /// # Errors
     /// Not built with clang, the kernel's tracepoint records differ from the program's, the
@@ -228,7 +266,7 @@ impl BpfRoute {
         }
         let mut config = Config {
             tgid: filter.pid.unwrap_or(0),
-            syscalls: u32::from(!filter.skip_syscalls),
+            syscalls: u32::from(filter.syscalls.enabled_on(crate::Route::Bpf)),
             ..Config::default()
         };
         if let Some(d) = filter.dest {
@@ -252,17 +290,17 @@ impl BpfRoute {
         }
 
         let mut ebpf = EbpfLoader::new()
+            .override_global("cfg", &config, true)
             .load(OBJECT)
             .map_err(|e| map_err("loading the BPF object", e))?;
-        let mut cfg: Array<MapData, Config> = take(&mut ebpf, "config")?;
-        cfg.set(0, config, 0)
-            .map_err(|e| map_err("writing the config map", e))?;
-        let mut flows: BpfHashMap<MapData, KFlowKey, KFlow> = take(&mut ebpf, "flows")?;
-        // The overflow row: always there, so the kernel can count into it when the map is full.
+        let mut flows: BpfHashMap<MapData, KFlowKey, Slot> = take(&mut ebpf, "flows")?;
+        // The overflow row (slot 0): always there, so the kernel can count into it when the
+        // map is full.
         flows
-            .insert(KFlowKey::default(), KFlow::default(), 0)
+            .insert(KFlowKey::default(), 0, 0)
             .map_err(|e| map_err("writing the flows map", e))?;
         let route = BpfRoute {
+            counters: take(&mut ebpf, "counters")?,
             failures: take(&mut ebpf, "failures")?,
             failed: take(&mut ebpf, "failed")?,
             by_tuple: take(&mut ebpf, "by_tuple")?,
@@ -272,12 +310,23 @@ impl BpfRoute {
             ebpf: None,
             user_abandoned: HashMap::new(),
             user_eaddrnotavail: HashMap::new(),
+            set_state_program: SetStateProgram::TpBtf,
         };
-        let mut progs = vec![
-            ("inet_sock_set_state", "sock"),
-            ("inet_sk_error_report", "sock"),
-        ];
-        if !filter.skip_syscalls {
+        // sock:inet_sock_set_state (≈ 10 hits per loopback connection): as a BTF raw tracepoint
+        // when it loads (no tracepoint record built per hit), else the classic tracepoint.
+        let set_state = match std::env::var_os(CLASSIC_ENV) {
+            Some(_) => Err(format!("{CLASSIC_ENV} is set")),
+            None => attach_btf(&mut ebpf),
+        };
+        let mut progs = vec![("inet_sk_error_report", "sock")];
+        let set_state_program = match set_state {
+            Ok(()) => SetStateProgram::TpBtf,
+            Err(why) => {
+                progs.push(("inet_sock_set_state", "sock"));
+                SetStateProgram::Tracepoint(why)
+            }
+        };
+        if filter.syscalls.enabled_on(crate::Route::Bpf) {
             progs.push(("sys_exit_connect", "syscalls"));
             progs.push(("sys_enter_connect", "syscalls"));
         }
@@ -294,8 +343,17 @@ impl BpfRoute {
         }
         Ok(BpfRoute {
             ebpf: Some(ebpf),
+            set_state_program,
             ..route
         })
+    }
+
+    /// How sock:inet_sock_set_state is read: `tp_btf` or `tracepoint`, and why not tp_btf.
+    pub(crate) fn set_state_program(&self) -> (&'static str, Option<&str>) {
+        match &self.set_state_program {
+            SetStateProgram::TpBtf => ("tp_btf", None),
+            SetStateProgram::Tracepoint(why) => ("tracepoint", Some(why)),
+        }
     }
 
     /// Detaches the programs; the maps stay readable for the last [`BpfRoute::refresh`].
@@ -316,9 +374,9 @@ impl BpfRoute {
                 stats.flows_overflowed += s.flows_overflowed;
             }
         }
-        let mut failures: HashMap<KFlowKey, Vec<(i32, u64)>> = HashMap::new();
+        let mut failures: HashMap<Slot, Vec<(i32, u64)>> = HashMap::new();
         for (k, n) in self.failures.iter().flatten() {
-            failures.entry(k.flow).or_default().push((k.err, n));
+            failures.entry(k.slot).or_default().push((k.err, n));
         }
         for (k, n) in &self.user_eaddrnotavail {
             let list = failures.entry(*k).or_default();
@@ -328,13 +386,17 @@ impl BpfRoute {
             }
         }
         let mut search = DurationHistogram::new();
-        for (k, v) in self.flows.iter().flatten() {
+        let index: Vec<(KFlowKey, Slot)> = self.flows.iter().flatten().collect();
+        for (k, slot) in index {
+            let Ok(v) = self.counters.get(&slot, 0) else {
+                continue;
+            };
             let key = flow_key(&k);
             if key == OVERFLOW_KEY && v.attempts == 0 {
                 continue;
             }
-            let mut failures = failures.remove(&k).unwrap_or_default();
-            let abandoned = v.abandoned + self.user_abandoned.get(&k).copied().unwrap_or(0);
+            let mut failures = failures.remove(&slot).unwrap_or_default();
+            let abandoned = v.abandoned + self.user_abandoned.get(&slot).copied().unwrap_or(0);
             // The kernel keeps no gauges (fewer atomics per event): derived from the counters.
             // Maps are read one after the other while the kernel counts, so saturate.
             let failures_total: u64 = failures.iter().map(|&(_, n)| n).sum();
@@ -399,10 +461,10 @@ impl BpfRoute {
                 continue;
             }
             if w.no_port != 0 {
-                *self.user_eaddrnotavail.entry(w.key).or_default() += 1;
+                *self.user_eaddrnotavail.entry(w.slot).or_default() += 1;
             } else {
                 let _ = self.by_tuple.remove(&w.tuple);
-                *self.user_abandoned.entry(w.key).or_default() += 1;
+                *self.user_abandoned.entry(w.slot).or_default() += 1;
             }
         }
     }
@@ -442,10 +504,11 @@ mod tests {
     #[test]
     fn map_values_have_the_c_layout() {
         // bpf/trace.bpf.c: struct flow, failed, config, errno_key (aya also checks the sizes
-        // against the object's map definitions when it opens a map).
+        // against the object's map definitions when it opens a map, and the global's size
+        // against its .rodata symbol).
         assert_eq!(std::mem::size_of::<KFlow>(), 27 * 8 + 16);
-        assert_eq!(std::mem::size_of::<Failed>(), 72);
+        assert_eq!(std::mem::size_of::<Failed>(), 56);
         assert_eq!(std::mem::size_of::<Config>(), 48);
-        assert_eq!(std::mem::size_of::<ErrnoKey>(), 32);
+        assert_eq!(std::mem::size_of::<ErrnoKey>(), 8);
     }
 }

@@ -116,6 +116,39 @@ impl Route {
     }
 }
 
+/// Whether `syscalls:sys_enter_connect`/`sys_exit_connect` are traced.
+///
+/// Enabling any syscall tracepoint sends every syscall of every task on the host through the
+/// kernel's tracing slow path (`SYSCALL_WORK_SYSCALL_TRACEPOINT`, kernel/entry/common.c):
+/// measured on Linux 6.18 ≈ 100 ns more per syscall of every process, ≈ 2 µs per loopback
+/// connection of `portlab load` + nginx (≈ 19 syscalls), as much as the BPF programs
+/// themselves (docs/trace.md). Without them EADDRNOTAVAIL, refusals and timeouts are still
+/// counted exactly, but a bound socket's synchronous failure has no errno (it counts as
+/// `abandoned`) and connect() errors without a TCP socket (ENETUNREACH before a port is
+/// chosen) are not seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Syscalls {
+    /// Off on the BPF route (its counts do not need them), on on the perf route (which also
+    /// takes a blocking connect's errno from `sys_exit_connect` when a sample is missing).
+    #[default]
+    Auto,
+    /// Always traced.
+    On,
+    /// Never traced.
+    Off,
+}
+
+impl Syscalls {
+    /// Whether the syscall tracepoints are attached on `route` (`Bpf` or `Perf`).
+    pub fn enabled_on(self, route: Route) -> bool {
+        match self {
+            Syscalls::On => true,
+            Syscalls::Off => false,
+            Syscalls::Auto => route == Route::Perf,
+        }
+    }
+}
+
 /// What to count. Everything on the host by default.
 #[derive(Debug, Clone, Default)]
 pub struct Filter {
@@ -129,13 +162,8 @@ pub struct Filter {
     pub netns: Option<PathBuf>,
     /// Ring data pages per CPU (power of two); 0 = [`perf::DEFAULT_RING_PAGES`].
     pub ring_pages: usize,
-    /// Leave out `syscalls:sys_enter_connect`/`sys_exit_connect`. Enabling any syscall
-    /// tracepoint sends every syscall of every task through the kernel's tracing slow path
-    /// (`SYSCALL_WORK_SYSCALL_TRACEPOINT`, kernel/entry/common.c), a host-wide cost; without
-    /// them EADDRNOTAVAIL, refusals and timeouts are still counted, but the errno of a bound
-    /// socket's synchronous failure is not (it counts as `abandoned`), nor are connect()
-    /// errors without a TCP socket.
-    pub skip_syscalls: bool,
+    /// Whether to trace `syscalls:sys_enter_connect`/`sys_exit_connect` ([`Syscalls`]).
+    pub syscalls: Syscalls,
     /// Which route to use; [`Route::Auto`] tries BPF first.
     pub route: Route,
 }
@@ -191,6 +219,8 @@ struct Shared {
     /// The BPF route's maps (None on the perf route).
     bpf: Option<Mutex<bpf::BpfRoute>>,
     route: Route,
+    /// Whether the syscall tracepoints are attached.
+    syscalls: bool,
     reader_cpu_ns: AtomicU64,
     started: Instant,
     start_ns: u64,
@@ -208,6 +238,13 @@ impl Shared {
         let mut snap = report::snapshot(&mut self.lock(), elapsed_ms, self.start_ns);
         snap.reader_cpu_ms = self.reader_cpu_ns.load(Ordering::Relaxed) / 1_000_000;
         snap.route = self.route;
+        snap.syscalls = self.syscalls;
+        if let Some(bpf) = &self.bpf {
+            let route = bpf.lock().unwrap_or_else(|e| e.into_inner());
+            let (program, why) = route.set_state_program();
+            snap.bpf_set_state_program = Some(program);
+            snap.bpf_tp_btf_unavailable = why.map(str::to_string);
+        }
         snap
     }
 
@@ -251,7 +288,10 @@ impl Tracer {
         let mut bpf_unavailable = None;
         if filter.route != Route::Perf {
             match bpf::BpfRoute::start(&filter, &layouts) {
-                Ok(route) => return Ok(Self::start_bpf(scope, route, bpf_unavailable)),
+                Ok(route) => {
+                    let syscalls = filter.syscalls.enabled_on(Route::Bpf);
+                    return Ok(Self::start_bpf(scope, route, syscalls, bpf_unavailable));
+                }
                 Err(e) if filter.route == Route::Bpf => return Err(e),
                 Err(TraceError::Bpf(why)) => bpf_unavailable = Some(why),
                 Err(e) => bpf_unavailable = Some(e.to_string()),
@@ -262,7 +302,12 @@ impl Tracer {
         Ok(tracer)
     }
 
-    fn shared(scope: Scope, bpf: Option<bpf::BpfRoute>, start_ns: u64) -> Arc<Shared> {
+    fn shared(
+        scope: Scope,
+        bpf: Option<bpf::BpfRoute>,
+        syscalls: bool,
+        start_ns: u64,
+    ) -> Arc<Shared> {
         Arc::new(Shared {
             stop: AtomicBool::new(false),
             agg: Mutex::new(Aggregator::new(scope, ProcLookup::live())),
@@ -272,14 +317,20 @@ impl Tracer {
                 Route::Perf
             },
             bpf: bpf.map(Mutex::new),
+            syscalls,
             reader_cpu_ns: AtomicU64::new(0),
             started: Instant::now(),
             start_ns,
         })
     }
 
-    fn start_bpf(scope: Scope, route: bpf::BpfRoute, note: Option<String>) -> Tracer {
-        let shared = Self::shared(scope, Some(route), monotonic_ns());
+    fn start_bpf(
+        scope: Scope,
+        route: bpf::BpfRoute,
+        syscalls: bool,
+        note: Option<String>,
+    ) -> Tracer {
+        let shared = Self::shared(scope, Some(route), syscalls, monotonic_ns());
         let s = Arc::clone(&shared);
         // Reads the maps every second (TIME_WAIT window, sockets whose errno never came) even
         // when nobody asks for snapshots. A failed spawn only loses that; snapshots still read.
@@ -308,11 +359,8 @@ impl Tracer {
         let filters = filter.kernel_filters();
         let filter_refs: Vec<&str> = filters.iter().map(String::as_str).collect();
         let ids = layouts.ids();
-        let ids = if filter.skip_syscalls {
-            &ids[..2]
-        } else {
-            &ids[..]
-        };
+        let syscalls = filter.syscalls.enabled_on(Route::Perf);
+        let ids = if syscalls { &ids[..] } else { &ids[..2] };
         let mut rings = Vec::new();
         for cpu in perf::online_cpus()? {
             rings.push(perf::open_ring(cpu, ids, &filter_refs, pages)?);
@@ -321,7 +369,7 @@ impl Tracer {
         for ring in &rings {
             ring.enable()?;
         }
-        let shared = Self::shared(scope, None, start_ns);
+        let shared = Self::shared(scope, None, syscalls, start_ns);
         let reader = Reader {
             rings,
             layouts,
@@ -342,6 +390,11 @@ impl Tracer {
     /// The route in use: [`Route::Bpf`] or [`Route::Perf`].
     pub fn route(&self) -> Route {
         self.shared.route
+    }
+
+    /// Whether `sys_enter_connect`/`sys_exit_connect` are traced ([`Syscalls`]).
+    pub fn syscalls(&self) -> bool {
+        self.shared.syscalls
     }
 
     /// Why [`Route::Auto`] fell back to perf (None when BPF runs or perf was asked for).

@@ -160,6 +160,16 @@ pub struct TraceSnapshot {
     pub reader_cpu_ms: u64,
     /// How the tracepoints were read: `bpf` (kernel maps) or `perf` (rings).
     pub route: crate::Route,
+    /// Whether `sys_enter_connect`/`sys_exit_connect` were traced ([`crate::Syscalls`]): when
+    /// false, a bound socket's synchronous failure counts as `abandoned` (no errno) and
+    /// connect() errors without a TCP socket are not seen.
+    pub syscalls: bool,
+    /// BPF route: the program type reading sock:inet_sock_set_state, `tp_btf` (BTF raw
+    /// tracepoint, no record built per hit) or `tracepoint` (the classic fallback); None on
+    /// the perf route.
+    pub bpf_set_state_program: Option<&'static str>,
+    /// Why the BPF route fell back to the classic tracepoint program (None otherwise).
+    pub bpf_tp_btf_unavailable: Option<String>,
 }
 
 impl TraceSnapshot {
@@ -241,6 +251,9 @@ pub(crate) fn snapshot(agg: &mut Aggregator, elapsed_ms: u64, start_ns: u64) -> 
         socketless_failures: socketless,
         reader_cpu_ms: 0,
         route: crate::Route::Perf,
+        syscalls: true,
+        bpf_set_state_program: None,
+        bpf_tp_btf_unavailable: None,
     }
 }
 

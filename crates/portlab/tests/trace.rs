@@ -27,14 +27,24 @@ struct Trace {
 
 impl Trace {
     fn start(args: &[&str]) -> Trace {
-        Trace::spawn(&[&["trace", "--json"], args].concat())
+        Trace::start_env(args, &[])
+    }
+
+    /// The same with these environment variables set.
+    fn start_env(args: &[&str], env: &[(&str, &str)]) -> Trace {
+        Trace::spawn_env(&[&["trace", "--json"], args].concat(), env)
     }
 
     /// Any portlab command that prints "ready" on stderr once attached.
     fn spawn(args: &[&str]) -> Trace {
+        Trace::spawn_env(args, &[])
+    }
+
+    fn spawn_env(args: &[&str], env: &[(&str, &str)]) -> Trace {
         let serial = serial();
         let mut child = Command::new(PORTLAB)
             .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -131,6 +141,24 @@ fn time_wait_in(ns: &NetNs) -> usize {
 
 #[test]
 fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
+    exhausting(&[], &[], false);
+}
+
+/// The same on the classic tracepoint program for inet_sock_set_state (the fallback when the
+/// tp_btf one does not load).
+#[test]
+fn a_python_loop_exhausting_its_pool_is_reported_exactly_on_the_classic_tracepoint() {
+    exhausting(&[], &[("PORTLAB_TRACE_CLASSIC_TRACEPOINT", "1")], false);
+}
+
+/// The same with the syscall tracepoints on the BPF route (an EADDRNOTAVAIL then waits for
+/// its connect() return instead of being counted at the CLOSE).
+#[test]
+fn a_python_loop_exhausting_its_pool_is_reported_exactly_with_syscalls() {
+    exhausting(&["--syscalls"], &[], true);
+}
+
+fn exhausting(extra_args: &[&str], env: &[(&str, &str)], syscalls: bool) {
     let ns = exhaustible_namespace("trace");
     // A fixed port outside the range (the namespace is new): bind(0) would take one of the
     // 1,000 and leave 999 for connect().
@@ -151,7 +179,7 @@ fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
         }
     });
     let netns = format!("/var/run/netns/{}", ns.name());
-    let trace = Trace::start(&["--netns", &netns]);
+    let trace = Trace::start_env(&[&["--netns", &netns], extra_args].concat(), env);
 
     let counts = python(&ns, CHURN, &[port.to_string(), "1500".to_string()]);
     let ok = counts["ok"].as_u64().expect("ok");
@@ -174,6 +202,20 @@ fn a_python_loop_exhausting_its_pool_is_reported_exactly() {
         "auto picks BPF when it loads: {report}"
     );
     assert_eq!(report["lost_events"], 0);
+    assert_eq!(
+        report["syscalls"], syscalls,
+        "BPF route default: no syscall tracepoints"
+    );
+    let program = if env.is_empty() {
+        "tp_btf"
+    } else {
+        "tracepoint"
+    };
+    assert_eq!(
+        report["bpf_set_state_program"], program,
+        "{}",
+        report["bpf_tp_btf_unavailable"]
+    );
     let pid = counts["pid"].as_u64().expect("pid");
     let f = flow(&report, pid, &format!("127.0.0.1:{port}"));
     assert_eq!(f["comm"], counts["comm"]);
@@ -237,6 +279,13 @@ fn refused_and_dropped_syns_are_told_apart() {
     refused_and_dropped(&[], "bpf");
 }
 
+/// With the syscall tracepoints on the BPF route: the errnos then come from connect()'s return
+/// when it comes first.
+#[test]
+fn refused_and_dropped_syns_are_told_apart_with_syscalls() {
+    refused_and_dropped(&["--syscalls"], "bpf");
+}
+
 /// The same on the perf route (the fallback): for blocking connects the errno also comes from
 /// sys_exit_connect, so ETIMEDOUT counts even when a CLOSE sample goes missing.
 #[test]
@@ -276,6 +325,11 @@ fn refused_and_dropped(route_args: &[&str], route: &str) {
     assert_eq!(res["timedout"], 2, "{res}");
     let (report, _) = trace.finish();
     assert_eq!(report["route"], route);
+    assert_eq!(
+        report["syscalls"],
+        route == "perf" || route_args.contains(&"--syscalls"),
+        "syscall tracepoints: on the perf route, or asked for"
+    );
     let pid = res["pid"].as_u64().expect("pid");
     let refused = flow(&report, pid, &format!("127.0.0.1:{closed_port}"));
     assert_eq!(failures(refused, "ECONNREFUSED"), 3, "{refused}");
@@ -340,6 +394,11 @@ fn bad_flags_are_usage_errors() {
         .expect("run");
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/ns"));
+    let out = Command::new(PORTLAB)
+        .args(["trace", "--syscalls", "--no-syscalls"])
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(2), "contradictory flags");
 }
 
 const REFUSED: &str = r#"

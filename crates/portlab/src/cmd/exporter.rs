@@ -75,8 +75,9 @@ pub struct Args {
     #[arg(long)]
     trace: bool,
 
-    /// With --trace, leave out the syscall tracepoints (they slow every syscall on the host by
-    /// ~75 ns, docs/trace.md); EADDRNOTAVAIL, refusals and timeouts are still counted.
+    /// With --trace, leave out the syscall tracepoints on the perf route too (the BPF route
+    /// leaves them out by default: they slow every syscall on the host by ~100 ns,
+    /// docs/trace.md); EADDRNOTAVAIL, refusals and timeouts are still counted.
     #[arg(long)]
     trace_no_syscalls: bool,
 }
@@ -131,7 +132,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         // Attached before the listening line is printed: every connect after it is counted.
         let tracer = crate::cmd::trace::start(portlab_trace::Filter {
             netns: args.netns.clone(),
-            skip_syscalls: args.trace_no_syscalls,
+            syscalls: if args.trace_no_syscalls {
+                portlab_trace::Syscalls::Off
+            } else {
+                portlab_trace::Syscalls::Auto
+            },
             ..portlab_trace::Filter::default()
         })?;
         extra.push(std::sync::Arc::new(trace::TraceCollector::new(

@@ -13,7 +13,7 @@ use anyhow::Context;
 use portlab_diagnose::{diagnose_with_trace, Evidence, FailureCounts, Finding, Severity};
 use portlab_diagnose::{TraceEvidence, TracedFlow};
 use portlab_load::ErrorClass;
-use portlab_trace::{Filter, FlowReport, Route, TraceError, TraceSnapshot, Tracer};
+use portlab_trace::{Filter, FlowReport, Route, Syscalls, TraceError, TraceSnapshot, Tracer};
 use serde::Serialize;
 
 use crate::cmd::model::parse_duration;
@@ -24,10 +24,11 @@ use crate::style::Painter;
 /// Flags of `portlab trace`.
 #[derive(Debug, clap::Args)]
 #[command(after_help = "\
-Reads the tracepoints sock:inet_sock_set_state, sock:inet_sk_error_report and
-syscalls:sys_{enter,exit}_connect (no kprobes). Route `bpf` (the default when it loads): a BPF
-program built into portlab counts in kernel maps, nothing is copied per event; route `perf`:
-perf_event_open rings read and aggregated in user space. The report names the route. Needs
+Reads the tracepoints sock:inet_sock_set_state and sock:inet_sk_error_report, plus
+syscalls:sys_{enter,exit}_connect on the perf route or with --syscalls (no kprobes). Route `bpf`
+(the default when it loads): a BPF program built into portlab counts in kernel maps, nothing is
+copied per event; route `perf`: perf_event_open rings read and aggregated in user space. The
+report names the route and says when connect() returns were not traced. Needs
 root, or CAP_BPF + CAP_PERFMON (perf route: CAP_PERFMON). Counts are cumulative since the
 start; lost events are reported.
 
@@ -74,9 +75,14 @@ pub struct Args {
     #[arg(long, value_name = "PAGES", default_value_t = 256, value_parser = clap::value_parser!(u32).range(8..=65536))]
     ring_pages: u32,
 
-    /// Do not trace sys_enter/sys_exit_connect: spares every syscall on the host the tracing
-    /// slow path, but loses the errno of bound sockets' synchronous failures and connect()
-    /// errors without a TCP socket (docs/trace.md).
+    /// Also trace sys_enter/sys_exit_connect (the default on the perf route only): adds the
+    /// errno of bound sockets' synchronous failures and connect() errors without a TCP socket,
+    /// but puts every syscall of every process on the host on the kernel's tracing slow path
+    /// (≈ 100 ns each, docs/trace.md).
+    #[arg(long, conflicts_with = "no_syscalls")]
+    syscalls: bool,
+
+    /// Never trace sys_enter/sys_exit_connect, on either route (the BPF route's default).
     #[arg(long)]
     no_syscalls: bool,
 
@@ -150,7 +156,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         cgroup: args.cgroup.clone(),
         netns: args.netns.clone(),
         ring_pages: args.ring_pages as usize,
-        skip_syscalls: args.no_syscalls,
+        syscalls: if args.syscalls {
+            Syscalls::On
+        } else if args.no_syscalls {
+            Syscalls::Off
+        } else {
+            Syscalls::Auto
+        },
         route: args.route.into(),
     };
     let tracer = start(filter)?;
@@ -164,7 +176,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .as_deref()
             .map(|why| format!(" (BPF route unavailable: {why})"))
             .unwrap_or_default(),
-        if args.no_syscalls { 2 } else { 4 },
+        if tracer.syscalls() { 4 } else { 2 },
         online_cpus(),
         match duration {
             Some(d) => format!(" (for {:.1} s)", d.as_secs_f64()),
@@ -497,6 +509,12 @@ fn render_snapshot(snap: &TraceSnapshot, args: &Args, what: &str, p: Painter) ->
         scope_line(args),
         snap.route.name()
     );
+    if !snap.syscalls {
+        s.push_str(
+            "connect() returns not traced (--syscalls adds them): a bound socket's synchronous \
+             failure counts as abandoned, connect() errors without a TCP socket are not seen\n",
+        );
+    }
     s.push_str(&render_table(snap, usize::from(args.top), p));
     s
 }
