@@ -384,10 +384,12 @@ impl Loop<'_> {
         cqes.extend(self.ring.completion().map(|c| (c.user_data(), c.result())));
         for &(data, res) in &cqes {
             let kind = data & 0xFF;
-            // A send with SKIP_SUCCESS was not counted as outstanding (only its failure posts).
-            if !(kind == OP_SEND && self.skip_send_cqe) {
-                self.outstanding = self.outstanding.saturating_sub(1);
-            }
+            // Every completion settles one counted operation. A send with SKIP_SUCCESS was not
+            // counted (only its failure posts), but its failure cancels the linked recv, which
+            // then posts nothing (`REQ_F_SKIP_LINK_CQES`, io_uring/timeout.c `io_fail_links`):
+            // the send's completion stands for the recv's, counted in `outstanding` and in
+            // the slot's `inflight`. Waiting for the recv's own was the `reproduce` hang.
+            self.outstanding = self.outstanding.saturating_sub(1);
             if kind == OP_UNTRACKED {
                 continue;
             }
@@ -396,10 +398,7 @@ impl Loop<'_> {
             if i >= self.slots.len() || generation != self.slots[i].generation & 0xFF_FFFF {
                 continue;
             }
-            if !(kind == OP_SEND && self.skip_send_cqe) {
-                // A skipped-on-success send was never counted in flight.
-                self.slots[i].inflight = self.slots[i].inflight.saturating_sub(1);
-            }
+            self.slots[i].inflight = self.slots[i].inflight.saturating_sub(1);
             match kind {
                 OP_CONNECT => self.on_connect(i, res),
                 OP_SEND => self.on_send(i, res),
@@ -683,7 +682,9 @@ impl Loop<'_> {
             .build()
             .user_data(user_data(i, s.generation, OP_RECV));
         if self.skip_send_cqe {
-            self.pending.push(send); // posts no completion unless it fails: not outstanding
+            // Posts no completion unless it fails, and then none for the recv: the pair is
+            // one operation in `outstanding` and in `inflight` (see `reap`).
+            self.pending.push(send);
         } else {
             self.push(send);
         }
@@ -882,6 +883,8 @@ impl Loop<'_> {
     fn finish_ops(&mut self, i: usize) {
         let s = &mut self.slots[i];
         s.deadline = None;
+        // Nothing of this exchange may reach the slot's next one.
+        s.generation = s.generation.wrapping_add(1);
         match s.end.take() {
             Some(End::Fail(fail)) => {
                 self.close(i);
