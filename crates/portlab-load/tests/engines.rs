@@ -130,6 +130,7 @@ fn a_reset_between_paced_requests_fails_the_next_send_and_the_run_ends() {
     assert!(s.elapsed_secs < 10.0, "{s:?}");
 }
 
+/// Needs a kernel and a sandbox that allow io_uring (as every `::uring` test does).
 #[test]
 fn plans_io_uring_does_not_run_fall_back_to_tokio() {
     // h2c (HTTP/2 by prior knowledge) to a refusing port: runs, on tokio, and says why.
@@ -151,6 +152,32 @@ fn plans_io_uring_does_not_run_fall_back_to_tokio() {
     assert_accounted(&report, 4);
     assert_eq!(report.settings.engine, "tokio");
     assert_eq!(report.settings.engine_fallback.as_deref(), Some("HTTP/2"));
+    // auto: the same fallback, named; and a plain HTTP/1.1 plan runs on io_uring.
+    let h2c = |engine| LoadConfig {
+        http2: true,
+        engine,
+        ..config(
+            &format!("http://127.0.0.1:{port}/"),
+            4,
+            2,
+            ConnectionPolicy::KeepAlive,
+        )
+    };
+    let report = run(h2c(EngineChoice::Auto));
+    assert_eq!(report.settings.engine, "tokio");
+    assert_eq!(report.settings.engine_fallback.as_deref(), Some("HTTP/2"));
+    let report = run(LoadConfig {
+        engine: EngineChoice::Auto,
+        ..config(
+            &format!("http://127.0.0.1:{port}/"),
+            4,
+            2,
+            ConnectionPolicy::KeepAlive,
+        )
+    });
+    assert_accounted(&report, 4);
+    assert_eq!(report.settings.engine, "uring");
+    assert_eq!(report.settings.engine_fallback, None);
     let cfg = LoadConfig {
         engine: EngineChoice::Tokio,
         ..config(

@@ -46,15 +46,15 @@ fn unsupported(plan: &Plan) -> Option<&'static str> {
     }
 }
 
-/// Picks the engine for `plan`, and why tokio runs when io_uring was wanted.
+/// Picks the engine for `plan`, and why tokio runs when io_uring was wanted: `auto` and `uring`
+/// run io_uring for the plans it supports when a ring can be set up; `auto` falls back to
+/// tokio (saying why) when it cannot, `uring` fails.
 ///
 /// # Errors
 /// The ring set-up error, when `--engine uring` was asked for and no ring can be made.
 pub(super) fn choose(plan: &Plan) -> io::Result<(Engine, Option<String>)> {
     let choice = plan.config.engine;
-    // `auto` stays on tokio for now: `portlab reproduce` sandboxes hang on the io_uring engine
-    // (to be found before io_uring becomes the default); io_uring is opt-in with `uring`.
-    if choice != EngineChoice::Uring {
+    if choice == EngineChoice::Tokio {
         return Ok((Engine::Tokio, None));
     }
     if let Some(why) = unsupported(plan) {
