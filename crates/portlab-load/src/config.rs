@@ -71,8 +71,8 @@ pub enum RateLimit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum EngineChoice {
-    /// tokio for now (io_uring becomes the automatic choice once the hang seen under
-    /// `portlab reproduce` is fixed); opt in to io_uring with [`EngineChoice::Uring`].
+    /// io_uring for the plans it supports when a ring can be set up, tokio otherwise (the
+    /// report's `engine_fallback` says why: the plan, or the ring set-up error).
     #[default]
     Auto,
     /// io_uring for every plan it supports (the others run on tokio); a run fails at start

@@ -38,10 +38,13 @@ fn exhaust(
     edit: impl FnOnce(&mut portlab_load::LoadConfig) + Send + 'static,
 ) -> (LoadReport, u64) {
     let ns = pool_namespace(prefix);
+    // The engine is the test thread's choice: read it here, not on the namespace's thread.
+    let engine = common::engine();
     ns.run(move || {
         let server = TestServer::start(|s, _| ok(s));
         let listener_in_range = (40000..=40099).contains(&server.addr.port());
         let mut cfg = config(&server.url(), n, 4, ConnectionPolicy::ClientCloses);
+        cfg.engine = engine;
         edit(&mut cfg);
         (run(cfg), PORTS - u64::from(listener_in_range))
     })

@@ -8,12 +8,16 @@
 //! - the socket table filtered in the kernel to the destinations (inet_diag bytecode) and the
 //!   counters: at a tick where sockstat moved since the last dump (or [`DUMP_HEARTBEAT`] after
 //!   it), and never more often than keeps its CPU time under [`DUMP_BUDGET_FRACTION`] of one core
-//!   (1.5 %). A dump costs the kernel about a microsecond per matching socket, so at 50,000
-//!   sockets a 10 Hz dump would take half a core — and even a near-empty table costs a few ms per
-//!   dump on a large machine, because the kernel walks every bucket of the established hash
+//!   (1.5 %) plus [`DUMP_BURST`]. A dump costs the kernel about a microsecond per socket in the
+//!   table per address family — every namespace's sockets, not only the matching ones: the
+//!   kernel walks every bucket and every socket of the established hash
 //!   (`inet_diag_dump_icsk()`, net/ipv4/inet_diag.c; 2^16–2^19 buckets), which no filter avoids.
-//!   A steady keep-alive run (sockstat flat) is thus dumped about once a second, a churning one at
-//!   every tick the budget allows.
+//!   So only the destinations' family is walked: with IPv4 destinations the IPv6 walk (which
+//!   could only find IPv4-mapped sockets) is taken at the first dump, then only while it finds
+//!   some, and otherwise at every [`V6_RECHECK`]th dump. The budget is spent before a dump, not
+//!   after: a dump is taken only when the last dump's cost, and another one kept for the final
+//!   dump at [`Sampler::stop`], still fit. A steady keep-alive run (sockstat flat) is thus
+//!   dumped about once a second, a churning one at every tick the budget allows.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -26,6 +30,8 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::counters::Counters;
+use netlink_packet_sock_diag::constants::{AF_INET, AF_INET6};
+
 use crate::diag::{destination_filter, DiagSocket, SockDiagError, SocketEntry, StateMask};
 use crate::state::TcpState;
 
@@ -91,8 +97,13 @@ impl DestinationCounts {
 pub const DUMP_BUDGET_FRACTION: f64 = 0.015;
 
 /// The burst of dump time allowed above [`DUMP_BUDGET_FRACTION`] (a few dumps of a near-empty
-/// table, so a short run is still sampled at every tick).
-pub const DUMP_BURST: Duration = Duration::from_millis(20);
+/// table, so a short run is still sampled at every tick). The first dump (before the run) is
+/// charged to it too.
+pub const DUMP_BURST: Duration = Duration::from_millis(10);
+
+/// With IPv4 destinations and no IPv4-mapped IPv6 socket to them seen, the IPv6 table is
+/// walked again at every this-many-th dump.
+pub const V6_RECHECK: u64 = 10;
 
 /// Longest time between two dumps while `/proc/net/sockstat` stays the same (the budget may
 /// stretch it further on a large table): under a second, so every second of the timeline holds
@@ -271,6 +282,15 @@ struct SamplerState {
     busy: Duration,
     /// CPU time spent in dumps so far (the token bucket's spending).
     dump_busy: Duration,
+    /// CPU time of the last dump: what the next one is expected to cost.
+    last_dump_cost: Duration,
+    /// Families whose table is walked at every dump.
+    families: &'static [u8],
+    /// IPv4-only destinations: the IPv6 walk (for IPv4-mapped sockets) is taken only while it
+    /// finds some, or every [`V6_RECHECK`]th dump; its last findings stand in between.
+    v6_occasional: bool,
+    v6_entries: Vec<SocketEntry>,
+    dumps: u64,
     last_dump: Option<Instant>,
     /// sockstat at the last dump: an unchanged reading lets a tick skip the dump.
     sockstat_at_dump: Option<SockStat>,
@@ -280,6 +300,21 @@ struct SamplerState {
 
 impl SamplerState {
     fn new(config: SamplerConfig, baseline: Counters, start: Instant) -> Self {
+        let all_v4 =
+            !config.destinations.is_empty() && config.destinations.iter().all(|d| d.is_ipv4());
+        // An IPv6 destination in IPv4-mapped form is reached by IPv4 sockets too.
+        let all_v6 = !config.destinations.is_empty()
+            && config.destinations.iter().all(|d| match d.ip() {
+                IpAddr::V6(v6) => v6.to_ipv4_mapped().is_none(),
+                IpAddr::V4(_) => false,
+            });
+        let (families, v6_occasional): (&'static [u8], bool) = if all_v4 {
+            (&[AF_INET], true)
+        } else if all_v6 {
+            (&[AF_INET6], false)
+        } else {
+            (&[AF_INET, AF_INET6], false)
+        };
         let report = SamplerReport {
             destinations: config.destinations.clone(),
             interval_ms: config.interval.as_millis() as u64,
@@ -294,6 +329,11 @@ impl SamplerState {
             entries: Vec::new(),
             busy: Duration::ZERO,
             dump_busy: Duration::ZERO,
+            last_dump_cost: Duration::ZERO,
+            families,
+            v6_occasional,
+            v6_entries: Vec::new(),
+            dumps: 0,
             last_dump: None,
             sockstat_at_dump: None,
             tick_stride: 1,
@@ -350,10 +390,13 @@ impl SamplerState {
             || self
                 .last_dump
                 .is_none_or(|last| began.saturating_duration_since(last) >= DUMP_HEARTBEAT);
-        let counts = if force || (moved && self.dump_busy <= allowance) {
+        // This dump's expected cost and the final dump's must both still fit.
+        let fits = self.dump_busy + self.last_dump_cost * 2 <= allowance;
+        let counts = if force || (moved && fits) {
             self.sockstat_at_dump = sockstat;
             let counts = self.dump(socket, filter, began)?;
-            self.dump_busy += thread_cpu_time().saturating_sub(cpu_began);
+            self.last_dump_cost = thread_cpu_time().saturating_sub(cpu_began);
+            self.dump_busy += self.last_dump_cost;
             Some(counts)
         } else {
             None
@@ -372,8 +415,19 @@ impl SamplerState {
         self.entries.clear();
         let states = StateMask::ALL.without(TcpState::Listen);
         let entries = &mut self.entries;
-        socket.dump(states, filter, &mut |e| entries.push(e))?;
-        let counts = DestinationCounts::from_entries(self.entries.iter());
+        for &family in self.families {
+            socket.dump_family(family, states, filter, &mut |e| entries.push(e))?;
+        }
+        if self.v6_occasional
+            && (self.dumps.is_multiple_of(V6_RECHECK) || !self.v6_entries.is_empty())
+        {
+            self.v6_entries.clear();
+            let v6 = &mut self.v6_entries;
+            socket.dump_family(AF_INET6, states, filter, &mut |e| v6.push(e))?;
+        }
+        self.dumps += 1;
+        let counts =
+            DestinationCounts::from_entries(self.entries.iter().chain(self.v6_entries.iter()));
         if let Ok(counters) = Counters::read() {
             self.last_counters = counters;
         }

@@ -178,3 +178,39 @@ fn sampler_sees_time_wait_build_up_and_the_pool_fill() {
         report.busy_ms
     );
 }
+
+#[test]
+fn sampler_of_an_ipv4_destination_counts_ipv4_mapped_ipv6_sockets_too() {
+    // The sampler walks only the IPv4 table for IPv4 destinations, plus the IPv6 one while it
+    // holds IPv4-mapped sockets to them (::ffff:127.0.0.1): both kinds use the pool.
+    use portlab_sockets::{Sampler, SamplerConfig};
+    use std::time::Duration;
+    let ns = NetNs::new("sampmap").expect("create netns (needs root)");
+    let report = ns
+        .run(|| {
+            let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let dest = listener.local_addr().expect("addr");
+            let mapped: SocketAddr = format!("[::ffff:127.0.0.1]:{}", dest.port())
+                .parse()
+                .expect("mapped");
+            let mut held = Vec::new();
+            for target in [dest, dest, dest, mapped, mapped] {
+                held.push(TcpStream::connect(target).expect("connect"));
+                held.push(listener.accept().expect("accept").0);
+            }
+            let sampler = Sampler::start(SamplerConfig {
+                destinations: vec![dest],
+                interval: Duration::from_millis(10),
+                pool_size: 0,
+            })
+            .expect("sampler starts");
+            let report = sampler.stop();
+            drop(held);
+            report
+        })
+        .expect("enter netns");
+    assert!(report.error.is_none(), "{:?}", report.error);
+    assert_eq!(report.peak.established, 5, "{:?}", report.peak);
+    // One pool: the mapped sockets' local address is shown as IPv4 too.
+    assert_eq!(report.peak.pools, 1, "{:?}", report.peak);
+}

@@ -28,7 +28,7 @@ pub enum PolicyArg {
 /// Load engines on the command line (`--engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum EngineArg {
-    /// tokio for now (io_uring is opt-in with `uring` until a known hang is fixed).
+    /// io_uring when a ring can be set up and the plan is plain HTTP/1.1, tokio otherwise.
     Auto,
     /// io_uring (Linux ≥ 5.11) for plain HTTP/1.1; TLS, -x and --h2 still run on tokio.
     Uring,
