@@ -39,7 +39,9 @@
 #   per-port cost first; SCAN_PER_PORT_US=0.45 predicts with another per-port cost (a what-if:
 #   fitting it to these points makes the comparison circular). REPEAT=3 measures every fill
 #   point in 3 fresh namespaces (the rounds interleaved: all points once, then again) and
-#   compares the median with the prediction; the per-run values are kept in $OUT. PIN=1 pins
+#   compares the median with the prediction; the per-run values are kept in $OUT. The 0 %
+#   baseline is measured BASE_RUNS times in every round, so a drift of the machine between
+#   rounds moves the baseline as it moves the points. PIN=1 pins
 #   the filler and `load` to CPU 0 and `serve` to CPU 1.
 #   Before each point the script records the TIME_WAIT entries held outside the namespace
 #   (the host's own, from `ss`, and the tw_sock_TCP slab): every namespace shares the bind
@@ -282,8 +284,7 @@ for round in $(seq "$REPEAT"); do
   for ports in $RANGES; do
     for fill in $FILLS; do
       runs=1
-      [ "$fill" = 0 ] && [ "$round" = 1 ] && runs=${BASE_RUNS:-3}
-      [ "$fill" = 0 ] && [ "$round" != 1 ] && runs=0
+      [ "$fill" = 0 ] && runs=${BASE_RUNS:-3}
       for _ in $(seq "$runs"); do
         measure_point "$ports" "$fill" | tee -a "$OUT" || echo "skipped $ports ports, $fill %" >&2
       done
@@ -307,14 +308,14 @@ for ports in "${!BASE_ALL[@]}"; do
   BASE_US[$ports]=$(median "${BASE_ALL[$ports]}")
   REQ_US[$ports]=$(median "${REQ_ALL[$ports]}")
 done
-# One row per (range, fill): the median of its runs (REPEAT), with every run's p50 beside it.
-# The 0 % rows stay one per run, as each baseline run is a point of its own.
+# One row per (range, fill): the median of its runs (REPEAT; BASE_RUNS × REPEAT at 0 %), with
+# every run's p50 beside it.
 MEDIANS=$(python3 - "$OUT" <<'PY'
 import statistics, sys
 rows, order = {}, []
 for line in open(sys.argv[1]).read().splitlines()[1:]:
     ports, fill, tw, p50, rps = line.split("\t")[:5]
-    key = (ports, fill) if fill != "0" else (ports, fill, len(order))
+    key = (ports, fill)
     if key not in rows:
         rows[key] = []
         order.append(key)

@@ -60,7 +60,18 @@ pub struct ScanCost {
     /// The rest of one closed-loop `Connection: close` request (send, server, response, close),
     /// in microseconds.
     pub request_us: f64,
+    /// What the rest of a request costs more after a long walk, in microseconds: the walk
+    /// evicted from the CPU caches what the request path uses (on the lab machine a 1 MiB L2
+    /// per core, about 300 bytes of bind bucket, TIME_WAIT socket and hash buckets touched per
+    /// skipped port), so the send, the server and the close run cold. It rises with the walk
+    /// as `request_cold_us × (1 − e^(−s / COLD_SCALE_PORTS))`: nothing below half full (a
+    /// connect skips about one port), all of it past half.
+    pub request_cold_us: f64,
 }
+
+/// The walk length, in ports, over which [`ScanCost::request_cold_us`] sets in: a walk of a
+/// few thousand TIME_WAIT-held ports touches more than a 1 MiB L2 cache holds.
+pub const COLD_SCALE_PORTS: f64 = 1_000.0;
 
 impl ScanCost {
     /// Linux 6.18 on loopback, measured on the project's 2-core lab machine: base and request
@@ -71,13 +82,17 @@ impl ScanCost {
     /// 15,000, i.e. 0.203 and 0.357 µs per port) and a churn fill past half (55,001 ports:
     /// 11.2–11.5 ms for 27,500, 0.41 µs per port), fitted by the three constants; the short-
     /// walk cost, 0.024 µs, is what a bind()-held port costs (0.025–0.036 µs measured by
-    /// `PERPORT=1`). The next run, not used in the fit, is the check (docs/model.md).
+    /// `PERPORT=1`). The next run, not used in the fit, is the check (docs/model.md). The
+    /// cold request, 135 µs, from the quiet run of 15:31 (REPEAT=3): past half, a request
+    /// (1 / req/s − connect p50) took 84–138 µs (median 128) more than at 0 % with 10,000
+    /// ports and 95–172 µs (median 143) with 30,000, whatever the walk's length.
     pub const LINUX_LOOPBACK: ScanCost = ScanCost {
         connect_base_us: 41.0,
         per_port_us: 0.024,
         per_port_max_us: 0.426,
         per_port_scale_ports: 8_500.0,
         request_us: 118.0,
+        request_cold_us: 135.0,
     };
 
     /// Mean cost of one skipped port over a walk of `skipped` ports, in microseconds.
@@ -118,9 +133,16 @@ impl ScanCost {
         hi
     }
 
-    /// Closed-loop requests per second (one worker) when a connect takes `connect_us`.
-    pub fn requests_per_sec(&self, connect_us: f64) -> f64 {
-        1e6 / (connect_us + self.request_us)
+    /// The rest of a request after a walk of `skipped` ports, in microseconds:
+    /// `request_us + request_cold_us × (1 − e^(−skipped / COLD_SCALE_PORTS))`.
+    pub fn request_after_us(&self, skipped: f64) -> f64 {
+        self.request_us + self.request_cold_us * (1.0 - (-skipped / COLD_SCALE_PORTS).exp())
+    }
+
+    /// Closed-loop requests per second (one worker) when a connect takes `connect_us` after
+    /// skipping `skipped` ports: `1e6 / (connect_us + request_after_us(skipped))`.
+    pub fn requests_per_sec(&self, connect_us: f64, skipped: f64) -> f64 {
+        1e6 / (connect_us + self.request_after_us(skipped))
     }
 
     /// Checks that every figure is finite, the base and request time positive and the
@@ -153,6 +175,11 @@ impl ScanCost {
         if !ok(self.request_us, false) {
             return Err(ModelError::InvalidWorkload(
                 "request time must be a positive number of microseconds".into(),
+            ));
+        }
+        if !ok(self.request_cold_us, true) {
+            return Err(ModelError::InvalidWorkload(
+                "the cold request's extra time must be zero or more microseconds".into(),
             ));
         }
         Ok(())
@@ -532,7 +559,7 @@ pub fn fill_curve(q: &FillQuery) -> Result<FillCurve, ModelError> {
                 skipped_mean: mean,
                 connect_us,
                 connect_mean_us,
-                requests_per_sec: q.cost.requests_per_sec(connect_mean_us),
+                requests_per_sec: q.cost.requests_per_sec(connect_mean_us, mean),
                 slowdown: connect_us / q.cost.connect_base_us,
             }
         })
@@ -759,6 +786,29 @@ mod tests {
         assert!(mid.fill_pct.unwrap() > 90.0, "{mid:?}");
         let small = slow_connect_cliff(range(40000, 500), &cost, 10.0);
         assert_eq!(small.kind, CliffKind::Never);
+    }
+
+    #[test]
+    fn a_request_after_a_long_walk_runs_cold_and_below_half_it_does_not() {
+        let cost = ScanCost::default();
+        // Below half a connect skips about one port: the request costs what it costs at 0 %.
+        assert!((cost.request_after_us(1.0) - cost.request_us) < 0.2);
+        // Past half (5,000 ports or more skipped) all of the cold term is there.
+        let cold = cost.request_after_us(5_000.0) - cost.request_us;
+        assert!((cold - cost.request_cold_us).abs() < 1.0, "{cold}");
+        let past = cost.requests_per_sec(cost.connect_us(5_000.0), 5_000.0);
+        let without = 1e6 / (cost.connect_us(5_000.0) + cost.request_us);
+        assert!(past < without * 0.92, "{past} vs {without}");
+        let no_cold = ScanCost {
+            request_cold_us: 0.0,
+            ..cost
+        };
+        assert!(no_cold.validate().is_ok());
+        let negative = ScanCost {
+            request_cold_us: -1.0,
+            ..cost
+        };
+        assert!(negative.validate().is_err());
     }
 
     #[test]

@@ -105,6 +105,10 @@ pub struct ScanCostArgs {
     /// microseconds (default 118, measured).
     #[arg(long, value_name = "US")]
     pub request_us: Option<f64>,
+    /// What a request costs more after a long port search evicted the CPU caches, in
+    /// microseconds (default 135, measured; 0 leaves it out).
+    #[arg(long, value_name = "US")]
+    pub request_cold_us: Option<f64>,
 }
 
 impl ScanCostArgs {
@@ -126,6 +130,9 @@ impl ScanCostArgs {
         if let Some(v) = self.request_us {
             c.request_us = v;
         }
+        if let Some(v) = self.request_cold_us {
+            c.request_cold_us = v;
+        }
         c.validate().map_err(|e| usage(e.to_string()))?;
         Ok(c)
     }
@@ -143,7 +150,7 @@ addr_not_available, time_wait, ports_in_use}]}}
 
 With --fill-curve: {\"profile\": {..}, \"fill_curve\": {ports, first_parity_ports, order
 (kernel|random), cost{connect_base_us, per_port_us,
-per_port_max_us, per_port_scale_ports, request_us}, probes, seed,
+per_port_max_us, per_port_scale_ports, request_us, request_cold_us}, probes, seed,
 points[{fill_pct, held_ports, skipped_p50, skipped_mean, connect_us (p50), connect_mean_us,
 requests_per_sec, slowdown}], cliff{factor, kind (at-half|near-full|never), fill_pct,
 held_ports, skipped_for_factor, min_ports_for_step, past_half_connect_us}}}";
@@ -299,8 +306,8 @@ fn render_fill_curve(p: &OsProfile, c: &FillCurve, paint: Painter) -> String {
     );
     let _ = writeln!(
         s,
-        "  cost      connect {:.0} us + {:.3}–{:.3} us per skipped port (rising over {:.0} ports); request {:.0} us; {} probes, seed {}",
-        c.cost.connect_base_us, c.cost.per_port_us, c.cost.per_port_max_us, c.cost.per_port_scale_ports, c.cost.request_us, c.probes, c.seed
+        "  cost      connect {:.0} us + {:.3}–{:.3} us per skipped port (rising over {:.0} ports); request {:.0} us (+{:.0} us after a long walk); {} probes, seed {}",
+        c.cost.connect_base_us, c.cost.per_port_us, c.cost.per_port_max_us, c.cost.per_port_scale_ports, c.cost.request_us, c.cost.request_cold_us, c.probes, c.seed
     );
     let _ = writeln!(
         s,
