@@ -152,6 +152,9 @@ pub(crate) struct BpfRoute {
     user_eaddrnotavail: HashMap<Slot, u64>,
     /// How sock:inet_sock_set_state is read.
     pub(crate) set_state_program: SetStateProgram,
+    /// Hits the kernel did not run our programs for, read at the last refresh while attached
+    /// (see [`recursion_misses`]).
+    missed: u64,
 }
 
 /// The program type that reads sock:inet_sock_set_state on the BPF route.
@@ -311,6 +314,7 @@ impl BpfRoute {
             user_abandoned: HashMap::new(),
             user_eaddrnotavail: HashMap::new(),
             set_state_program: SetStateProgram::TpBtf,
+            missed: 0,
         };
         // sock:inet_sock_set_state (≈ 10 hits per loopback connection): as a BTF raw tracepoint
         // when it loads (no tracepoint record built per hit), else the classic tracepoint.
@@ -358,6 +362,9 @@ impl BpfRoute {
 
     /// Detaches the programs; the maps stay readable for the last [`BpfRoute::refresh`].
     pub(crate) fn detach(&mut self) {
+        if let Some(ebpf) = &self.ebpf {
+            self.missed = recursion_misses(ebpf);
+        }
         self.ebpf = None;
     }
 
@@ -366,6 +373,9 @@ impl BpfRoute {
     /// here: EADDRNOTAVAIL when no port was chosen, else abandoned.
     pub(crate) fn refresh(&mut self, agg: &mut Aggregator, now_ns: u64, flush: bool) {
         self.expire(now_ns, flush);
+        if let Some(ebpf) = &self.ebpf {
+            self.missed = recursion_misses(ebpf);
+        }
         let mut stats = Stats::default();
         if let Ok(per_cpu) = self.stats.get(&0, 0) {
             for s in per_cpu.iter() {
@@ -443,7 +453,8 @@ impl BpfRoute {
             .collect();
         agg.search = search;
         agg.events = stats.events;
-        agg.lost_events = stats.lost;
+        // Hits the kernel skipped are lost events too: never silently.
+        agg.lost_events = stats.lost + self.missed;
         agg.flows_overflowed = stats.flows_overflowed;
         agg.last_event_ns = agg.last_event_ns.max(now_ns);
     }
@@ -510,5 +521,45 @@ mod tests {
         assert_eq!(std::mem::size_of::<Failed>(), 56);
         assert_eq!(std::mem::size_of::<Config>(), 48);
         assert_eq!(std::mem::size_of::<ErrnoKey>(), 8);
+    }
+}
+
+/// Hits of our tracepoints the kernel did not run a program for, summed over the programs:
+/// `recursion_misses` of /proc/self/fdinfo/FD (Linux 5.12+). A classic tracepoint program is
+/// skipped while another kprobe/tracepoint program runs on the same CPU (`bpf_prog_active`
+/// in `trace_call_bpf()`, kernel/trace/bpf_trace.c): an interrupt whose softirq changes a
+/// socket's state during a program run, which is how a busy host loses a few of them; a
+/// tp_btf program is skipped only when it would nest in itself. 0 when fdinfo has no such
+/// line (older kernels) or cannot be read.
+fn recursion_misses(ebpf: &Ebpf) -> u64 {
+    use std::os::fd::{AsFd, AsRawFd};
+    ebpf.programs()
+        .filter_map(|(_, p)| p.fd().ok())
+        .filter_map(|fd| {
+            let path = format!("/proc/self/fdinfo/{}", fd.as_fd().as_raw_fd());
+            std::fs::read_to_string(path).ok()
+        })
+        .map(|info| fdinfo_recursion_misses(&info))
+        .sum()
+}
+
+/// The `recursion_misses:` figure of one fdinfo text (0 when absent or malformed).
+fn fdinfo_recursion_misses(info: &str) -> u64 {
+    info.lines()
+        .find_map(|l| l.strip_prefix("recursion_misses:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod fdinfo_tests {
+    use super::fdinfo_recursion_misses;
+
+    #[test]
+    fn recursion_misses_are_read_from_fdinfo() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_time_ns:\t0\nrun_cnt:\t0\nrecursion_misses:\t7\nverified_insns:\t120\n";
+        assert_eq!(fdinfo_recursion_misses(info), 7);
+        assert_eq!(fdinfo_recursion_misses("pos:\t0\n"), 0);
+        assert_eq!(fdinfo_recursion_misses("recursion_misses:\tx\n"), 0);
     }
 }

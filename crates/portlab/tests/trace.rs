@@ -201,7 +201,20 @@ fn exhausting(extra_args: &[&str], env: &[(&str, &str)], syscalls: bool) {
         report["route"], "bpf",
         "auto picks BPF when it loads: {report}"
     );
-    assert_eq!(report["lost_events"], 0);
+    // A busy host can make the kernel skip a few hits of a classic tracepoint program (an
+    // interrupt's softirq changing a socket's state while a program runs on that CPU): they
+    // are counted as lost, never silently, and the counts may then fall short by that many.
+    let lost = report["lost_events"].as_u64().expect("lost_events");
+    let exact = |got: &serde_json::Value, want: u64, what: &str| {
+        let got = got.as_u64().unwrap_or(u64::MAX);
+        assert!(
+            got <= want && got + lost >= want,
+            "{what}: {got}, want {want} (lost {lost})"
+        );
+    };
+    if env.is_empty() {
+        assert_eq!(lost, 0, "tp_btf loses no hit here");
+    }
     assert_eq!(
         report["syscalls"], syscalls,
         "BPF route default: no syscall tracepoints"
@@ -219,18 +232,20 @@ fn exhausting(extra_args: &[&str], env: &[(&str, &str)], syscalls: bool) {
     let pid = counts["pid"].as_u64().expect("pid");
     let f = flow(&report, pid, &format!("127.0.0.1:{port}"));
     assert_eq!(f["comm"], counts["comm"]);
-    assert_eq!(f["attempts"], 1500);
-    assert_eq!(f["successes"], ok);
-    assert_eq!(failures(f, "EADDRNOTAVAIL"), ana);
-    assert_eq!(f["failures_total"], ana);
-    assert_eq!(f["closed_first"], ok);
-    assert_eq!(f["time_wait_entered"], ok);
-    assert_eq!(
-        (&f["in_progress"], &f["open"]),
-        (&0.into(), &0.into()),
-        "{f}"
+    exact(&f["attempts"], 1500, "attempts");
+    exact(&f["successes"], ok, "successes");
+    exact(&failures(f, "EADDRNOTAVAIL").into(), ana, "EADDRNOTAVAIL");
+    exact(&f["failures_total"], ana, "failures_total");
+    exact(&f["closed_first"], ok, "closed_first");
+    exact(&f["time_wait_entered"], ok, "time_wait_entered");
+    let pending =
+        f["in_progress"].as_u64().unwrap_or(u64::MAX) + f["open"].as_u64().unwrap_or(u64::MAX);
+    assert!(pending <= lost, "{f}");
+    exact(
+        &f["failed_port_search"]["count"],
+        ana,
+        "failed port searches",
     );
-    assert_eq!(f["failed_port_search"]["count"], ana);
     assert!(f["failed_port_search"]["max_ns"].as_u64().unwrap_or(0) > 0);
     // … and the pool behaved as the kernel says it must.
     assert_eq!((ok, ana), (1000, 500), "the pool has 1,000 ports: {counts}");
