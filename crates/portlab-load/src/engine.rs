@@ -805,18 +805,8 @@ impl Worker {
                     break;
                 }
             };
-            *self
-                .stats
-                .borrow_mut()
-                .address(index)
-                .failures
-                .entry(class)
-                .or_default() += 1;
             last = class;
-            if matches!(
-                class,
-                ErrorClass::TooManyOpenFiles | ErrorClass::NoBufferSpace
-            ) {
+            if self.stats.borrow_mut().address(index).connect_failed(class) {
                 break;
             }
         }

@@ -108,6 +108,19 @@ pub(crate) struct AddressCounts {
     pub failures: BTreeMap<ErrorClass, u64>,
 }
 
+impl AddressCounts {
+    /// Counts one failed connect of class `class` towards this address, and says whether the
+    /// RFC 8305 fallback stops here: a local resource ran out (EMFILE/ENFILE, ENOBUFS), so the
+    /// next address would fail the same way.
+    pub fn connect_failed(&mut self, class: ErrorClass) -> bool {
+        *self.failures.entry(class).or_default() += 1;
+        matches!(
+            class,
+            ErrorClass::TooManyOpenFiles | ErrorClass::NoBufferSpace
+        )
+    }
+}
+
 impl Stats {
     /// The counts of candidate `index`, growing the list as needed.
     pub fn address(&mut self, index: usize) -> &mut AddressCounts {

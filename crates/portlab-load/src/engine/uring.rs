@@ -633,22 +633,16 @@ impl Loop<'_> {
                 self.send(i);
             }
             Err(class) => {
-                *self
+                let local = self
                     .w
                     .stats
                     .borrow_mut()
                     .address(index)
-                    .failures
-                    .entry(class)
-                    .or_default() += 1;
+                    .connect_failed(class);
                 self.close(i);
                 let candidates = self.w.plan.target.candidates().len();
                 let s = &mut self.slots[i];
                 s.addr_tries += 1;
-                let local = matches!(
-                    class,
-                    ErrorClass::TooManyOpenFiles | ErrorClass::NoBufferSpace
-                );
                 if local || s.addr_tries >= candidates {
                     self.fail_now(
                         i,
