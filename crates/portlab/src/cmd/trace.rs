@@ -269,10 +269,7 @@ fn settings_of(
     };
     let path = path.to_path_buf();
     std::thread::spawn(move || -> anyhow::Result<_> {
-        let file = std::fs::File::open(&path)
-            .with_context(|| format!("opening network namespace {}", path.display()))?;
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET)
-            .with_context(|| format!("entering network namespace {}", path.display()))?;
+        crate::netns::enter(&path)?;
         portlab_sockets::PortPoolSettings::read().context("reading port settings")
     })
     .join()
