@@ -201,9 +201,10 @@ fn exhausting(extra_args: &[&str], env: &[(&str, &str)], syscalls: bool) {
         report["route"], "bpf",
         "auto picks BPF when it loads: {report}"
     );
-    // A busy host can make the kernel skip a few hits of a classic tracepoint program (an
-    // interrupt's softirq changing a socket's state while a program runs on that CPU): they
-    // are counted as lost, never silently, and the counts may then fall short by that many.
+    // A busy host can make the kernel skip hits of a classic tracepoint program (the error
+    // report and syscall programs, and inet_sock_set_state without tp_btf: another tracing
+    // program was running on that CPU): they are counted as lost, never silently, and the
+    // counts may then fall short by that many, never more.
     let lost = report["lost_events"].as_u64().expect("lost_events");
     let exact = |got: &serde_json::Value, want: u64, what: &str| {
         let got = got.as_u64().unwrap_or(u64::MAX);
@@ -212,9 +213,6 @@ fn exhausting(extra_args: &[&str], env: &[(&str, &str)], syscalls: bool) {
             "{what}: {got}, want {want} (lost {lost})"
         );
     };
-    if env.is_empty() {
-        assert_eq!(lost, 0, "tp_btf loses no hit here");
-    }
     assert_eq!(
         report["syscalls"], syscalls,
         "BPF route default: no syscall tracepoints"
