@@ -145,6 +145,7 @@ struct sock_common {
 struct sock {
     struct sock_common __sk_common;
     __u16 sk_protocol;
+    __u32 sk_max_ack_backlog;
 } __attribute__((preserve_access_index));
 
 // The two fields the tracepoint takes from struct inet_sock (beyond struct sock, so read with
@@ -181,7 +182,7 @@ struct flow_key {
     __u16 dport;
     __u16 pad;
     __u8 daddr[16];
-};
+} __attribute__((aligned(8)));
 
 #define BUCKETS 15
 // in_progress and open are not kept here (two atomics fewer per connection): user space
@@ -213,9 +214,9 @@ struct errno_key {
 #define PHASE_CONNECTING 1
 #define PHASE_ESTABLISHED 2
 struct sock_state {
-    __u64 syn_sent_ns;
-    __u32 slot;
-    __u32 phase;
+    __u32 syn_sent_ns; // the low 32 bits: a port search takes far less than 4.29 s
+    __u16 slot;        // at most MAX_FLOWS
+    __u16 phase;
 };
 
 struct tuple {
@@ -285,12 +286,43 @@ struct {
     __type(value, __u64);
 } failures SEC(".maps");
 
+// The client sockets being followed, by socket address: an open-addressed table in an array
+// (the verifier inlines array lookups: no hash function call, no bucket lock, no free list, as a
+// hash map's update and delete take). A socket lives at one of the PROBES entries from
+// sock_hash(sk); sk 0 marks a free entry. Claimed with a compare-and-swap, so two CPUs never
+// take one entry; every later change of an entry is made under the socket's own lock (the
+// kernel calls the tracepoint with it held), so by one CPU at a time. Lookups read all PROBES
+// entries (a freed entry between two used ones does not end the search). 131,072 entries of
+// 16 bytes (2 MiB: few pages, so few TLB misses): with 30,000 sockets followed at once a full
+// window of 8 is rare; one that is full counts into lost_events and the socket stays
+// in_progress.
+#define SOCK_BITS 17
+#define SOCK_ENTRIES (1 << SOCK_BITS)
+#define PROBES 8
+struct sock_entry {
+    __u64 sk;
+    struct sock_state s;
+};
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 65536);
-    __type(key, __u64);
-    __type(value, struct sock_state);
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, SOCK_ENTRIES);
+    __type(key, __u32);
+    __type(value, struct sock_entry);
 } socks SEC(".maps");
+
+// The last flow this CPU counted a connect() for, so a run of connects from one process to
+// one destination finds its slot without hashing the 24-byte key (flows are never removed,
+// so an entry stays right).
+struct flow_cache {
+    struct flow_key key;
+    __u64 slot; // +1; 0: empty
+};
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct flow_cache);
+} flow_cache SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
@@ -500,6 +532,101 @@ INLINE __u16 ev_sport(const void *ctx, int btf) {
     return __builtin_bswap16(port);
 }
 
+// flow_slot() behind this CPU's one-entry cache.
+INLINE long cached_flow_slot(const struct flow_key *key) {
+    struct flow_cache *c = bpf_map_lookup_elem(&flow_cache, &ZERO);
+    if (c && c->slot) {
+        const __u64 *a = (const __u64 *)&c->key, *b = (const __u64 *)key;
+        if (a[0] == b[0] && a[1] == b[1] && a[2] == b[2])
+            return (long)c->slot - 1;
+    }
+    long slot = flow_slot(key);
+    if (c && slot >= 0) {
+        c->key = *key;
+        c->slot = (__u64)slot + 1;
+    }
+    return slot;
+}
+
+// 1 once a socket that had listened (sk_max_ack_backlog set) was seen to connect(): from then
+// on the tp_btf program no longer takes a nonzero backlog at CLOSE to mean a listener's child.
+struct {
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u32);
+} listened_connects SEC(".maps");
+
+// A per-CPU word that turns the tp_btf program's trusted socket pointer into a plain number
+// (the verifier allows no arithmetic on the pointer, as sock_hash needs; a value read back
+// from a map is a number).
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} scratch SEC(".maps");
+
+INLINE __u64 as_number(__u64 v) {
+    __u64 *p = bpf_map_lookup_elem(&scratch, &ZERO);
+    if (!p)
+        return 0;
+    *p = v;
+    return *(volatile __u64 *)p;
+}
+
+// Socket addresses are slab objects (low bits alike): a multiplicative hash spreads them.
+INLINE __u32 sock_hash(__u64 sk) { return (__u32)((sk * 0x9E3779B97F4A7C15ULL) >> (64 - SOCK_BITS)); }
+
+INLINE struct sock_entry *sock_entry_at(__u32 h, int i) {
+    __u32 index = (h + i) & (SOCK_ENTRIES - 1);
+    return bpf_map_lookup_elem(&socks, &index);
+}
+
+// The followed socket's entry, NULL when it is not followed.
+INLINE struct sock_entry *sock_find(__u64 sk) {
+    if (!sk)
+        return 0;
+    __u32 h = sock_hash(sk);
+#pragma unroll
+    for (int i = 0; i < PROBES; i++) {
+        struct sock_entry *e = sock_entry_at(h, i);
+        if (e && e->sk == sk)
+            return e;
+    }
+    return 0;
+}
+
+// Starts following the socket with `init` (its entry if it has one, else a free one); 0 on
+// success, -1 when every entry of its window is taken.
+INLINE long sock_follow(__u64 sk, const struct sock_state *init) {
+    if (!sk)
+        return -1;
+    __u32 h = sock_hash(sk);
+#pragma unroll
+    for (int i = 0; i < PROBES; i++) {
+        struct sock_entry *e = sock_entry_at(h, i);
+        if (!e)
+            continue;
+        if (e->sk == sk || (e->sk == 0 && __sync_val_compare_and_swap(&e->sk, 0, sk) == 0)) {
+            e->s = *init;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+// Stops following it: the entry is free again. 1 when this call freed it; 0 when another CPU
+// did first (only sys_exit_connect frees an entry without the socket's lock: with the syscall
+// programs the free is a compare-and-swap, else a store).
+INLINE int sock_forget(struct sock_entry *e, __u64 sk) {
+    if (!cfg.syscalls) {
+        e->sk = 0;
+        return 1;
+    }
+    return __sync_val_compare_and_swap(&e->sk, sk, 0) == sk;
+}
+
 INLINE void v4_mapped(__u8 *out, __u32 be_addr) {
     __builtin_memset(out, 0, 10);
     out[10] = 0xff;
@@ -549,9 +676,14 @@ INLINE void syn_sent(const void *ctx, int btf, __u64 sk) {
         return;
     count_event();
 
+    if (btf && ((const struct sock *)((const __u64 *)ctx)[0])->sk_max_ack_backlog) {
+        __u32 *seen = bpf_map_lookup_elem(&listened_connects, &ZERO);
+        if (seen && !*seen)
+            *seen = 1;
+    }
     key.tgid = tgid;
     key.dport = ev_dport(ctx, btf);
-    long slot = flow_slot(&key);
+    long slot = cached_flow_slot(&key);
     struct flow *f = slot >= 0 ? counters_of((__u32)slot) : 0;
     if (!f) {
         count_lost();
@@ -559,10 +691,10 @@ INLINE void syn_sent(const void *ctx, int btf, __u64 sk) {
     }
     __sync_fetch_and_add(&f->attempts, 1);
     struct sock_state s = {};
-    s.syn_sent_ns = bpf_ktime_get_ns();
-    s.slot = (__u32)slot;
+    s.syn_sent_ns = (__u32)bpf_ktime_get_ns();
+    s.slot = (__u16)slot;
     s.phase = PHASE_CONNECTING;
-    if (bpf_map_update_elem(&socks, &sk, &s, BPF_ANY) != 0)
+    if (sock_follow(sk, &s) != 0)
         count_lost(); // its outcome will not be seen: it stays in_progress
     if (cfg.syscalls) {
         // Pairs this socket with the connect() return on this thread (sys_exit_connect),
@@ -588,7 +720,8 @@ INLINE int in_connect_on(__u64 sk) {
     return call && call->sk == sk;
 }
 
-INLINE void left_syn_sent(const void *ctx, int btf, __u64 sk, struct sock_state *s, int new) {
+INLINE void left_syn_sent(const void *ctx, int btf, __u64 sk, struct sock_entry *e, int new) {
+    struct sock_state *s = &e->s;
     struct flow *f = counters_of(s->slot);
     if (!f)
         return;
@@ -607,14 +740,15 @@ INLINE void left_syn_sent(const void *ctx, int btf, __u64 sk, struct sock_state 
     w.no_port = sport == 0;
     if (w.no_port) {
         // __inet_hash_connect() found no free port: the failed port search.
-        record_search(f, now - s->syn_sent_ns);
+        record_search(f, (__u32)((__u32)now - s->syn_sent_ns));
     } else {
         w.tuple.sport = sport;
         w.tuple.dport = ev_dport(ctx, btf);
         ev_saddr(ctx, btf, w.tuple.saddr);
         ev_daddr(ctx, btf, w.tuple.daddr);
     }
-    bpf_map_delete_elem(&socks, &sk);
+    if (!sock_forget(e, sk))
+        return;
     if (w.no_port && !in_connect_on(sk)) {
         // No connect() return to wait for (no syscall tracepoints, or not in the call).
         fail(f, w.slot, EADDRNOTAVAIL, now);
@@ -646,7 +780,7 @@ INLINE int set_state(const void *ctx, int btf, __u64 sk, int old, int new) {
         return 0;
     if (new == TCP_SYN_SENT) {
         if (old == TCP_CLOSE)
-            syn_sent(ctx, btf, sk);
+            syn_sent(ctx, btf, btf ? as_number(sk) : sk);
         return 0;
     }
     if (old == TCP_SYN_SENT) {
@@ -657,21 +791,33 @@ INLINE int set_state(const void *ctx, int btf, __u64 sk, int old, int new) {
                                      old == TCP_CLOSE_WAIT || old == TCP_LAST_ACK)) {
         return 0;
     }
-    struct sock_state *s = bpf_map_lookup_elem(&socks, &sk);
-    if (!s)
+    if (btf && new == TCP_CLOSE && old != TCP_SYN_SENT &&
+        ((const struct sock *)((const __u64 *)ctx)[0])->sk_max_ack_backlog) {
+        // A listener's child (sk_clone_lock() copies the listener's sk_max_ack_backlog, which
+        // a socket that never listened has 0: net/core/sock.c): not a connect()ed socket,
+        // unless one that had listened connected since. Saves the table's cold miss on every
+        // server-side socket of the host.
+        __u32 *seen = bpf_map_lookup_elem(&listened_connects, &ZERO);
+        if (seen && !*seen)
+            return 0;
+    }
+    if (btf)
+        sk = as_number(sk);
+    struct sock_entry *e = sock_find(sk);
+    if (!e)
         return 0;
+    struct sock_state *s = &e->s;
     count_event();
     if (s->phase == PHASE_CONNECTING) {
         if (old == TCP_SYN_SENT)
-            left_syn_sent(ctx, btf, sk, s, new);
+            left_syn_sent(ctx, btf, sk, e, new);
         return 0;
     }
     if (old == TCP_SYN_SENT)
         return 0;
     // Established: who closed first is read from the state it leaves for CLOSE.
     struct flow *f = counters_of(s->slot);
-    bpf_map_delete_elem(&socks, &sk);
-    if (!f)
+    if (!sock_forget(e, sk) || !f)
         return 0;
     if (old == TCP_FIN_WAIT1 || old == TCP_FIN_WAIT2 || old == TCP_CLOSING) {
         __sync_fetch_and_add(&f->closed_first, 1);
@@ -769,11 +915,11 @@ INLINE void exit_connect(struct sys_exit_args *ctx) {
         // blocking connect's timeout or refusal). Interrupted calls keep connecting.
         if (err == EINTR || err == EALREADY || err == EAGAIN || err == ERESTARTSYS)
             return;
-        struct sock_state *s = bpf_map_lookup_elem(&socks, &sk);
-        if (!s || s->phase != PHASE_CONNECTING)
+        struct sock_entry *e = sock_find(sk);
+        if (!e || e->s.phase != PHASE_CONNECTING)
             return;
-        __u32 slot = s->slot;
-        if (bpf_map_delete_elem(&socks, &sk) != 0)
+        __u32 slot = e->s.slot;
+        if (!sock_forget(e, sk))
             return;
         struct flow *f = counters_of(slot);
         if (f)

@@ -263,6 +263,108 @@ fn exhausting(extra_args: &[&str], env: &[(&str, &str)], syscalls: bool) {
     );
 }
 
+/// python3 -c HELD N: N connections to its own listener held open at once, then closed by the
+/// server side first (the clients are passive closers); then one socket that listened tries to
+/// connect (listen(), connect(AF_UNSPEC) back to CLOSE, then connect()) and, if the kernel lets
+/// it, is closed by the client first. Prints pid, comm, ok and the errno of that connect (0:
+/// it connected) as JSON.
+const HELD: &str = r#"
+import ctypes, json, os, resource, socket, sys
+n = int(sys.argv[1])
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 2 * n + 64), hard))
+srv = socket.socket()
+srv.bind(("127.0.0.1", 8080))
+srv.listen(4096)
+clients, servers = [], []
+for _ in range(n):
+    c = socket.create_connection(("127.0.0.1", 8080))
+    clients.append(c)
+    servers.append(srv.accept()[0])
+for s in servers:
+    s.close()
+for c in clients:
+    c.recv(1)
+    c.close()
+libc = ctypes.CDLL(None, use_errno=True)
+odd = socket.socket()
+odd.bind(("127.0.0.1", 0))
+odd.listen(7)
+unspec = (ctypes.c_ubyte * 16)()
+if libc.connect(odd.fileno(), unspec, 16) != 0:
+    raise OSError(ctypes.get_errno(), "connect(AF_UNSPEC)")
+ok, odd_errno = n, 0
+try:
+    odd.connect(("127.0.0.1", 8080))
+    ok += 1
+    peer = srv.accept()[0]
+    odd.close()
+    peer.recv(1)
+    peer.close()
+except OSError as e:
+    odd_errno = e.errno
+comm = open("/proc/self/comm").read().strip()
+print(json.dumps({"pid": os.getpid(), "comm": comm, "ok": ok, "odd_errno": odd_errno}))
+"#;
+
+/// Thousands of client sockets followed at once, every one closed by its peer, and a socket
+/// that had listened trying to connect: all counted exactly. The BPF program takes a listen
+/// backlog at CLOSE to mean a server-side socket (a child copies its listener's) until it sees
+/// a socket that had listened reach SYN_SENT. Linux 6.18 lets that socket reach SYN_SENT and
+/// then fails its connect() with EINVAL (the errno is seen with the syscall tracepoints; by
+/// default it is an abandoned attempt); a kernel that lets it connect is checked too.
+#[test]
+fn held_connections_and_a_socket_that_listened_are_counted_exactly() {
+    held_connections(&[]);
+}
+
+/// The same with the syscall tracepoints (their table frees are compare-and-swaps).
+#[test]
+fn held_connections_and_a_socket_that_listened_are_counted_exactly_with_syscalls() {
+    held_connections(&["--syscalls"]);
+}
+
+fn held_connections(extra_args: &[&str]) {
+    let ns = NetNs::new("trace3").expect("create netns (needs root)");
+    let netns = format!("/var/run/netns/{}", ns.name());
+    let trace = Trace::start(&[&["--netns", &netns], extra_args].concat());
+    let held = 3000u64;
+    let res = python(&ns, HELD, &[held.to_string()]);
+    let odd = u64::from(res["odd_errno"] == 0);
+    if odd == 0 {
+        assert_eq!(res["odd_errno"], libc::EINVAL, "{res}");
+    }
+    assert_eq!(res["ok"], held + odd, "{res}");
+    let (report, _) = trace.finish();
+    assert_eq!(report["bpf_set_state_program"], "tp_btf");
+    let lost = report["lost_events"].as_u64().expect("lost_events");
+    assert_eq!(lost, 0, "{report}");
+    let pid = res["pid"].as_u64().expect("pid");
+    let f = flow(&report, pid, "127.0.0.1:8080");
+    assert_eq!(f["comm"], res["comm"]);
+    assert_eq!(f["attempts"], held + 1, "{f}");
+    assert_eq!(f["successes"], held + odd, "{f}");
+    assert_eq!(f["closed_by_peer"], held, "{f}");
+    assert_eq!(f["closed_first"], odd, "the socket that had listened: {f}");
+    assert_eq!(f["time_wait_entered"], odd, "{f}");
+    assert_eq!(f["open"], 0, "{f}");
+    assert_eq!(f["in_progress"], 0, "{f}");
+    let (einval, abandoned) = match (odd, extra_args.contains(&"--syscalls")) {
+        (1, _) => (0, 0),
+        (_, true) => (1, 0),
+        (_, false) => (0, 1),
+    };
+    assert_eq!(failures(f, "EINVAL"), einval, "{f}");
+    assert_eq!(f["failures_total"], einval, "{f}");
+    assert_eq!(f["abandoned"], abandoned, "{f}");
+    let flows = report["flows"].as_array().expect("flows");
+    assert_eq!(
+        flows.len(),
+        1,
+        "server-side sockets are not flows: {flows:?}"
+    );
+}
+
 /// Two connects to a closed port, two to a port whose SYNs are dropped, at once.
 const REFUSED_AND_DROPPED: &str = r#"
 import errno, json, os, socket, sys, threading
