@@ -27,6 +27,16 @@
 # Part F, the host-wide cost of the syscall tracepoints: CPU per syscall of dd bs=1 (an
 #   unrelated process) without trace and with --syscalls / --no-syscalls on each route.
 #
+# Part G, the BPF route's kernel-side cost from a profile: `perf record -a -g -F $G_HZ` over a
+#   full-speed `load --connection close` run while `trace --route bpf` runs, $G_ROUNDS times per
+#   mode (default, --syscalls, classic program), interleaved; the samples whose call chain holds
+#   a BPF program run (bpf_trace_run*, trace_call_bpf: the program, its helpers and the kernel's
+#   call into it; for the classic program also the record the kernel fills,
+#   perf_trace_run_bpf_submit) ÷ $G_HZ ÷ connections = CPU per connection, with both ends on
+#   this host, and as % of a core at 10,000 connects/s (bar < 2 %). Unlike Part E it carries no
+#   accounting overhead of its own (Part E's floor is ≈ 81 ns per run); it leaves out the syscall
+#   slow path (Part F).
+#
 # Every traced variant runs on each route of $ROUTES (default "bpf perf": the BPF route that
 # counts in kernel maps, and the perf_event_open route beside it), so A and D print one block
 # per route: traced ÷ untraced conn/s (bar ≥ 0.95) and the kernel-side ns per event with the
@@ -58,6 +68,8 @@ CONNS=${CONNS:-50}
 ROUNDS=${ROUNDS:-12}
 ROUTES=${ROUTES:-"bpf perf"}
 E_RATE=${E_RATE:-2000}
+G_ROUNDS=${G_ROUNDS:-5}
+G_HZ=${G_HZ:-4999}
 RATES=${RATES-"1250 12500"}
 FLOODS=${FLOODS-"10000 100000"}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -321,6 +333,33 @@ PY
   echo "$old_stats" >/proc/sys/kernel/bpf_stats_enabled
 fi
 
+# Part G: the profile of the BPF programs' cost (perf record -a -g during full-speed rounds).
+: >"$WORK/profile.tsv"
+if [[ " $ROUTES " == *" bpf "* && -n $HAVE_PERF && $G_ROUNDS -gt 0 ]]; then
+  echo "Part G: perf profile, $G_ROUNDS rounds of (default --syscalls classic)" >&2
+  for round in $(seq "$G_ROUNDS"); do
+    for mode in default --syscalls classic; do
+      name="g$round-${mode#--}"
+      case $mode in
+        default) start_trace "$name" --route bpf ;;
+        classic) PORTLAB_TRACE_CLASSIC_TRACEPOINT=1 start_trace "$name" --route bpf ;;
+        *) start_trace "$name" --route bpf "$mode" ;;
+      esac
+      perf record -q -a -g -F "$G_HZ" -o "$WORK/$name.perf" -- taskset -c 0 "$PORTLAB" load \
+        -c "$CONNS" -z "$DURATION" --connection close --json "$URL" >"$WORK/$name.ljson" 2>/dev/null || true
+      stop_trace
+      conns=$(python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['summary']['succeeded'])" "$WORK/$name.ljson")
+      # One sample per paragraph (perf script ends each call chain with a blank line).
+      perf script -i "$WORK/$name.perf" 2>/dev/null | awk -v mode="$mode" -v conns="$conns" '
+        BEGIN { RS = "" }
+        { n++ }
+        /bpf_trace_run|trace_call_bpf|perf_trace_run_bpf_submit/ { k++ }
+        END { printf "%s\t%d\t%d\t%d\n", mode, conns, k, n }' >>"$WORK/profile.tsv"
+      rm -f "$WORK/$name.perf"
+    done
+  done
+fi
+
 # Part F: the host-wide cost of the syscall tracepoints: CPU per read()/write() syscall of an
 # unrelated process (dd bs=1, 2 syscalls per byte, CPU 0) without trace and with each route
 # --syscalls and --no-syscalls, interleaved $ROUNDS times, paired differences.
@@ -431,6 +470,19 @@ PY
 echo
 echo "Part E: BPF route, kernel-side cost from kernel.bpf_stats_enabled (client and server on this host)"
 cat "$WORK/bpfstats.txt"
+python3 - "$WORK/profile.tsv" "$G_HZ" <<'PY'
+import sys, statistics
+rows = [l.split("\t") for l in open(sys.argv[1]) if l.strip()]
+hz = float(sys.argv[2])
+if rows:
+    print("\nPart G: BPF route, kernel-side cost from a perf profile (samples in BPF program runs, client and server on this host)")
+for mode in dict.fromkeys(r[0] for r in rows):
+    us = sorted(int(r[2]) / hz / max(int(r[1]), 1) * 1e6 for r in rows if r[0] == mode)
+    share = statistics.median(int(r[2]) / max(int(r[3]), 1) * 100 for r in rows if r[0] == mode)
+    m = statistics.median(us)
+    print(f"  {mode}: {len(us)} runs, median {m:.2f} us per connection (spread {us[0]:.2f}-{us[-1]:.2f}) "
+          f"= {m:.2f} % of a core at 10,000 connects/s (bar < 2 %); {share:.2f} % of all samples")
+PY
 python3 - "$WORK/dd.tsv" <<'PY'
 import sys, statistics
 rows = [l.split() for l in open(sys.argv[1]) if l.strip()]
