@@ -109,7 +109,7 @@ fn flow_finding(e: &Evidence, trace: &TraceEvidence, f: &TracedFlow) -> Finding 
     evidence.push(closer_line(f));
     if trace.lost_events > 0 {
         evidence.push(format!(
-            "lost {} events (a ring buffer overflowed): counts are lower bounds",
+            "lost {} events (dropped by the kernel, or a full ring or map): counts are lower bounds",
             rules::int(trace.lost_events)
         ));
     }

@@ -390,10 +390,15 @@ pub fn render_table(snap: &TraceSnapshot, top: usize, p: Painter) -> String {
         }
     );
     if snap.lost_events > 0 {
+        let why = match snap.route {
+            Route::Bpf => "hits the kernel ran no program for, or a full map",
+            // A snapshot names the route that ran; perf is the one with rings.
+            Route::Perf | Route::Auto => "a ring buffer was full; raise --ring-pages",
+        };
         s.push_str(&format!(
             "{}\n",
             p.bad(&format!(
-                "lost {} events (a ring buffer was full; raise --ring-pages): the counts below are lower bounds",
+                "lost {} events ({why}): the counts below are lower bounds",
                 fmt_int(snap.lost_events)
             ))
         ));

@@ -268,8 +268,9 @@ pub(crate) fn encode_snapshot(
     counter(
         e,
         "portlab_trace_lost_events",
-        "Tracepoint records the kernel dropped because a ring buffer was full (PERF_RECORD_LOST); \
-         while this rises the counters above are lower bounds.",
+        "Events the tracer lost: records dropped because a ring buffer was full (perf route, \
+         PERF_RECORD_LOST), or hits the kernel ran no program for and inserts into a full map (BPF \
+         route); while this rises the counters above are lower bounds.",
         snap.lost_events,
     )?;
     counter(
