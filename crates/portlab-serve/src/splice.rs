@@ -377,24 +377,10 @@ where
         let woken = self.wakes.woken.swap(0, Ordering::AcqRel);
         let this = &mut *self;
         if woken & 0b01 != 0 {
-            if let Some(a) = this.a.as_mut() {
-                if let Poll::Ready(result) =
-                    a.as_mut().poll(&mut Context::from_waker(&this.waker_a))
-                {
-                    result?;
-                    this.a = None;
-                }
-            }
+            poll_branch(&mut this.a, &this.waker_a)?;
         }
         if woken & 0b10 != 0 {
-            if let Some(b) = this.b.as_mut() {
-                if let Poll::Ready(result) =
-                    b.as_mut().poll(&mut Context::from_waker(&this.waker_b))
-                {
-                    result?;
-                    this.b = None;
-                }
-            }
+            poll_branch(&mut this.b, &this.waker_b)?;
         }
         if this.a.is_none() && this.b.is_none() {
             Poll::Ready(Ok(()))
@@ -402,6 +388,21 @@ where
             Poll::Pending
         }
     }
+}
+
+/// Polls one branch of a [`TryJoin2`] with its own waker, if it has not finished; a branch that
+/// finishes is dropped. Its error, if any, is returned.
+fn poll_branch<F>(branch: &mut Option<Pin<Box<F>>>, waker: &Waker) -> io::Result<()>
+where
+    F: Future<Output = io::Result<()>>,
+{
+    if let Some(f) = branch.as_mut() {
+        if let Poll::Ready(result) = f.as_mut().poll(&mut Context::from_waker(waker)) {
+            *branch = None;
+            result?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

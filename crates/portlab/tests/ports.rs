@@ -54,12 +54,12 @@ fn ss_count(ns: &NetNs, state: &str) -> usize {
 }
 
 fn ports_json(ns: &NetNs, extra: &[&str]) -> serde_json::Value {
-    let out = ns
-        .command(PORTLAB)
-        .args(["ports", "--json"])
-        .args(extra)
-        .output()
-        .expect("portlab runs");
+    json_of(ns.command(PORTLAB).args(["ports", "--json"]).args(extra))
+}
+
+/// Runs `cmd`, which must succeed, and parses its stdout as JSON.
+fn json_of(cmd: &mut Command) -> serde_json::Value {
+    let out = cmd.output().expect("the command runs");
     assert!(
         out.status.success(),
         "portlab failed: {}",
@@ -125,16 +125,8 @@ fn counts_match_the_kernel_and_ss_exactly() {
 
     // From the host's namespace, --netns reads the same table, settings and pool.
     let netns_file = format!("/run/netns/{}", ns.name());
-    let out = Command::new(PORTLAB)
-        .args(["ports", "--json", "--netns", &netns_file])
-        .output()
-        .expect("portlab runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let from_host: serde_json::Value = serde_json::from_slice(&out.stdout).expect("valid JSON");
+    let from_host =
+        json_of(Command::new(PORTLAB).args(["ports", "--json", "--netns", &netns_file]));
     assert_eq!(
         from_host["snapshot"]["states"],
         report["snapshot"]["states"]
@@ -235,23 +227,14 @@ fn netns_that_is_not_a_namespace_is_a_usage_error() {
 
 #[test]
 fn reads_without_root() {
-    let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            PORTLAB,
-            "ports",
-            "--json",
-        ])
-        .output()
-        .expect("setpriv runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let report = json_of(Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        PORTLAB,
+        "ports",
+        "--json",
+    ]));
     assert_eq!(
         report["snapshot"]["source"], "sock_diag",
         "netlink works unprivileged"
