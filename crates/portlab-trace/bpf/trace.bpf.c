@@ -548,7 +548,7 @@ INLINE long cached_flow_slot(const struct flow_key *key) {
     return slot;
 }
 
-// 1 once a socket that had listened (sk_max_ack_backlog set) was seen to connect(): from then
+// 1 once a socket that had listened (sk_max_ack_backlog set) was seen at SYN_SENT: from then
 // on the tp_btf program no longer takes a nonzero backlog at CLOSE to mean a listener's child.
 struct {
     __uint(type, BPF_MAP_TYPE_ARRAY);
@@ -566,6 +566,15 @@ struct {
     __type(key, __u32);
     __type(value, __u64);
 } scratch SEC(".maps");
+
+// The listen backlog of the tp_btf hit's socket: nonzero for a listener and its children.
+INLINE __u32 ev_backlog(const void *ctx) {
+    return ((const struct sock *)((const __u64 *)ctx)[0])->sk_max_ack_backlog;
+}
+
+INLINE __u32 *listened_connects_flag(void) {
+    return bpf_map_lookup_elem(&listened_connects, &ZERO);
+}
 
 INLINE __u64 as_number(__u64 v) {
     __u64 *p = bpf_map_lookup_elem(&scratch, &ZERO);
@@ -676,8 +685,8 @@ INLINE void syn_sent(const void *ctx, int btf, __u64 sk) {
         return;
     count_event();
 
-    if (btf && ((const struct sock *)((const __u64 *)ctx)[0])->sk_max_ack_backlog) {
-        __u32 *seen = bpf_map_lookup_elem(&listened_connects, &ZERO);
+    if (btf && ev_backlog(ctx)) {
+        __u32 *seen = listened_connects_flag();
         if (seen && !*seen)
             *seen = 1;
     }
@@ -791,13 +800,12 @@ INLINE int set_state(const void *ctx, int btf, __u64 sk, int old, int new) {
                                      old == TCP_CLOSE_WAIT || old == TCP_LAST_ACK)) {
         return 0;
     }
-    if (btf && new == TCP_CLOSE && old != TCP_SYN_SENT &&
-        ((const struct sock *)((const __u64 *)ctx)[0])->sk_max_ack_backlog) {
+    if (btf && new == TCP_CLOSE && old != TCP_SYN_SENT && ev_backlog(ctx)) {
         // A listener's child (sk_clone_lock() copies the listener's sk_max_ack_backlog, which
         // a socket that never listened has 0: net/core/sock.c): not a connect()ed socket,
         // unless one that had listened connected since. Saves the table's cold miss on every
         // server-side socket of the host.
-        __u32 *seen = bpf_map_lookup_elem(&listened_connects, &ZERO);
+        __u32 *seen = listened_connects_flag();
         if (seen && !*seen)
             return 0;
     }
