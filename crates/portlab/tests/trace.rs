@@ -132,6 +132,16 @@ fn failures(flow: &Value, errno_name: &str) -> u64 {
         .sum()
 }
 
+/// `got` is `want`, or short of it by no more than the `lost` events the trace reported: under
+/// load the kernel skips some program runs (counted as lost, never silently).
+fn exact_but_lost(got: &Value, want: u64, lost: u64, what: &str) {
+    let got = got.as_u64().unwrap_or(u64::MAX);
+    assert!(
+        got <= want && got + lost >= want,
+        "{what}: {got}, want {want} (lost {lost})"
+    );
+}
+
 fn time_wait_in(ns: &NetNs) -> usize {
     let out = ns
         .exec_checked(&["ss", "-Htan", "state", "time-wait"])
@@ -206,13 +216,7 @@ fn exhausting(extra_args: &[&str], env: &[(&str, &str)], syscalls: bool) {
     // program was running on that CPU): they are counted as lost, never silently, and the
     // counts may then fall short by that many, never more.
     let lost = report["lost_events"].as_u64().expect("lost_events");
-    let exact = |got: &serde_json::Value, want: u64, what: &str| {
-        let got = got.as_u64().unwrap_or(u64::MAX);
-        assert!(
-            got <= want && got + lost >= want,
-            "{what}: {got}, want {want} (lost {lost})"
-        );
-    };
+    let exact = |got: &Value, want: u64, what: &str| exact_but_lost(got, want, lost, what);
     assert_eq!(
         report["syscalls"], syscalls,
         "BPF route default: no syscall tracepoints"
@@ -337,26 +341,32 @@ fn held_connections(extra_args: &[&str]) {
     assert_eq!(res["ok"], held + odd, "{res}");
     let (report, _) = trace.finish();
     assert_eq!(report["bpf_set_state_program"], "tp_btf");
+    // As in the exhaustion tests: exact, or short by no more than the hits reported lost.
     let lost = report["lost_events"].as_u64().expect("lost_events");
-    assert_eq!(lost, 0, "{report}");
+    let exact = |got: &Value, want: u64, what: &str| exact_but_lost(got, want, lost, what);
     let pid = res["pid"].as_u64().expect("pid");
     let f = flow(&report, pid, "127.0.0.1:8080");
     assert_eq!(f["comm"], res["comm"]);
-    assert_eq!(f["attempts"], held + 1, "{f}");
-    assert_eq!(f["successes"], held + odd, "{f}");
-    assert_eq!(f["closed_by_peer"], held, "{f}");
-    assert_eq!(f["closed_first"], odd, "the socket that had listened: {f}");
-    assert_eq!(f["time_wait_entered"], odd, "{f}");
-    assert_eq!(f["open"], 0, "{f}");
-    assert_eq!(f["in_progress"], 0, "{f}");
+    exact(&f["attempts"], held + 1, "attempts");
+    exact(&f["successes"], held + odd, "successes");
+    exact(&f["closed_by_peer"], held, "closed_by_peer");
+    exact(
+        &f["closed_first"],
+        odd,
+        "closed_first (the socket that had listened)",
+    );
+    exact(&f["time_wait_entered"], odd, "time_wait_entered");
+    let pending =
+        f["in_progress"].as_u64().unwrap_or(u64::MAX) + f["open"].as_u64().unwrap_or(u64::MAX);
+    assert!(pending <= lost, "{f}");
     let (einval, abandoned) = match (odd, extra_args.contains(&"--syscalls")) {
         (1, _) => (0, 0),
         (_, true) => (1, 0),
         (_, false) => (0, 1),
     };
-    assert_eq!(failures(f, "EINVAL"), einval, "{f}");
-    assert_eq!(f["failures_total"], einval, "{f}");
-    assert_eq!(f["abandoned"], abandoned, "{f}");
+    exact(&failures(f, "EINVAL").into(), einval, "EINVAL");
+    exact(&f["failures_total"], einval, "failures_total");
+    exact(&f["abandoned"], abandoned, "abandoned");
     let flows = report["flows"].as_array().expect("flows");
     assert_eq!(
         flows.len(),
