@@ -37,6 +37,7 @@ mod pool;
 mod server;
 mod splice;
 mod tcp_proxy;
+mod uring_proxy;
 mod watchdog;
 
 pub use error_class::UpstreamErrorClass;
@@ -49,4 +50,6 @@ pub use server::{
     run_server, FaultCounts, Server, ServerConfig, ServerConfigError, ServerStats, HELLO_BODY,
     MAX_BODY_BYTES,
 };
-pub use tcp_proxy::{run_tcp_proxy, TcpProxy, TcpProxyConfig, TcpProxyStats};
+pub use tcp_proxy::{
+    run_tcp_proxy, TcpProxy, TcpProxyConfig, TcpProxyStats, DEFAULT_BATCH_WAIT_US,
+};

@@ -99,9 +99,21 @@ pub async fn connect_upstream(
 }
 
 fn bind_source_ip(socket: &TcpSocket, ip: IpAddr) -> io::Result<()> {
+    bind_source_ip_raw(std::os::fd::AsFd::as_fd(socket), ip)
+}
+
+/// Binds the unconnected TCP socket `socket` to `ip:0` with `IP_BIND_ADDRESS_NO_PORT` set, so the
+/// port is still chosen by connect() per destination.
+///
+/// # Errors
+/// setsockopt(2)'s or bind(2)'s error (EADDRNOTAVAIL: `ip` is not on this host).
+pub(crate) fn bind_source_ip_raw(
+    socket: std::os::fd::BorrowedFd<'_>,
+    ip: IpAddr,
+) -> io::Result<()> {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
-    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+    // SAFETY: setsockopt on a socket the caller owns, with a pointer to a live c_int and its size.
     let rc = unsafe {
         libc::setsockopt(
             socket.as_raw_fd(),
@@ -114,7 +126,7 @@ fn bind_source_ip(socket: &TcpSocket, ip: IpAddr) -> io::Result<()> {
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
-    socket.bind(SocketAddr::new(ip, 0))
+    socket2::SockRef::from(&socket).bind(&SocketAddr::new(ip, 0).into())
 }
 
 /// One counter per [`UpstreamErrorClass`], shared between connection tasks.

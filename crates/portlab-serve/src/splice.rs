@@ -24,7 +24,7 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 
 /// Bytes asked of one `splice(2)` call: the default pipe capacity (16 pages).
-const SPLICE_CHUNK_BYTES: usize = 64 * 1024;
+pub(crate) const SPLICE_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Empty pipes a [`PipePool`] keeps for reuse, at most this many (two descriptors each).
 pub(crate) const MAX_POOLED_PIPES: usize = 64;
@@ -32,8 +32,8 @@ pub(crate) const MAX_POOLED_PIPES: usize = 64;
 /// One pipe: the read end and the write end.
 #[derive(Debug)]
 pub(crate) struct Pipe {
-    read: OwnedFd,
-    write: OwnedFd,
+    pub(crate) read: OwnedFd,
+    pub(crate) write: OwnedFd,
 }
 
 impl Pipe {
@@ -79,7 +79,7 @@ impl PipePool {
     }
 
     /// Keeps an empty pipe for reuse (closes it when the pool is full).
-    fn give_back(&self, pipe: Pipe) {
+    pub(crate) fn give_back(&self, pipe: Pipe) {
         let mut idle = self.lock();
         if idle.len() < MAX_POOLED_PIPES {
             idle.push(pipe);
@@ -98,7 +98,7 @@ impl PipePool {
 }
 
 /// `splice(2)` of at most `len` bytes from `from` to `to`, non-blocking.
-fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+pub(crate) fn splice_nonblocking(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     // SAFETY: plain syscall on descriptors the caller keeps open; null offsets (both are a
     // socket or a pipe, which have no file position).
     let n = unsafe {
@@ -121,7 +121,7 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
 /// Reads of at most this many bytes go through a user-space buffer; a read that fills it
 /// switches that direction to `splice(2)` (HAProxy's `splice-auto` rule): for small messages a
 /// copy is cheaper than the pipe's page bookkeeping, for bulk transfers the copy is the cost.
-const COPY_BUFFER_BYTES: usize = 16 * 1024;
+pub(crate) const COPY_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Relays `src` → `dst` until EOF on `src`, then shuts `dst`'s write side. Small reads are
 /// copied; from the first read that fills [`COPY_BUFFER_BYTES`] on, bytes go through a pipe
@@ -222,7 +222,8 @@ async fn splice_in(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
         src.readable().await?;
         let mut short = None;
         let moved = src.try_io(Interest::READABLE, || {
-            let n = splice(src.as_raw_fd(), pipe.write.as_raw_fd(), SPLICE_CHUNK_BYTES)?;
+            let n =
+                splice_nonblocking(src.as_raw_fd(), pipe.write.as_raw_fd(), SPLICE_CHUNK_BYTES)?;
             if n > 0 && n < SPLICE_CHUNK_BYTES {
                 short = Some(n);
                 return Err(io::ErrorKind::WouldBlock.into());
@@ -244,7 +245,7 @@ async fn splice_out(pipe: &Pipe, dst: &TcpStream, n: usize, moved: &mut u64) -> 
     while left > 0 {
         dst.writable().await?;
         match dst.try_io(Interest::WRITABLE, || {
-            splice(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
+            splice_nonblocking(pipe.read.as_raw_fd(), dst.as_raw_fd(), left)
         }) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(m) => {

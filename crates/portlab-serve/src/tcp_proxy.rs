@@ -6,22 +6,33 @@
 //! Small messages are copied through a 16 KiB buffer per direction; bulk transfers go
 //! socket → pipe → socket with `splice(2)` (HAProxy's `splice-auto`), never through user space,
 //! with a pipe taken from a pool only by a direction that switches (see `splice.rs`).
+//!
+//! Two engines run it ([`TcpProxyConfig::engine`]): io_uring (`uring_proxy.rs`, the default
+//! where a ring can be set up: one ring per thread, no tasks, a fraction of a system call per
+//! message) and tokio (one task per connection pair on the caller's runtime, epoll readiness).
+//! Both keep the same counters, error classes and relay rules.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::AtomicU64;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use portlab_load::EngineChoice;
 use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::accept::{accept_loop, ConnCounters};
 use crate::net::{add, connect_upstream, load, ClassCounters};
 use crate::splice::{relay, PipePool, Relayed};
+use crate::uring_proxy::{self, UringTuning};
 use crate::UpstreamErrorClass;
+
+/// Default of [`TcpProxyConfig::batch_wait_us`], µs.
+pub const DEFAULT_BATCH_WAIT_US: u32 = 50;
 
 /// Where and how the forwarder connects.
 #[derive(Debug, Clone, Serialize)]
@@ -32,18 +43,35 @@ pub struct TcpProxyConfig {
     pub source_ip: Option<IpAddr>,
     /// Give up an upstream connect after this long (`--connect-timeout`).
     pub connect_timeout: Duration,
-    /// At most this many client connections at once (`--max-conns`).
+    /// At most this many client connections at once (`--max-conns`; with io_uring split
+    /// evenly between the engine threads).
     pub max_conns: Option<usize>,
+    /// Which engine relays (`--engine`): `auto` runs io_uring when a ring can be set up
+    /// (Linux ≥ 5.19 with `IORING_FEAT_EXT_ARG`, not forbidden by `io_uring_disabled` or
+    /// seccomp) and tokio otherwise; `uring` asks for io_uring (the stats'
+    /// `engine_fallback` says why tokio ran when it could not); `tokio` runs on the caller's
+    /// runtime.
+    pub engine: EngineChoice,
+    /// io_uring engine threads, one ring each (the tokio engine uses the caller's runtime).
+    pub threads: usize,
+    /// io_uring engine: how long (µs) a wait gathers completions after the first one arrived
+    /// (`--batch-wait`; Linux ≥ 6.12, `IORING_FEAT_MIN_TIMEOUT`, else 0): one wake-up per
+    /// batch of messages, at the price of up to this long in the forwarder per message.
+    pub batch_wait_us: u32,
 }
 
 impl TcpProxyConfig {
-    /// A config forwarding to `upstream` with a 10 s connect timeout and no limits.
+    /// A config forwarding to `upstream` with a 10 s connect timeout, no limits, and the
+    /// engine from `PORTLAB_ENGINE` (else `auto`) on one thread.
     pub fn new(upstream: SocketAddr) -> Self {
         TcpProxyConfig {
             upstream,
             source_ip: None,
             connect_timeout: Duration::from_secs(10),
             max_conns: None,
+            engine: EngineChoice::from_env().ok().flatten().unwrap_or_default(),
+            threads: 1,
+            batch_wait_us: DEFAULT_BATCH_WAIT_US,
         }
     }
 }
@@ -73,6 +101,13 @@ pub struct TcpProxyStats {
     /// Empty `splice(2)` pipes kept for the next connections (two file descriptors each, at
     /// most 64; closed when the forwarder stops).
     pub relay_pipes_idle: u64,
+    /// The engine that relays: `uring` or `tokio`.
+    pub engine: String,
+    /// Why tokio relays although io_uring was wanted (`auto`/`uring`), e.g.
+    /// `io_uring unavailable: Operation not permitted (os error 1)`.
+    pub engine_fallback: Option<String>,
+    /// An io_uring engine thread that failed mid-run (its connections were left open).
+    pub engine_error: Option<String>,
 }
 
 impl TcpProxyStats {
@@ -83,21 +118,26 @@ impl TcpProxyStats {
 }
 
 #[derive(Debug, Default)]
-struct Counters {
-    conns: Arc<ConnCounters>,
-    upstream_connects: AtomicU64,
-    connect_failures: ClassCounters,
-    relay_errors: ClassCounters,
-    to_upstream: AtomicU64,
-    to_client: AtomicU64,
+pub(crate) struct Counters {
+    pub(crate) conns: Arc<ConnCounters>,
+    pub(crate) upstream_connects: AtomicU64,
+    pub(crate) connect_failures: ClassCounters,
+    pub(crate) relay_errors: ClassCounters,
+    pub(crate) to_upstream: AtomicU64,
+    pub(crate) to_client: AtomicU64,
 }
 
 #[derive(Debug)]
-struct Shared {
-    config: TcpProxyConfig,
-    counters: Counters,
+pub(crate) struct Shared {
+    pub(crate) config: TcpProxyConfig,
+    pub(crate) counters: Counters,
     /// Pipes for the `splice(2)` relay.
-    pipes: PipePool,
+    pub(crate) pipes: PipePool,
+    /// Whether io_uring relays, and why not when it was wanted; set at [`TcpProxy::new`],
+    /// changed by [`TcpProxy::run`] if the rings cannot be built.
+    engine: Mutex<(bool, Option<String>)>,
+    /// The first io_uring thread failure.
+    engine_error: Mutex<Option<String>>,
 }
 
 /// The TCP forwarder. Cheap to clone; clones share counters.
@@ -107,13 +147,22 @@ pub struct TcpProxy {
 }
 
 impl TcpProxy {
-    /// A forwarder for `config`.
+    /// A forwarder for `config`; picks the engine (see [`TcpProxyConfig::engine`]).
     pub fn new(config: TcpProxyConfig) -> Self {
+        let engine = match config.engine {
+            EngineChoice::Tokio => (false, None),
+            EngineChoice::Auto | EngineChoice::Uring => match uring_proxy::probe() {
+                Ok(()) => (true, None),
+                Err(e) => (false, Some(format!("io_uring unavailable: {e}"))),
+            },
+        };
         TcpProxy {
             shared: Arc::new(Shared {
                 config,
                 counters: Counters::default(),
                 pipes: PipePool::default(),
+                engine: Mutex::new(engine),
+                engine_error: Mutex::new(None),
             }),
         }
     }
@@ -121,6 +170,7 @@ impl TcpProxy {
     /// A snapshot of the counters (callable while [`TcpProxy::run`] runs).
     pub fn stats(&self) -> TcpProxyStats {
         let c = &self.shared.counters;
+        let (uring, engine_fallback) = lock(&self.shared.engine).clone();
         TcpProxyStats {
             connections_accepted: load(&c.conns.accepted),
             connections_active: load(&c.conns.active),
@@ -131,12 +181,38 @@ impl TcpProxy {
             bytes_upstream_to_client: load(&c.to_client),
             accept_errors: load(&c.conns.accept_errors),
             relay_pipes_idle: self.shared.pipes.idle() as u64,
+            engine: if uring { "uring" } else { "tokio" }.to_string(),
+            engine_fallback,
+            engine_error: lock(&self.shared.engine_error).clone(),
         }
     }
 
     /// Forwards connections from `listener` until `shutdown` completes, then closes every
     /// connection and returns the final stats.
     pub async fn run(
+        &self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> TcpProxyStats {
+        let shared = &self.shared;
+        let listener = if lock(&shared.engine).0 {
+            match self.run_uring(listener, shutdown).await {
+                Ok(()) => {
+                    self.shared.pipes.clear();
+                    return self.stats();
+                }
+                Err((listener, shutdown, why)) => {
+                    *lock(&shared.engine) = (false, Some(why));
+                    return self.run_tokio(listener, shutdown).await;
+                }
+            }
+        } else {
+            listener
+        };
+        self.run_tokio(listener, shutdown).await
+    }
+
+    async fn run_tokio(
         &self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
@@ -157,6 +233,158 @@ impl TcpProxy {
         self.shared.pipes.clear();
         self.stats()
     }
+
+    /// The io_uring engine: `threads` OS threads, each with its own ring, accepting on the
+    /// shared listener until `shutdown`; then they close their connections and are joined.
+    /// Gives the listener and the shutdown back, with the reason, when the rings cannot be set
+    /// up, so the caller can run tokio instead.
+    async fn run_uring<S: Future<Output = ()>>(
+        &self,
+        listener: TcpListener,
+        shutdown: S,
+    ) -> Result<(), (TcpListener, S, String)> {
+        let config = &self.shared.config;
+        let mut threads = config.threads.max(1);
+        if let Some(max) = config.max_conns {
+            threads = threads.min(max.max(1));
+        }
+        let stop = match eventfd() {
+            Ok(stop) => Arc::new(stop),
+            Err(e) => return Err((listener, shutdown, format!("io_uring unavailable: {e}"))),
+        };
+        let std_listener = match listener.into_std() {
+            Ok(l) => Arc::new(OwnedFd::from(l)),
+            Err(e) => {
+                // into_std only fails to deregister from epoll: nothing to fall back to.
+                *lock(&self.shared.engine_error) = Some(format!("taking the listener: {e}"));
+                return Ok(());
+            }
+        };
+        let tuning = UringTuning {
+            batch_wait_us: config.batch_wait_us,
+        };
+        // Each thread builds its own ring (IORING_SETUP_SINGLE_ISSUER ties a ring to the
+        // thread that made it) and reports whether it could before it accepts anything.
+        let mut handles = Vec::with_capacity(threads);
+        let mut ready = Vec::with_capacity(threads);
+        let mut failure = None;
+        for k in 0..threads {
+            let cap = config.max_conns.map_or(usize::MAX, |max| {
+                max / threads + usize::from(k < max % threads)
+            });
+            let shared = Arc::clone(&self.shared);
+            let listener = Arc::clone(&std_listener);
+            let stop = Arc::clone(&stop);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name(format!("portlab-proxy-uring-{k}"))
+                .spawn(move || {
+                    let ring = match uring_proxy::build_ring() {
+                        Ok(ring) => {
+                            let _ = tx.send(Ok(()));
+                            ring
+                        }
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    let result = uring_proxy::thread_main(
+                        ring,
+                        listener.as_raw_fd(),
+                        stop.as_raw_fd(),
+                        cap,
+                        tuning,
+                        &shared,
+                    );
+                    if let Err(e) = result {
+                        lock(&shared.engine_error)
+                            .get_or_insert_with(|| format!("io_uring engine thread: {e}"));
+                    }
+                });
+            match spawned {
+                Ok(h) => {
+                    handles.push(h);
+                    ready.push(rx);
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+        for rx in ready {
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => failure = failure.or(Some(e)),
+                Err(_) => failure = failure.or(Some(io::Error::other("engine thread ended"))),
+            }
+        }
+        let guard = StopGuard {
+            stop: Arc::clone(&stop),
+            threads: handles.len() as u64,
+        };
+        let join = move || {
+            for h in handles {
+                let _ = h.join();
+            }
+        };
+        if let Some(e) = failure {
+            // Stop the threads that did start, then give the listener back for tokio.
+            drop(guard);
+            let _ = tokio::task::spawn_blocking(join).await;
+            let why = format!("io_uring unavailable: {e}");
+            return match Arc::try_unwrap(std_listener)
+                .map(std::net::TcpListener::from)
+                .map(|l| l.set_nonblocking(true).map(|()| l))
+            {
+                Ok(Ok(l)) => match TcpListener::from_std(l) {
+                    Ok(l) => Err((l, shutdown, why)),
+                    Err(e) => {
+                        *lock(&self.shared.engine_error) = Some(format!("{why}; {e}"));
+                        Ok(())
+                    }
+                },
+                _ => {
+                    *lock(&self.shared.engine_error) = Some(why);
+                    Ok(())
+                }
+            };
+        }
+        shutdown.await;
+        drop(guard);
+        let _ = tokio::task::spawn_blocking(join).await;
+        Ok(())
+    }
+}
+
+/// Tells every io_uring thread to stop when dropped (at shutdown, or when `run` is cancelled).
+struct StopGuard {
+    stop: Arc<OwnedFd>,
+    threads: u64,
+}
+
+impl Drop for StopGuard {
+    fn drop(&mut self) {
+        let n = self.threads;
+        // SAFETY: write(2) of 8 bytes from a live u64 to an eventfd we own.
+        unsafe { libc::write(self.stop.as_raw_fd(), (&n as *const u64).cast(), 8) };
+    }
+}
+
+/// An `EFD_SEMAPHORE` eventfd: each thread's read of it takes one of the stop count.
+fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; a non-negative result is a new descriptor we own.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_SEMAPHORE) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just opened and is owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs a [`TcpProxy`] for `config` on `listener` until `shutdown`; returns its stats.

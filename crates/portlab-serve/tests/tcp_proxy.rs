@@ -1,5 +1,6 @@
 //! The TCP forwarder on real loopback sockets: every address-family pair, half-close, 10 MB
-//! both ways, upstream down, upstream resets, client disconnects, --source-ip.
+//! both ways, upstream down, upstream resets, client disconnects, --source-ip — each on both
+//! engines (`uring::…`, `tokio_engine::…`).
 
 mod common;
 
@@ -7,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{closed_port, get_once, listener, start_server, start_tcp_proxy, wait_until, Client};
+use portlab_load::EngineChoice;
 use portlab_serve::{ServerConfig, TcpProxyConfig, UpstreamErrorClass, HELLO_BODY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -14,9 +16,16 @@ use tokio::task::JoinHandle;
 
 const WAIT: Duration = Duration::from_secs(10);
 
-async fn through_proxy(proxy_bind: &str, server_bind: &str) {
+/// A forwarder config for `upstream` on `engine`.
+fn config(engine: EngineChoice, upstream: SocketAddr) -> TcpProxyConfig {
+    let mut config = TcpProxyConfig::new(upstream);
+    config.engine = engine;
+    config
+}
+
+async fn through_proxy(engine: EngineChoice, proxy_bind: &str, server_bind: &str) {
     let server = start_server(server_bind, ServerConfig::default());
-    let proxy = start_tcp_proxy(proxy_bind, TcpProxyConfig::new(server.addr));
+    let proxy = start_tcp_proxy(proxy_bind, config(engine, server.addr));
     let mut client = Client::connect(proxy.addr).await;
     for _ in 0..3 {
         client.get("/hello.html", "").await;
@@ -32,6 +41,10 @@ async fn through_proxy(proxy_bind: &str, server_bind: &str) {
     })
     .await;
     let stats = proxy.stop().await;
+    assert!(
+        stats.engine == engine.name() || stats.engine_fallback.is_some(),
+        "{stats:?}"
+    );
     assert_eq!(stats.connections_accepted, 1);
     assert_eq!(
         stats.upstream_connects, 1,
@@ -42,36 +55,31 @@ async fn through_proxy(proxy_bind: &str, server_bind: &str) {
     assert_eq!(stats.bytes_upstream_to_client, server_stats.response_bytes);
 }
 
-#[tokio::test]
-async fn forwards_v4_to_v4() {
-    through_proxy("127.0.0.1:0", "127.0.0.1:0").await;
+async fn forwards_v4_to_v4(engine: EngineChoice) {
+    through_proxy(engine, "127.0.0.1:0", "127.0.0.1:0").await;
 }
 
-#[tokio::test]
-async fn forwards_v4_to_v6() {
+async fn forwards_v4_to_v6(engine: EngineChoice) {
     if common::ipv6_available() {
-        through_proxy("127.0.0.1:0", "[::1]:0").await;
+        through_proxy(engine, "127.0.0.1:0", "[::1]:0").await;
     }
 }
 
-#[tokio::test]
-async fn forwards_v6_to_v4() {
+async fn forwards_v6_to_v4(engine: EngineChoice) {
     if common::ipv6_available() {
-        through_proxy("[::1]:0", "127.0.0.1:0").await;
+        through_proxy(engine, "[::1]:0", "127.0.0.1:0").await;
     }
 }
 
-#[tokio::test]
-async fn forwards_v6_to_v6() {
+async fn forwards_v6_to_v6(engine: EngineChoice) {
     if common::ipv6_available() {
-        through_proxy("[::1]:0", "[::1]:0").await;
+        through_proxy(engine, "[::1]:0", "[::1]:0").await;
     }
 }
 
-#[tokio::test]
-async fn one_upstream_connection_per_client_connection() {
+async fn one_upstream_connection_per_client_connection(engine: EngineChoice) {
     let server = start_server("127.0.0.1:0", ServerConfig::default());
-    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(server.addr));
+    let proxy = start_tcp_proxy("127.0.0.1:0", config(engine, server.addr));
     for _ in 0..20 {
         assert_eq!(
             get_once(proxy.addr, "/").await.expect("response").status,
@@ -115,10 +123,9 @@ fn spawn_count_then_answer() -> (SocketAddr, JoinHandle<()>) {
     (addr, task)
 }
 
-#[tokio::test]
-async fn half_close_is_propagated_both_ways() {
+async fn half_close_is_propagated_both_ways(engine: EngineChoice) {
     let (upstream, task) = spawn_count_then_answer();
-    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(upstream));
+    let proxy = start_tcp_proxy("127.0.0.1:0", config(engine, upstream));
     let mut client = TcpStream::connect(proxy.addr).await.expect("connect");
     client.write_all(&[7u8; 1000]).await.expect("write");
     client.shutdown().await.expect("half-close");
@@ -156,10 +163,9 @@ fn spawn_echo() -> SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn ten_megabytes_both_ways() {
+async fn ten_megabytes_both_ways(engine: EngineChoice) {
     const SIZE: usize = 10 * 1024 * 1024;
-    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(spawn_echo()));
+    let proxy = start_tcp_proxy("127.0.0.1:0", config(engine, spawn_echo()));
     let client = TcpStream::connect(proxy.addr).await.expect("connect");
     let (mut r, mut w) = client.into_split();
     let payload: Vec<u8> = (0..SIZE).map(|i| (i % 251) as u8).collect();
@@ -189,13 +195,10 @@ async fn ten_megabytes_both_ways() {
     assert_eq!(stats.bytes_upstream_to_client, SIZE as u64);
 }
 
-#[tokio::test]
-async fn upstream_down_counts_connect_failure_by_class() {
-    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(closed_port()));
-    let mut client = Client::connect(proxy.addr).await;
-    client.get("/", "").await;
+async fn upstream_down_counts_connect_failure_by_class(engine: EngineChoice) {
+    let proxy = start_tcp_proxy("127.0.0.1:0", config(engine, closed_port()));
     assert!(
-        client.is_closed().await,
+        Client::is_dropped(proxy.addr, true).await,
         "the client must lose its connection"
     );
     let stats = proxy.stop().await;
@@ -208,8 +211,7 @@ async fn upstream_down_counts_connect_failure_by_class() {
     );
 }
 
-#[tokio::test]
-async fn upstream_reset_reaches_the_client() {
+async fn upstream_reset_reaches_the_client(engine: EngineChoice) {
     let faults = portlab_serve::FaultSpec::parse("reset=1").expect("spec");
     let server = start_server(
         "127.0.0.1:0",
@@ -218,7 +220,7 @@ async fn upstream_reset_reaches_the_client() {
             ..ServerConfig::default()
         },
     );
-    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(server.addr));
+    let proxy = start_tcp_proxy("127.0.0.1:0", config(engine, server.addr));
     let mut client = Client::connect(proxy.addr).await;
     client.get("/", "").await;
     match client.read_response().await {
@@ -238,10 +240,9 @@ async fn upstream_reset_reaches_the_client() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn client_disconnect_mid_request_releases_both_legs() {
+async fn client_disconnect_mid_request_releases_both_legs(engine: EngineChoice) {
     let server = start_server("127.0.0.1:0", ServerConfig::default());
-    let proxy = start_tcp_proxy("127.0.0.1:0", TcpProxyConfig::new(server.addr));
+    let proxy = start_tcp_proxy("127.0.0.1:0", config(engine, server.addr));
     let mut client = Client::connect(proxy.addr).await;
     client
         .send(b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 100000\r\n\r\npartial")
@@ -268,11 +269,10 @@ async fn client_disconnect_mid_request_releases_both_legs() {
     assert_eq!(server.stop().await.responses, 0);
 }
 
-#[tokio::test]
-async fn source_ip_sets_the_upstream_leg_address() {
+async fn source_ip_sets_the_upstream_leg_address(engine: EngineChoice) {
     let l = listener("127.0.0.1:0");
     let upstream = l.local_addr().expect("addr");
-    let mut config = TcpProxyConfig::new(upstream);
+    let mut config = config(engine, upstream);
     config.source_ip = Some("127.0.0.2".parse().expect("ip"));
     let proxy = start_tcp_proxy("127.0.0.1:0", config);
     let _client = TcpStream::connect(proxy.addr).await.expect("connect");
@@ -284,14 +284,12 @@ async fn source_ip_sets_the_upstream_leg_address() {
     proxy.stop().await;
 }
 
-#[tokio::test]
-async fn non_local_source_ip_is_classified() {
+async fn non_local_source_ip_is_classified(engine: EngineChoice) {
     let server = start_server("127.0.0.1:0", ServerConfig::default());
-    let mut config = TcpProxyConfig::new(server.addr);
+    let mut config = config(engine, server.addr);
     config.source_ip = Some("192.0.2.1".parse().expect("ip")); // TEST-NET-1, never local
     let proxy = start_tcp_proxy("127.0.0.1:0", config);
-    let mut client = Client::connect(proxy.addr).await;
-    assert!(client.is_closed().await);
+    assert!(Client::is_dropped(proxy.addr, false).await);
     let stats = proxy.stop().await;
     assert_eq!(
         stats
@@ -301,3 +299,38 @@ async fn non_local_source_ip_is_classified() {
     );
     server.stop().await;
 }
+
+/// Each test above, once per engine.
+macro_rules! on_each_engine {
+    ($($name:ident),* $(,)?) => {
+        mod uring {
+            use portlab_load::EngineChoice;
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(EngineChoice::Uring).await;
+            })*
+        }
+        mod tokio_engine {
+            use portlab_load::EngineChoice;
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(EngineChoice::Tokio).await;
+            })*
+        }
+    };
+}
+
+on_each_engine!(
+    forwards_v4_to_v4,
+    forwards_v4_to_v6,
+    forwards_v6_to_v4,
+    forwards_v6_to_v6,
+    one_upstream_connection_per_client_connection,
+    half_close_is_propagated_both_ways,
+    ten_megabytes_both_ways,
+    upstream_down_counts_connect_failure_by_class,
+    upstream_reset_reaches_the_client,
+    client_disconnect_mid_request_releases_both_legs,
+    source_ip_sets_the_upstream_leg_address,
+    non_local_source_ip_is_classified,
+);

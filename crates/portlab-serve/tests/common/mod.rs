@@ -149,12 +149,38 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).await.expect("connect");
-        stream.set_nodelay(true).expect("nodelay");
-        Client {
+        Client::try_connect(addr).await.expect("connect")
+    }
+
+    /// Connects, or the connect's error: a forwarder that resets a connection at once (its
+    /// upstream is down) can do so before connect() has returned here, which then fails with
+    /// `ConnectionReset`.
+    pub async fn try_connect(addr: SocketAddr) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
             stream,
             buf: Vec::new(),
+        })
+    }
+
+    /// True when a new connection to `addr` is dropped (reset or closed) instead of answered,
+    /// after a `GET` when `request`: the reset may already reach the connect or the write.
+    pub async fn is_dropped(addr: SocketAddr, request: bool) -> bool {
+        let mut client = match Client::try_connect(addr).await {
+            Ok(client) => client,
+            Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+        };
+        if request
+            && client
+                .stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
+                .await
+                .is_err()
+        {
+            return true;
         }
+        client.is_closed().await
     }
 
     /// Sends raw bytes.

@@ -7,6 +7,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use portlab_load::EngineChoice;
 use portlab_serve::{
     HttpProxy, HttpProxyConfig, HttpProxyStats, TcpProxy, TcpProxyConfig, TcpProxyStats,
     UpstreamErrorClass,
@@ -22,6 +23,17 @@ enum Mode {
     Tcp,
     /// HTTP/1.1 reverse proxy over a pool of at most --pool kept-alive upstream connections.
     Http,
+}
+
+/// Engine of the TCP forwarder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EngineArg {
+    /// io_uring when a ring can be set up, tokio otherwise (stats: engine_fallback says why).
+    Auto,
+    /// io_uring, or fail at start.
+    Uring,
+    /// The portable engine: tokio tasks over epoll.
+    Tokio,
 }
 
 /// Flags of `portlab proxy`.
@@ -62,6 +74,15 @@ pub struct Args {
     /// How long to wait for an upstream connect (http mode answers 502 past it).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::duration::positive_secs)]
     connect_timeout: Duration,
+    /// tcp mode: the relay engine. io_uring relays with a fraction of a system call per message;
+    /// the stats name the engine that ran. Default: $PORTLAB_ENGINE, else auto.
+    #[arg(long, value_enum, value_name = "ENGINE")]
+    engine: Option<EngineArg>,
+    /// tcp mode, io_uring (Linux ≥ 6.12): how long one wait gathers completions after the
+    /// first, so the forwarder wakes once per batch of messages; a message may wait up to this
+    /// long. 0 turns batching off. A duration (50us, 1ms; a bare number is ms).
+    #[arg(long, value_name = "DURATION", default_value = "50us", value_parser = parse_batch_wait)]
+    batch_wait: u32,
     /// Print stats at this interval while running (e.g. 1s, 500ms).
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::positive_secs)]
     stats_interval: Option<Duration>,
@@ -131,13 +152,43 @@ fn build(args: &Args) -> anyhow::Result<Proxy> {
             "--circuit-breaker needs --mode http (a TCP forwarder cannot answer 503)",
         ));
     }
+    if args.mode == Mode::Http && args.engine.is_some_and(|e| e != EngineArg::Tokio) {
+        return Err(crate::exit::usage(
+            "--engine uring|auto needs --mode tcp (the HTTP proxy runs on tokio)",
+        ));
+    }
+    let engine = match args.engine {
+        Some(EngineArg::Auto) => EngineChoice::Auto,
+        Some(EngineArg::Uring) => EngineChoice::Uring,
+        Some(EngineArg::Tokio) => EngineChoice::Tokio,
+        None if args.mode == Mode::Http => EngineChoice::Tokio,
+        None => EngineChoice::from_env()
+            .map_err(|v| {
+                crate::exit::usage(format!(
+                    "PORTLAB_ENGINE={v:?} names no engine: use auto, uring or tokio"
+                ))
+            })?
+            .unwrap_or_default(),
+    };
     Ok(match args.mode {
-        Mode::Tcp => Proxy::Tcp(TcpProxy::new(TcpProxyConfig {
-            upstream: args.connect,
-            source_ip: args.source_ip,
-            connect_timeout,
-            max_conns: args.listener.max_conns(),
-        })),
+        Mode::Tcp => {
+            let proxy = TcpProxy::new(TcpProxyConfig {
+                upstream: args.connect,
+                source_ip: args.source_ip,
+                connect_timeout,
+                max_conns: args.listener.max_conns(),
+                engine,
+                threads: args.listener.threads(),
+                batch_wait_us: args.batch_wait,
+            });
+            let stats = proxy.stats();
+            if engine == EngineChoice::Uring {
+                if let Some(why) = stats.engine_fallback {
+                    anyhow::bail!("--engine uring: {why}");
+                }
+            }
+            Proxy::Tcp(proxy)
+        }
         Mode::Http => {
             let config = HttpProxyConfig {
                 upstream: args.connect,
@@ -158,7 +209,12 @@ fn build(args: &Args) -> anyhow::Result<Proxy> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let proxy = build(&args)?;
     let interval = args.stats_interval;
-    let runtime = serving::runtime(args.listener.threads())?;
+    // The io_uring forwarder runs its own threads: the runtime only waits for signals.
+    let runtime_threads = match &proxy {
+        Proxy::Tcp(p) if p.stats().engine == "uring" => 1,
+        _ => args.listener.threads(),
+    };
+    let runtime = serving::runtime(runtime_threads)?;
     let json = args.listener.json;
     let stats = runtime.block_on(async {
         let listener = serving::listen(args.listen, args.listener.backlog)?;
@@ -204,13 +260,20 @@ fn render(stats: &Stats) -> String {
 
 fn render_tcp(s: &TcpProxyStats) -> String {
     let mut text = format!(
-        "portlab proxy (tcp): {} connections accepted ({} open), {} upstream connects, \
+        "portlab proxy (tcp, {} engine): {} connections accepted ({} open), {} upstream connects, \
          {} upstream connect failures\n",
+        s.engine,
         s.connections_accepted,
         s.connections_active,
         s.upstream_connects,
         s.upstream_connect_failures_total()
     );
+    if let Some(why) = &s.engine_fallback {
+        text.push_str(&format!("  tokio engine: {why}\n"));
+    }
+    if let Some(e) = &s.engine_error {
+        text.push_str(&format!("  engine failure: {e}\n"));
+    }
     push_failures(&mut text, &s.upstream_connect_failures);
     text.push_str(&format!(
         "  bytes: {} client→upstream, {} upstream→client\n",
@@ -259,6 +322,15 @@ fn render_http(s: &HttpProxyStats) -> String {
         ));
     }
     text
+}
+
+/// `--batch-wait`: a duration, as whole µs (at most 100 ms).
+fn parse_batch_wait(s: &str) -> Result<u32, String> {
+    let d = crate::duration::parse(s, crate::duration::Unit::Millis)?;
+    if d > Duration::from_millis(100) {
+        return Err(format!("{s}: at most 100ms"));
+    }
+    Ok(d.as_micros() as u32)
 }
 
 fn parse_breaker(spec: &str) -> Result<portlab_load::BreakerConfig, String> {
