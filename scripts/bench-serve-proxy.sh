@@ -2,7 +2,9 @@
 # Benchmark portlab serve / proxy against their peers in ONE run on loopback, pinned and
 # interleaved, with wrk keep-alive (-t1 -c CONNS):
 #   serve  nginx (1 worker, access_log off)              vs portlab serve --threads 1   (bar ≥ 0.8)
-#   tcp    HAProxy mode tcp → nginx                      vs portlab proxy (tcp)         (bar ≥ 1.1)
+#   tcp    HAProxy mode tcp → nginx                      vs portlab proxy (tcp; its default
+#                                                           engine, io_uring here)     (bar ≥ 1.1)
+#   tcp-tokio  the same                                  vs portlab proxy --engine tokio (bar ≥ 1.1)
 #   http   HAProxy mode http, http-reuse always, server maxconn POOL → nginx
 #                                                        vs portlab proxy --mode http --pool POOL (bar ≥ 1.1)
 # Layout (2 cores): the server or proxy under test alone on core PROXY_CPU; wrk on core LOAD_CPU
@@ -22,7 +24,11 @@
 # Development (noisy machine, ~1 min):                       QUICK=1 scripts/bench-serve-proxy.sh
 # Env:   PORTLAB=path  DURATION=5s  CONNS=50  ROUNDS=5  POOL=64  PROXY_CPU=0  LOAD_CPU=1
 #        UPSTREAM_CPU=LOAD_CPU  SYSCALL_DURATION=2s  KEEP_TMP=1
-#        PAIRS="serve tcp http" (a subset runs only those pairs)
+#        PAIRS="serve tcp http" (a subset runs only those pairs; tcp-tokio is a further pair)
+#        BATCH_WAIT=50us: portlab proxy --batch-wait (the io_uring engine's batching)
+#        LATENCY=1 (default with the tcp pair): wrk --latency p50/p99 at -c1 and -c CONNS
+#        through HAProxy tcp and both portlab engines, 3 interleaved rounds each (medians),
+#        what the batching costs a lone request stream and a busy one
 #        QUICK=1 = ROUNDS=2 DURATION=2s SYSCALL_DURATION=1s unless set.
 #        QUOTA_PCT=40 caps the servers/proxies under test (both peers alike) at 40 % of a core
 #        with a CFS bandwidth quota (a cgroup: v1 cpu.cfs_quota_us or v2 cpu.max), so the
@@ -153,7 +159,7 @@ syscalls_per_req() {
 }
 
 NGINX=$(free_port) SERVE=$(free_port) HA_TCP=$(free_port) HA_HTTP=$(free_port)
-PX_TCP=$(free_port) PX_HTTP=$(free_port)
+PX_TCP=$(free_port) PX_HTTP=$(free_port) PX_TCPT=$(free_port)
 
 mkdir -p "$TMP/www"
 # The same body portlab serve sends (its HELLO_BODY), so both servers send the same bytes.
@@ -202,12 +208,15 @@ start "$PROXY_CPU" haproxy -f "$TMP/haproxy.cfg" -db
 HA_PID=$LAST_PID
 start "$PROXY_CPU" "$PORTLAB" serve --listen "127.0.0.1:$SERVE" --threads 1
 SERVE_PID=$LAST_PID
-start "$PROXY_CPU" "$PORTLAB" proxy --listen "127.0.0.1:$PX_TCP" --connect "127.0.0.1:$NGINX" --threads 1
+start "$PROXY_CPU" "$PORTLAB" proxy --listen "127.0.0.1:$PX_TCP" --connect "127.0.0.1:$NGINX" --threads 1 \
+    --batch-wait "${BATCH_WAIT:-50us}"
 PX_TCP_PID=$LAST_PID
+start "$PROXY_CPU" "$PORTLAB" proxy --engine tokio --listen "127.0.0.1:$PX_TCPT" --connect "127.0.0.1:$NGINX" --threads 1
+PX_TCPT_PID=$LAST_PID
 start "$PROXY_CPU" "$PORTLAB" proxy --mode http --pool "$POOL" --listen "127.0.0.1:$PX_HTTP" \
     --connect "127.0.0.1:$NGINX" --threads 1
 PX_HTTP_PID=$LAST_PID
-for port in $NGINX $SERVE $HA_TCP $HA_HTTP $PX_TCP $PX_HTTP; do wait_http "$port"; done
+for port in $NGINX $SERVE $HA_TCP $HA_HTTP $PX_TCP $PX_HTTP $PX_TCPT; do wait_http "$port"; done
 
 # QUOTA_PCT: one CFS-bandwidth cgroup for the processes under test (only one of them serves
 # at a time, so they never share the quota). Removed on exit.
@@ -228,7 +237,7 @@ if [[ -n ${QUOTA_PCT:-} ]]; then
         echo "bench: QUOTA_PCT needs the cgroup cpu controller (v1 or v2)" >&2
         exit 2
     fi
-    for pid in "$HA_PID" "$SERVE_PID" "$PX_TCP_PID" "$PX_HTTP_PID"; do echo "$pid" >"$QUOTA_CG/cgroup.procs"; done
+    for pid in "$HA_PID" "$SERVE_PID" "$PX_TCP_PID" "$PX_HTTP_PID" "$PX_TCPT_PID"; do echo "$pid" >"$QUOTA_CG/cgroup.procs"; done
     echo "under test capped at $QUOTA_PCT % of a core (CFS quota, $QUOTA_CG); nginx as server under test is not capped"
 fi
 
@@ -261,10 +270,39 @@ for pair in $PAIRS; do
         compare "nginx / portlab serve" "$NGINX" "$NGINX_PID" "$SERVE" "$SERVE_PID" 0.8
         pin "$NGINX_PID" "$UPSTREAM_CPU" ;;
     tcp) compare "HAProxy tcp / proxy tcp" "$HA_TCP" "$HA_PID" "$PX_TCP" "$PX_TCP_PID" 1.1 ;;
+    tcp-tokio) compare "HAProxy tcp / tcp tokio" "$HA_TCP" "$HA_PID" "$PX_TCPT" "$PX_TCPT_PID" 1.1 ;;
     http) compare "HAProxy http / proxy http" "$HA_HTTP" "$HA_PID" "$PX_HTTP" "$PX_HTTP_PID" 1.1 ;;
-    *) echo "bench: unknown pair $pair (serve, tcp, http)" >&2; exit 2 ;;
+    *) echo "bench: unknown pair $pair (serve, tcp, tcp-tokio, http)" >&2; exit 2 ;;
     esac
 done
+# p50 and p99 latency (µs) of one `wrk --latency -c $2` run against port $1.
+latency() {
+    taskset -c "$LOAD_CPU" wrk -t1 -c"$2" -d2s --latency "http://127.0.0.1:$1/hello.html" |
+        awk 'function us(v) { if (v ~ /us$/) return v + 0; if (v ~ /ms$/) return v * 1000; return v * 1e6 }
+             $1 == "50%" {p50 = us($2)} $1 == "99%" {p99 = us($2)} END {printf "%.0f %.0f", p50, p99}'
+}
+if [[ ${LATENCY:-} == 1 || ( -z ${LATENCY:-} && " $PAIRS " == *" tcp "* ) ]]; then
+    echo "latency through the forwarders (wrk --latency, 2 s runs, median of 3 interleaved rounds; µs):"
+    printf '  %-24s %9s %9s %12s %12s\n' forwarder "c1 p50" "c1 p99" "c$CONNS p50" "c$CONNS p99"
+    LAT=$TMP/latency.tsv
+    : >"$LAT"
+    for round in 1 2 3; do
+        for fw in "HAProxy tcp:$HA_TCP" "portlab tcp uring:$PX_TCP" "portlab tcp tokio:$PX_TCPT"; do
+            printf '%s\t%s %s\n' "${fw%%:*}" "$(latency "${fw##*:}" 1)" "$(latency "${fw##*:}" "$CONNS")" >>"$LAT"
+        done
+    done
+    python3 - "$LAT" <<'PY'
+import statistics, sys
+rows = {}
+for line in open(sys.argv[1]):
+    name, vals = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append(list(map(float, vals.split())))
+for name, rs in rows.items():
+    med = [statistics.median(r[i] for r in rs) for i in range(4)]
+    print(f"  {name:<24} {med[0]:>9.0f} {med[1]:>9.0f} {med[2]:>12.0f} {med[3]:>12.0f}")
+PY
+    echo
+fi
 python3 - "$RESULTS" <<'PY'
 import statistics, sys
 rounds, sysc, bars = {}, {}, {}

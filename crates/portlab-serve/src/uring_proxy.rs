@@ -7,10 +7,12 @@
 //! completed, so the buffer is free, and `MSG_WAITALL` makes a short send fail the link), both
 //! in the next `io_uring_enter`. The submissions and completions of all connections share one
 //! `io_uring_enter` (submit-and-wait, `IORING_ENTER_EXT_ARG`), and with
-//! `IORING_FEAT_MIN_TIMEOUT` (6.12) a wait gathers the completions that arrive within
+//! `IORING_FEAT_MIN_TIMEOUT` (6.12), while [`BATCH_MIN_ACTIVE`] or more connections moved data
+//! in the last [`ACTIVITY_WINDOW`], a wait gathers the completions that arrive within
 //! [`UringTuning::batch_wait_us`] of the first: one wake-up per batch of messages rather than one
 //! per message — the epoll forwarder's `epoll_wait` + `recv` + `send` per message become a
-//! fraction of one system call.
+//! fraction of one system call. Fewer active connections, where a batch could not gather
+//! anything, never wait.
 //!
 //! The relay's rules are the tokio engine's (`splice.rs`): small messages are copied through a
 //! 16 KiB buffer per direction; a read that fills it switches that direction to `splice(2)`
@@ -30,7 +32,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
@@ -46,6 +48,12 @@ pub(crate) struct UringTuning {
     /// completion is taken as it comes). A message can wait up to this long in the forwarder.
     pub(crate) batch_wait_us: u32,
 }
+
+/// Connections that moved data within an [`ACTIVITY_WINDOW`] from which waits gather batches.
+const BATCH_MIN_ACTIVE: u32 = 8;
+
+/// The window over which active connections are counted.
+const ACTIVITY_WINDOW: Duration = Duration::from_millis(10);
 
 /// Accepts each thread keeps armed on the listener (fewer when its connection share is near).
 const ACCEPTS_ARMED: usize = 4;
@@ -152,6 +160,8 @@ impl Dir {
 #[derive(Debug, Default)]
 struct Slot {
     generation: u32,
+    /// The last activity window in which this connection moved data.
+    active_window: u64,
     client: RawFd,
     upstream: RawFd,
     /// Operations that name this slot and have not completed.
@@ -225,6 +235,10 @@ pub(crate) fn thread_main(
         connect_ts: Box::new(types::Timespec::from(cx.config.connect_timeout)),
         pause_ts: Box::new(types::Timespec::from(Duration::from_millis(10))),
         batch_wait_us,
+        window: 1,
+        window_start: Instant::now(),
+        active_now: 0,
+        active_before: 0,
         cx,
     };
     let result = lp.run();
@@ -271,6 +285,12 @@ struct Loop<'a> {
     connect_ts: Box<types::Timespec>,
     pause_ts: Box<types::Timespec>,
     batch_wait_us: u32,
+    /// The current activity window (counts from 1; a slot's 0 is "never").
+    window: u64,
+    window_start: Instant,
+    /// Connections that moved data in the current window and in the one before.
+    active_now: u32,
+    active_before: u32,
     cx: &'a Shared,
 }
 
@@ -323,7 +343,7 @@ impl Loop<'_> {
         let ts = types::Timespec::from(Duration::from_secs(1));
         let mut args = types::SubmitArgs::new().timespec(&ts);
         let mut want = 1;
-        if self.batch_wait_us > 0 && self.outstanding > 1 {
+        if self.batch_wait_us > 0 && self.batching() {
             want = self.outstanding.min(1 << 16);
             args = args.min_wait_usec(self.batch_wait_us);
         }
@@ -338,6 +358,33 @@ impl Loop<'_> {
                 Ok(())
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// Whether this wait gathers a batch: enough connections moved data lately.
+    fn batching(&mut self) -> bool {
+        let now = Instant::now();
+        if now.duration_since(self.window_start) >= ACTIVITY_WINDOW {
+            let windows = (now.duration_since(self.window_start).as_nanos()
+                / ACTIVITY_WINDOW.as_nanos()) as u64;
+            self.active_before = if windows == 1 { self.active_now } else { 0 };
+            self.active_now = 0;
+            self.window += windows;
+            self.window_start = if windows == 1 {
+                self.window_start + ACTIVITY_WINDOW
+            } else {
+                now
+            };
+        }
+        self.active_now.max(self.active_before) >= BATCH_MIN_ACTIVE
+    }
+
+    /// Counts slot `i` as active in this window.
+    fn moved_data(&mut self, i: usize) {
+        let slot = &mut self.slots[i];
+        if slot.active_window != self.window {
+            slot.active_window = self.window;
+            self.active_now += 1;
         }
     }
 
@@ -588,6 +635,7 @@ impl Loop<'_> {
             return;
         }
         let n = res as usize;
+        self.moved_data(i);
         let d = &mut self.slots[i].dirs[dir];
         if n == d.buf.len() && !d.asked {
             d.asked = true;
