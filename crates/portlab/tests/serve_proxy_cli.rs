@@ -181,6 +181,67 @@ fn usage_errors_are_one_line_with_exit_code_2() {
     let err =
         run_expecting_usage_error(&["proxy", "--connect", "[::1]:80", "--source-ip", "127.0.0.1"]);
     assert!(err.contains("famil"), "{err}");
+    let err = run_expecting_usage_error(&[
+        "proxy",
+        "--connect",
+        "127.0.0.1:1",
+        "--mode",
+        "http",
+        "--engine",
+        "uring",
+    ]);
+    assert!(err.contains("--engine"), "{err}");
+    let err =
+        run_expecting_usage_error(&["proxy", "--connect", "127.0.0.1:1", "--batch-wait", "1s"]);
+    assert!(err.contains("100ms"), "{err}");
+}
+
+/// Whether this host lets processes set up io_uring (`kernel.io_uring_disabled` < 2).
+fn io_uring_allowed() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map_or(true, |v| v.trim() != "2")
+}
+
+#[test]
+fn tcp_proxy_runs_on_the_engine_asked_for_and_names_it() {
+    let mut serve = Proc::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        "--threads",
+        "1",
+    ]);
+    let connect = serve.listening_addr().to_string();
+    let mut engines = vec![("tokio", "1")];
+    if io_uring_allowed() {
+        engines.push(("uring", "2"));
+    }
+    for (engine, threads) in engines {
+        let mut proxy = Proc::start(&[
+            "proxy",
+            "--listen",
+            "127.0.0.1:0",
+            "--connect",
+            &connect,
+            "--engine",
+            engine,
+            "--threads",
+            threads,
+            "--json",
+        ]);
+        let addr = proxy.listening_addr();
+        for _ in 0..3 {
+            assert!(get(addr).starts_with("HTTP/1.1 200"));
+        }
+        let (code, stats) = proxy.terminate();
+        assert_eq!(code, 0, "{engine}");
+        assert_eq!(stats["engine"], engine, "{stats}");
+        assert_eq!(stats["engine_fallback"], serde_json::Value::Null, "{stats}");
+        assert_eq!(stats["connections_accepted"], 3, "{stats}");
+        assert_eq!(stats["connections_active"], 0, "{stats}");
+        assert_eq!(stats["upstream_connects"], 3, "{stats}");
+    }
+    serve.terminate();
 }
 
 #[test]

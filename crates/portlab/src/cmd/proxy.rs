@@ -42,7 +42,9 @@ enum EngineArg {
 Prints one line `listening on ADDR` (with --json: {\"event\":\"listening\",\"address\":ADDR}). \
 Stops on SIGINT or SIGTERM and prints its stats (stderr, or a JSON `stats` event on stdout); \
 --stats-interval prints them periodically too. Upstream connect failures are counted by class: \
-addr_not_available means the upstream leg ran out of ephemeral ports.
+addr_not_available means the upstream leg ran out of ephemeral ports. The tcp stats name the \
+relay engine: engine (uring or tokio), engine_fallback (why tokio ran when io_uring was wanted), \
+engine_error (an io_uring thread that failed mid-run).
 
 Examples:
   portlab proxy --listen 127.1.1.1:80 --connect 127.0.0.1:8080          # portproxy v4tov4
@@ -78,9 +80,11 @@ pub struct Args {
     /// the stats name the engine that ran. Default: $PORTLAB_ENGINE, else auto.
     #[arg(long, value_enum, value_name = "ENGINE")]
     engine: Option<EngineArg>,
-    /// tcp mode, io_uring (Linux ≥ 6.12): how long one wait gathers completions after the
-    /// first, so the forwarder wakes once per batch of messages; a message may wait up to this
-    /// long. 0 turns batching off. A duration (50us, 1ms; a bare number is ms).
+    /// tcp mode, io_uring (Linux ≥ 6.12): while 8 or more connections moved data in the last
+    /// 10 ms, one wait gathers the completions that arrive this long after the first, so the
+    /// forwarder wakes once per batch of messages (a message may wait up to this long; fewer
+    /// busy connections never wait). 0 turns batching off. A duration (50us, 1ms; a bare
+    /// number is ms).
     #[arg(long, value_name = "DURATION", default_value = "50us", value_parser = parse_batch_wait)]
     batch_wait: u32,
     /// Print stats at this interval while running (e.g. 1s, 500ms).
