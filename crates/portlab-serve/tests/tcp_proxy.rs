@@ -269,6 +269,60 @@ async fn client_disconnect_mid_request_releases_both_legs(engine: EngineChoice) 
     assert_eq!(server.stop().await.responses, 0);
 }
 
+/// An upstream whose accept queue is full (listen backlog 0, one connection queued, never
+/// accepted): the kernel drops further SYNs, so a connect to it hangs until its timeout.
+fn spawn_full_backlog() -> (std::net::TcpListener, std::net::TcpStream) {
+    let l = portlab_serve::bind_listener("127.0.0.1:0".parse().expect("addr"), 0).expect("bind");
+    let filler = std::net::TcpStream::connect(l.local_addr().expect("addr")).expect("filler");
+    (l, filler)
+}
+
+async fn connect_timeout_is_classified(engine: EngineChoice) {
+    let (upstream, _filler) = spawn_full_backlog();
+    let mut config = config(engine, upstream.local_addr().expect("addr"));
+    config.connect_timeout = Duration::from_millis(300);
+    let proxy = start_tcp_proxy("127.0.0.1:0", config);
+    let started = tokio::time::Instant::now();
+    assert!(Client::is_dropped(proxy.addr, true).await);
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "dropped only at the connect timeout"
+    );
+    let stats = proxy.stop().await;
+    assert_eq!(
+        stats.upstream_connect_failures,
+        [(UpstreamErrorClass::ConnectTimeout, 1)].into(),
+        "{stats:?}"
+    );
+    assert_eq!(stats.upstream_connects, 0);
+}
+
+async fn stop_closes_open_connections(engine: EngineChoice) {
+    let server = start_server("127.0.0.1:0", ServerConfig::default());
+    let proxy = start_tcp_proxy("127.0.0.1:0", config(engine, server.addr));
+    let mut clients = Vec::new();
+    for _ in 0..5 {
+        let mut client = Client::connect(proxy.addr).await;
+        client.get("/hello.html", "").await;
+        assert_eq!(client.read_response().await.expect("response").status, 200);
+        clients.push(client);
+    }
+    let handle = proxy.handle.clone();
+    assert_eq!(handle.stats().connections_active, 5);
+    let stats = proxy.stop().await;
+    assert_eq!(stats.connections_active, 0, "{stats:?}");
+    assert_eq!(stats.connections_accepted, 5);
+    for mut client in clients {
+        let closed = tokio::time::timeout(WAIT, client.is_closed()).await;
+        assert_eq!(
+            closed.ok(),
+            Some(true),
+            "each client sees its connection end"
+        );
+    }
+    server.stop().await;
+}
+
 async fn source_ip_sets_the_upstream_leg_address(engine: EngineChoice) {
     let l = listener("127.0.0.1:0");
     let upstream = l.local_addr().expect("addr");
@@ -321,6 +375,8 @@ macro_rules! on_each_engine {
 }
 
 on_each_engine!(
+    connect_timeout_is_classified,
+    stop_closes_open_connections,
     forwards_v4_to_v4,
     forwards_v4_to_v6,
     forwards_v6_to_v4,
