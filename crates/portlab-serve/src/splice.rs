@@ -16,7 +16,7 @@ use std::future::Future;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -126,12 +126,13 @@ pub(crate) const COPY_BUFFER_BYTES: usize = 16 * 1024;
 /// Relays `src` → `dst` until EOF on `src`, then shuts `dst`'s write side. Small reads are
 /// copied; from the first read that fills [`COPY_BUFFER_BYTES`] on, bytes go through a pipe
 /// taken from `pool` (given back, empty, at EOF; closed on an error, when it may hold bytes).
-/// `moved` counts the bytes written to `dst` as they go, so the total survives an error.
+/// `moved` counts the bytes written to `dst` as they go (live stats; the total survives an
+/// error).
 async fn one_way(
     src: &TcpStream,
     dst: &TcpStream,
     pool: &PipePool,
-    moved: &mut u64,
+    moved: &AtomicU64,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; COPY_BUFFER_BYTES];
     let mut pipe: Option<Pipe> = None;
@@ -197,14 +198,14 @@ async fn read_in(src: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Writes all of `data` to `dst`.
-async fn write_out(dst: &TcpStream, mut data: &[u8], moved: &mut u64) -> io::Result<()> {
+async fn write_out(dst: &TcpStream, mut data: &[u8], moved: &AtomicU64) -> io::Result<()> {
     while !data.is_empty() {
         dst.writable().await?;
         match dst.try_write(data) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(m) => {
                 data = &data[m..];
-                *moved += m as u64;
+                moved.fetch_add(m as u64, Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
@@ -240,7 +241,7 @@ async fn splice_in(src: &TcpStream, pipe: &Pipe) -> io::Result<usize> {
 
 /// Pipe → socket, until the `n` bytes in the pipe are out. EAGAIN means the socket's send
 /// buffer is full.
-async fn splice_out(pipe: &Pipe, dst: &TcpStream, n: usize, moved: &mut u64) -> io::Result<()> {
+async fn splice_out(pipe: &Pipe, dst: &TcpStream, n: usize, moved: &AtomicU64) -> io::Result<()> {
     let mut left = n;
     while left > 0 {
         dst.writable().await?;
@@ -250,7 +251,7 @@ async fn splice_out(pipe: &Pipe, dst: &TcpStream, n: usize, moved: &mut u64) -> 
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(m) => {
                 left -= m;
-                *moved += m as u64;
+                moved.fetch_add(m as u64, Ordering::Relaxed);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
@@ -259,18 +260,19 @@ async fn splice_out(pipe: &Pipe, dst: &TcpStream, n: usize, moved: &mut u64) -> 
     Ok(())
 }
 
-/// Bytes relayed by [`relay`] in each direction, counted even when it ends with an error.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Relayed {
+/// Where [`relay`] counts the bytes it moved in each direction, as it moves them (so a stats
+/// snapshot sees a transfer under way, and an error loses nothing).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Relayed<'a> {
     /// Bytes written to the upstream (read from the client).
-    pub(crate) to_upstream: u64,
+    pub(crate) to_upstream: &'a AtomicU64,
     /// Bytes written to the client (read from the upstream).
-    pub(crate) to_client: u64,
+    pub(crate) to_client: &'a AtomicU64,
 }
 
 /// Relays both directions between `client` and `upstream` (copying small messages, splicing
 /// bulk through pipes of `pool`) until both have sent EOF (`Ok`) or either fails (`Err`, the
-/// first error). The byte counts are in `relayed` either way.
+/// first error). The byte counts are added to `relayed` as they go, either way.
 ///
 /// # Errors
 /// The first I/O error of either direction (a reset is `ConnectionReset`).
@@ -278,15 +280,11 @@ pub(crate) async fn relay(
     client: &TcpStream,
     upstream: &TcpStream,
     pool: &PipePool,
-    relayed: &mut Relayed,
+    relayed: Relayed<'_>,
 ) -> io::Result<()> {
-    let Relayed {
-        to_upstream,
-        to_client,
-    } = relayed;
     TryJoin2::new(
-        one_way(client, upstream, pool, to_upstream),
-        one_way(upstream, client, pool, to_client),
+        one_way(client, upstream, pool, relayed.to_upstream),
+        one_way(upstream, client, pool, relayed.to_client),
     )
     .await
 }
@@ -471,9 +469,17 @@ mod tests {
         let pool = std::sync::Arc::new(PipePool::default());
         let relay_pool = std::sync::Arc::clone(&pool);
         let relay_task = tokio::spawn(async move {
-            let mut relayed = Relayed::default();
-            let result = relay(&client_side, &upstream_side, &relay_pool, &mut relayed).await;
-            (result.is_ok(), relayed)
+            let (to_upstream, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
+            let relayed = Relayed {
+                to_upstream: &to_upstream,
+                to_client: &to_client,
+            };
+            let result = relay(&client_side, &upstream_side, &relay_pool, relayed).await;
+            (
+                result.is_ok(),
+                to_upstream.into_inner(),
+                to_client.into_inner(),
+            )
         });
         // More than one pipe's worth each way, so the loop runs many times.
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -497,20 +503,14 @@ mod tests {
         upstream.write_all(b"reply").await.expect("reply");
         upstream.shutdown().await.expect("upstream half-close");
         assert_eq!(writer.await.expect("writer"), b"reply");
-        let (ok, relayed) = relay_task.await.expect("relay");
+        let (ok, to_upstream, to_client) = relay_task.await.expect("relay");
         assert!(ok);
         assert_eq!(
             pool.idle(),
             1,
             "the bulk direction's drained pipe is back in the pool; the 5-byte reply took none"
         );
-        assert_eq!(
-            relayed,
-            Relayed {
-                to_upstream: 300_000,
-                to_client: 5
-            }
-        );
+        assert_eq!((to_upstream, to_client), (300_000, 5));
     }
 
     #[tokio::test]
@@ -521,8 +521,12 @@ mod tests {
         let pool = std::sync::Arc::new(PipePool::default());
         let relay_pool = std::sync::Arc::clone(&pool);
         let relay_task = tokio::spawn(async move {
-            let mut relayed = Relayed::default();
-            relay(&client_side, &upstream_side, &relay_pool, &mut relayed).await
+            let (to_upstream, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
+            let relayed = Relayed {
+                to_upstream: &to_upstream,
+                to_client: &to_client,
+            };
+            relay(&client_side, &upstream_side, &relay_pool, relayed).await
         });
         socket2::SockRef::from(&client)
             .set_linger(Some(std::time::Duration::ZERO))

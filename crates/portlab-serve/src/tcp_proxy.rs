@@ -411,10 +411,11 @@ async fn forward(client: TcpStream, shared: Arc<Shared>) {
             }
         };
     add(&c.upstream_connects, 1);
-    let mut relayed = Relayed::default();
-    let result = relay(&client, &upstream, &shared.pipes, &mut relayed).await;
-    add(&c.to_client, relayed.to_client);
-    add(&c.to_upstream, relayed.to_upstream);
+    let relayed = Relayed {
+        to_upstream: &c.to_upstream,
+        to_client: &c.to_client,
+    };
+    let result = relay(&client, &upstream, &shared.pipes, relayed).await;
     if let Err(err) = result {
         relay_failed(c, &err, &client, &upstream);
     }

@@ -446,7 +446,7 @@ impl Loop<'_> {
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
             )
-            .flags(libc::SOCK_CLOEXEC)
+            .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build()
             .user_data(user_data(0, 0, 0, OP_ACCEPT));
             self.push(accept);
@@ -860,6 +860,8 @@ impl Loop<'_> {
 }
 
 /// A new upstream socket (`socket(2)`, `TCP_NODELAY`, the `--source-ip` bind), not connected.
+/// Both sockets of a pair are non-blocking (io_uring polls them either way): the splice path's
+/// `splice(2)` calls must return EAGAIN on a full or empty socket, not sleep the whole ring.
 fn upstream_socket(upstream: SocketAddr, source_ip: Option<std::net::IpAddr>) -> io::Result<RawFd> {
     use std::os::fd::IntoRawFd;
     let domain = if upstream.is_ipv4() {
@@ -867,7 +869,7 @@ fn upstream_socket(upstream: SocketAddr, source_ip: Option<std::net::IpAddr>) ->
     } else {
         socket2::Domain::IPV6
     };
-    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking(), None)?;
     socket.set_tcp_nodelay(true)?;
     if let Some(ip) = source_ip {
         bind_source_ip_raw(std::os::fd::AsFd::as_fd(&socket), ip)?;

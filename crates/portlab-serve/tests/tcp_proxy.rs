@@ -323,6 +323,76 @@ async fn stop_closes_open_connections(engine: EngineChoice) {
     server.stop().await;
 }
 
+/// An upstream that answers `bulk\n` with [`STALL_BYTES`] and `ping\n` with `pong`, then
+/// closes; one task per connection.
+fn spawn_bulk_or_pong() -> SocketAddr {
+    let l = listener("127.0.0.1:0");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut word = [0u8; 5];
+                if s.read_exact(&mut word).await.is_err() {
+                    return;
+                }
+                let answer = if &word == b"bulk\n" {
+                    vec![b'x'; STALL_BYTES]
+                } else {
+                    b"pong".to_vec()
+                };
+                let _ = s.write_all(&answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// More than loopback's socket buffers hold on both legs (autotuned up to a few MiB each).
+const STALL_BYTES: usize = 32 << 20;
+
+async fn a_stalled_bulk_receiver_does_not_stall_other_connections(engine: EngineChoice) {
+    let proxy = start_tcp_proxy("127.0.0.1:0", config(engine, spawn_bulk_or_pong()));
+    let mut bulk = TcpStream::connect(proxy.addr).await.expect("connect");
+    bulk.write_all(b"bulk\n").await.expect("ask");
+    // The bulk transfer is under way (past the copy buffer: spliced) and its reader is asleep.
+    let handle = proxy.handle.clone();
+    wait_until("bulk transfer started", WAIT, || {
+        handle.stats().bytes_upstream_to_client > 1 << 20
+    })
+    .await;
+    let mut ping = TcpStream::connect(proxy.addr).await.expect("connect");
+    ping.write_all(b"ping\n").await.expect("ping");
+    let mut pong = String::new();
+    tokio::time::timeout(WAIT, ping.read_to_string(&mut pong))
+        .await
+        .expect("a second connection is served while the first one's reader sleeps")
+        .expect("read");
+    assert_eq!(pong, "pong");
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = tokio::time::timeout(WAIT, bulk.read(&mut buf))
+            .await
+            .expect("bulk in time")
+            .expect("read");
+        if n == 0 {
+            break;
+        }
+        assert!(buf[..n].iter().all(|&b| b == b'x'));
+        got += n;
+    }
+    assert_eq!(got, STALL_BYTES);
+    drop((bulk, ping)); // each client's FIN ends its other direction
+    wait_until("relays finished", WAIT, || {
+        handle.stats().connections_active == 0
+    })
+    .await;
+    let stats = proxy.stop().await;
+    assert_eq!(stats.bytes_upstream_to_client, STALL_BYTES as u64 + 4);
+    assert!(stats.relay_errors.is_empty(), "{stats:?}");
+}
+
 async fn source_ip_sets_the_upstream_leg_address(engine: EngineChoice) {
     let l = listener("127.0.0.1:0");
     let upstream = l.local_addr().expect("addr");
@@ -375,6 +445,7 @@ macro_rules! on_each_engine {
 }
 
 on_each_engine!(
+    a_stalled_bulk_receiver_does_not_stall_other_connections,
     connect_timeout_is_classified,
     stop_closes_open_connections,
     forwards_v4_to_v4,
