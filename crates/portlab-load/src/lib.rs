@@ -42,6 +42,7 @@ mod error;
 mod http;
 pub mod merge;
 mod report;
+pub mod ring;
 pub mod segment;
 mod stats;
 mod tls;

@@ -319,45 +319,25 @@ impl Loop<'_> {
         self.outstanding += 1;
     }
 
-    /// Pushes this pass's submissions and waits for at least one completion.
+    /// Pushes this pass's submissions and waits for at least one completion (a batch of them
+    /// while [`Loop::batching`]).
     fn enter(&mut self) -> io::Result<()> {
-        let mut i = 0;
-        while i < self.pending.len() {
-            {
-                let mut sq = self.ring.submission();
-                while i < self.pending.len() {
-                    // SAFETY: every buffer, address and timespec an entry points to lives in a
-                    // slot or in the loop until its completion is reaped; slots are freed only
-                    // when no operation names them.
-                    if unsafe { sq.push(&self.pending[i]) }.is_err() {
-                        break;
-                    }
-                    i += 1;
-                }
-            }
-            if i < self.pending.len() {
-                self.ring.submit()?;
-            }
-        }
-        self.pending.clear();
-        let ts = types::Timespec::from(Duration::from_secs(1));
-        let mut args = types::SubmitArgs::new().timespec(&ts);
-        let mut want = 1;
-        if self.batch_wait_us > 0 && self.batching() {
-            want = self.outstanding.min(1 << 16);
-            args = args.min_wait_usec(self.batch_wait_us);
-        }
-        match self.ring.submitter().submit_with_args(want, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
+        let (want, min_wait_us) = if self.batch_wait_us > 0 && self.batching() {
+            (self.outstanding.min(1 << 16), self.batch_wait_us)
+        } else {
+            (1, 0)
+        };
+        // SAFETY: every buffer, address and timespec an entry points to lives in a slot or in
+        // the loop until its completion is reaped; slots are freed only when no operation names
+        // them.
+        unsafe {
+            portlab_load::ring::submit_and_wait(
+                &mut self.ring,
+                &mut self.pending,
+                Duration::from_secs(1),
+                want,
+                min_wait_us,
+            )
         }
     }
 

@@ -64,6 +64,18 @@ impl Drop for Proc {
     }
 }
 
+/// `portlab serve` on a free loopback port, one thread, JSON events.
+fn start_serve() -> Proc {
+    Proc::start(&[
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--json",
+        "--threads",
+        "1",
+    ])
+}
+
 fn get(addr: SocketAddr) -> String {
     let mut s = TcpStream::connect(addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(10)))
@@ -77,14 +89,7 @@ fn get(addr: SocketAddr) -> String {
 
 #[test]
 fn serve_and_tcp_proxy_run_until_sigterm_and_report_json() {
-    let mut serve = Proc::start(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--json",
-        "--threads",
-        "1",
-    ]);
+    let mut serve = start_serve();
     let serve_addr = serve.listening_addr();
     assert_ne!(serve_addr.port(), 0, "the real port is printed");
     let connect = serve_addr.to_string();
@@ -203,14 +208,7 @@ fn io_uring_allowed() -> bool {
 
 #[test]
 fn tcp_proxy_runs_on_the_engine_asked_for_and_names_it() {
-    let mut serve = Proc::start(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--json",
-        "--threads",
-        "1",
-    ]);
+    let mut serve = start_serve();
     let connect = serve.listening_addr().to_string();
     let mut engines = vec![("tokio", "1")];
     if io_uring_allowed() {
@@ -246,14 +244,7 @@ fn tcp_proxy_runs_on_the_engine_asked_for_and_names_it() {
 
 #[test]
 fn stats_interval_prints_periodic_stats_events() {
-    let mut serve = Proc::start(&[
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--json",
-        "--threads",
-        "1",
-    ]);
+    let mut serve = start_serve();
     let connect = serve.listening_addr().to_string();
     let mut proxy = Proc::start(&[
         "proxy",

@@ -370,46 +370,20 @@ impl Loop<'_> {
 
     /// Pushes this pass's submissions and waits up to `wait` for at least one completion.
     fn enter(&mut self, wait: Duration) -> io::Result<()> {
-        let mut i = 0;
-        while i < self.pending.len() {
-            {
-                let mut sq = self.ring.submission();
-                while i < self.pending.len() {
-                    // SAFETY: every buffer and address an entry points to lives in a slot (or
-                    // the plan) until its completion is reaped; slots are never freed earlier.
-                    if unsafe { sq.push(&self.pending[i]) }.is_err() {
-                        break;
-                    }
-                    i += 1;
-                }
-            }
-            if i < self.pending.len() {
-                self.ring.submit()?;
-            }
-        }
-        self.pending.clear();
-        let ts = types::Timespec::from(wait);
-        let mut args = types::SubmitArgs::new().timespec(&ts);
         // Batched wake-ups: with BATCH_MIN_INFLIGHT operations or more in flight, wait for all
         // of them but return once `min_wait_us` has passed with at least one completion
         // (IORING_FEAT_MIN_TIMEOUT, 6.12); a thread then wakes once per batch of responses
         // rather than once per response (about 0.06 instead of 1 system call per request).
-        let mut want = 1;
-        if self.min_wait_us > 0 && !wait.is_zero() && self.outstanding >= BATCH_MIN_INFLIGHT {
-            want = self.outstanding.min(1 << 16);
-            args = args.min_wait_usec(self.min_wait_us);
-        }
-        match self.ring.submitter().submit_with_args(want, &args) {
-            Ok(_) => Ok(()),
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY | libc::EAGAIN)
-                ) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(e),
+        let (want, min_wait_us) =
+            if self.min_wait_us > 0 && !wait.is_zero() && self.outstanding >= BATCH_MIN_INFLIGHT {
+                (self.outstanding.min(1 << 16), self.min_wait_us)
+            } else {
+                (1, 0)
+            };
+        // SAFETY: every buffer and address an entry points to lives in a slot (or the plan)
+        // until its completion is reaped; slots are never freed earlier.
+        unsafe {
+            crate::ring::submit_and_wait(&mut self.ring, &mut self.pending, wait, want, min_wait_us)
         }
     }
 
