@@ -169,6 +169,27 @@ pub struct LoadConfig {
     pub streams: usize,
     /// Engine to run the plan on (`--engine`).
     pub engine: EngineChoice,
+    /// io_uring engine (Linux ≥ 6.12, `IORING_FEAT_MIN_TIMEOUT`): with 8 or more operations in
+    /// flight, how long a wait gathers completions after the first one (`--batch-wait`; at most
+    /// 100 ms; zero turns batching off). A response's latency can then include up to this long
+    /// on the client side, the price of one wake-up per batch of responses. Default:
+    /// `PORTLAB_URING_MIN_WAIT_US` (µs), else [`DEFAULT_BATCH_WAIT`].
+    pub batch_wait: Duration,
+}
+
+/// Default of [`LoadConfig::batch_wait`]: 200 µs.
+pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_micros(200);
+
+/// Longest [`LoadConfig::batch_wait`] the engine applies.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_millis(100);
+
+/// `PORTLAB_URING_MIN_WAIT_US` (µs; unset or not a number: [`DEFAULT_BATCH_WAIT`]).
+fn batch_wait_from_env() -> Duration {
+    std::env::var("PORTLAB_URING_MIN_WAIT_US")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .map_or(DEFAULT_BATCH_WAIT, Duration::from_micros)
+        .min(MAX_BATCH_WAIT)
 }
 
 impl Default for LoadConfig {
@@ -199,6 +220,7 @@ impl Default for LoadConfig {
             streams: 1,
             // The whole test suite can run per engine: PORTLAB_ENGINE=tokio|uring|auto.
             engine: EngineChoice::from_env().ok().flatten().unwrap_or_default(),
+            batch_wait: batch_wait_from_env(),
         }
     }
 }

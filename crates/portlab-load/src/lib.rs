@@ -50,6 +50,7 @@ mod tls;
 pub use breaker::{BreakerConfig, BreakerCounters, CircuitBreaker};
 pub use config::{
     ConfigError, ConnectionPolicy, EngineChoice, LoadConfig, Plan, ProxyTarget, RateLimit, Target,
+    DEFAULT_BATCH_WAIT, MAX_BATCH_WAIT,
 };
 pub use engine::{run, run_with_records, LoadError, Progress, RequestRecord};
 pub use error::{ErrorClass, Phase, Side};

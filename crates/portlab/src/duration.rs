@@ -68,6 +68,19 @@ pub fn positive_secs(text: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--batch-wait` of `load` and `proxy` (io_uring's batched waits): [`parse`] with bare numbers
+/// in milliseconds, at most [`portlab_load::MAX_BATCH_WAIT`] (100 ms); zero is allowed (off).
+///
+/// # Errors
+/// As [`parse`], or when the duration is longer than 100 ms.
+pub fn batch_wait(text: &str) -> Result<Duration, String> {
+    let d = parse(text, Unit::Millis)?;
+    if d > portlab_load::MAX_BATCH_WAIT {
+        return Err(format!("{text:?} is more than 100ms"));
+    }
+    Ok(d)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

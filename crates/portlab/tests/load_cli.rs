@@ -64,6 +64,8 @@ fn bad_input_is_one_line_and_exit_2() {
         &["load", "-z", "abc", url],
         &["load", "http://no-such-host.invalid/"],
         &["load", "--connection", "sometimes", url],
+        &["load", "--batch-wait", "1s", url],
+        &["load", "--batch-wait", "soon", url],
     ];
     for args in cases {
         let out = portlab(args);

@@ -218,24 +218,9 @@ impl Slot {
     }
 }
 
-/// Default of [`min_wait_us`]: how long a wait gathers completions after the first, µs.
-const DEFAULT_MIN_WAIT_US: u32 = 200;
-
-/// Operations in flight from which a thread's waits gather completions ([`min_wait_us`]).
+/// Operations in flight from which a thread's waits gather completions
+/// ([`crate::LoadConfig::batch_wait`]).
 const BATCH_MIN_INFLIGHT: usize = 8;
-
-/// How long (µs) a thread with [`BATCH_MIN_INFLIGHT`] operations or more in flight lets a wait
-/// gather completions after the first one arrived: `PORTLAB_URING_MIN_WAIT_US` (0 turns the
-/// batching off; unset or not a number: [`DEFAULT_MIN_WAIT_US`]). A response's latency can then
-/// include up to this long on the client side — the price of one wake-up per batch instead of
-/// one per response when the client shares its cores with the server.
-fn min_wait_us() -> u32 {
-    std::env::var("PORTLAB_URING_MIN_WAIT_US")
-        .ok()
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(DEFAULT_MIN_WAIT_US)
-        .min(100_000)
-}
 
 /// Runs one engine thread on a ring; the thread's statistics go out through [`Worker::finish`].
 pub(super) fn thread_main(setup: ThreadSetup) -> io::Result<()> {
@@ -276,7 +261,12 @@ pub(super) fn thread_main(setup: ThreadSetup) -> io::Result<()> {
     // -o csv times the write, which needs the send's completion.
     lp.skip_send_cqe = lp.ring.params().is_feature_skip_cqe_on_success() && !lp.record;
     if lp.ring.params().is_feature_min_timeout() {
-        lp.min_wait_us = min_wait_us();
+        let wait =
+            lp.w.plan
+                .config
+                .batch_wait
+                .min(crate::config::MAX_BATCH_WAIT);
+        lp.min_wait_us = wait.as_micros() as u32;
     }
     let result = lp.run();
     if result.is_err() {

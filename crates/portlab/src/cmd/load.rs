@@ -141,6 +141,13 @@ pub struct Args {
     /// one that ran. Default: $PORTLAB_ENGINE, else auto.
     #[arg(long = "engine", value_enum, value_name = "ENGINE")]
     pub engine: Option<EngineArg>,
+    /// io_uring engine (Linux ≥ 6.12): with 8 or more operations in flight, how long one wait
+    /// gathers completions after the first, so an engine thread wakes once per batch of
+    /// responses (a latency may include up to this long of client-side wait). 0 turns it off.
+    /// A duration (200us, 1ms; a bare number is ms), at most 100ms. Default:
+    /// $PORTLAB_URING_MIN_WAIT_US (µs), else 200us.
+    #[arg(long = "batch-wait", value_name = "DURATION", value_parser = crate::duration::batch_wait)]
+    pub batch_wait: Option<std::time::Duration>,
     /// Who closes connections: keep-alive, close (server closes, TIME_WAIT on the server),
     /// drop (client closes after each response, TIME_WAIT on the client).
     #[arg(long = "connection", value_enum)]
@@ -342,6 +349,9 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
         proxy: args.proxy,
         http2: args.h2,
         streams: args.streams,
+        batch_wait: args
+            .batch_wait
+            .unwrap_or_else(|| LoadConfig::default().batch_wait),
         engine,
     })
 }

@@ -85,8 +85,8 @@ pub struct Args {
     /// forwarder wakes once per batch of messages (a message may wait up to this long; fewer
     /// busy connections never wait). 0 turns batching off. A duration (50us, 1ms; a bare
     /// number is ms).
-    #[arg(long, value_name = "DURATION", default_value = "50us", value_parser = parse_batch_wait)]
-    batch_wait: u32,
+    #[arg(long, value_name = "DURATION", default_value = "50us", value_parser = crate::duration::batch_wait)]
+    batch_wait: Duration,
     /// Print stats at this interval while running (e.g. 1s, 500ms).
     #[arg(long, value_name = "DURATION", value_parser = crate::duration::positive_secs)]
     stats_interval: Option<Duration>,
@@ -183,7 +183,7 @@ fn build(args: &Args) -> anyhow::Result<Proxy> {
                 max_conns: args.listener.max_conns(),
                 engine,
                 threads: args.listener.threads(),
-                batch_wait_us: args.batch_wait,
+                batch_wait_us: args.batch_wait.as_micros() as u32,
             });
             let stats = proxy.stats();
             if engine == EngineChoice::Uring {
@@ -326,15 +326,6 @@ fn render_http(s: &HttpProxyStats) -> String {
         ));
     }
     text
-}
-
-/// `--batch-wait`: a duration, as whole µs (at most 100 ms).
-fn parse_batch_wait(s: &str) -> Result<u32, String> {
-    let d = crate::duration::parse(s, crate::duration::Unit::Millis)?;
-    if d > Duration::from_millis(100) {
-        return Err(format!("{s}: at most 100ms"));
-    }
-    Ok(d.as_micros() as u32)
 }
 
 fn parse_breaker(spec: &str) -> Result<portlab_load::BreakerConfig, String> {
