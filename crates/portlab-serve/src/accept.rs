@@ -106,7 +106,8 @@ pub(crate) async fn accept_loop<S, H, Fut>(
     tasks.shutdown().await;
 }
 
-fn is_resource_exhaustion(err: &io::Error) -> bool {
+/// Out of descriptors or memory: an accept loop pauses rather than spins.
+pub(crate) fn is_resource_exhaustion(err: &io::Error) -> bool {
     matches!(
         err.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)

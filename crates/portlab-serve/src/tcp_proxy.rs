@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::accept::{accept_loop, ConnCounters};
 use crate::net::{add, connect_upstream, load, ClassCounters};
 use crate::splice::{relay, PipePool, Relayed};
-use crate::uring_proxy::{self, UringTuning};
+use crate::uring_proxy;
 use crate::UpstreamErrorClass;
 
 /// Default of [`TcpProxyConfig::batch_wait_us`], µs.
@@ -194,22 +194,19 @@ impl TcpProxy {
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
     ) -> TcpProxyStats {
-        let shared = &self.shared;
-        let listener = if lock(&shared.engine).0 {
-            match self.run_uring(listener, shutdown).await {
-                Ok(()) => {
-                    self.shared.pipes.clear();
-                    return self.stats();
-                }
-                Err((listener, shutdown, why)) => {
-                    *lock(&shared.engine) = (false, Some(why));
-                    return self.run_tokio(listener, shutdown).await;
-                }
+        if !lock(&self.shared.engine).0 {
+            return self.run_tokio(listener, shutdown).await;
+        }
+        match self.run_uring(listener, shutdown).await {
+            Ok(()) => {
+                self.shared.pipes.clear();
+                self.stats()
             }
-        } else {
-            listener
-        };
-        self.run_tokio(listener, shutdown).await
+            Err((listener, shutdown, why)) => {
+                *lock(&self.shared.engine) = (false, Some(why));
+                self.run_tokio(listener, shutdown).await
+            }
+        }
     }
 
     async fn run_tokio(
@@ -236,8 +233,10 @@ impl TcpProxy {
 
     /// The io_uring engine: `threads` OS threads, each with its own ring, accepting on the
     /// shared listener until `shutdown`; then they close their connections and are joined.
-    /// Gives the listener and the shutdown back, with the reason, when the rings cannot be set
-    /// up, so the caller can run tokio instead.
+    /// Each thread first builds its ring (IORING_SETUP_SINGLE_ISSUER ties a ring to the thread
+    /// that made it) and says whether it could; only when all could does the listener leave
+    /// tokio. Otherwise the listener and the shutdown come back untouched, with the reason, so
+    /// the caller runs tokio instead.
     async fn run_uring<S: Future<Output = ()>>(
         &self,
         listener: TcpListener,
@@ -252,49 +251,40 @@ impl TcpProxy {
             Ok(stop) => Arc::new(stop),
             Err(e) => return Err((listener, shutdown, format!("io_uring unavailable: {e}"))),
         };
-        let std_listener = match listener.into_std() {
-            Ok(l) => Arc::new(OwnedFd::from(l)),
-            Err(e) => {
-                // into_std only fails to deregister from epoll: nothing to fall back to.
-                *lock(&self.shared.engine_error) = Some(format!("taking the listener: {e}"));
-                return Ok(());
-            }
-        };
-        let tuning = UringTuning {
-            batch_wait_us: config.batch_wait_us,
-        };
-        // Each thread builds its own ring (IORING_SETUP_SINGLE_ISSUER ties a ring to the
-        // thread that made it) and reports whether it could before it accepts anything.
         let mut handles = Vec::with_capacity(threads);
-        let mut ready = Vec::with_capacity(threads);
+        let mut starts = Vec::with_capacity(threads);
         let mut failure = None;
         for k in 0..threads {
             let cap = config.max_conns.map_or(usize::MAX, |max| {
                 max / threads + usize::from(k < max % threads)
             });
-            let shared = Arc::clone(&self.shared);
-            let listener = Arc::clone(&std_listener);
-            let stop = Arc::clone(&stop);
-            let (tx, rx) = tokio::sync::oneshot::channel();
+            let (shared, stop) = (Arc::clone(&self.shared), Arc::clone(&stop));
+            let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+            let (go_tx, go_rx) = std::sync::mpsc::sync_channel::<Arc<OwnedFd>>(1);
             let spawned = std::thread::Builder::new()
                 .name(format!("portlab-proxy-uring-{k}"))
                 .spawn(move || {
                     let ring = match uring_proxy::build_ring() {
                         Ok(ring) => {
-                            let _ = tx.send(Ok(()));
+                            let _ = ready_tx.send(Ok(()));
                             ring
                         }
                         Err(e) => {
-                            let _ = tx.send(Err(e));
+                            let _ = ready_tx.send(Err(e.to_string()));
                             return;
                         }
                     };
+                    // No listener comes when another thread failed: end without accepting.
+                    let Ok(listener) = go_rx.recv() else {
+                        return;
+                    };
+                    let batch_wait_us = shared.config.batch_wait_us;
                     let result = uring_proxy::thread_main(
                         ring,
                         listener.as_raw_fd(),
                         stop.as_raw_fd(),
                         cap,
-                        tuning,
+                        batch_wait_us,
                         &shared,
                     );
                     if let Err(e) = result {
@@ -305,53 +295,50 @@ impl TcpProxy {
             match spawned {
                 Ok(h) => {
                     handles.push(h);
-                    ready.push(rx);
+                    starts.push((ready_rx, go_tx));
                 }
                 Err(e) => {
-                    failure = Some(e);
+                    failure = Some(e.to_string());
                     break;
                 }
             }
         }
-        for rx in ready {
-            match rx.await {
-                Ok(Ok(())) => {}
+        let mut gos = Vec::with_capacity(starts.len());
+        for (ready_rx, go_tx) in starts {
+            match ready_rx.await {
+                Ok(Ok(())) => gos.push(go_tx),
                 Ok(Err(e)) => failure = failure.or(Some(e)),
-                Err(_) => failure = failure.or(Some(io::Error::other("engine thread ended"))),
+                Err(_) => failure = failure.or(Some("engine thread ended".to_string())),
             }
         }
-        let guard = StopGuard {
-            stop: Arc::clone(&stop),
-            threads: handles.len() as u64,
-        };
         let join = move || {
             for h in handles {
                 let _ = h.join();
             }
         };
-        if let Some(e) = failure {
-            // Stop the threads that did start, then give the listener back for tokio.
-            drop(guard);
+        if let Some(why) = failure {
+            drop(gos); // the threads that built a ring end without a listener
             let _ = tokio::task::spawn_blocking(join).await;
-            let why = format!("io_uring unavailable: {e}");
-            return match Arc::try_unwrap(std_listener)
-                .map(std::net::TcpListener::from)
-                .map(|l| l.set_nonblocking(true).map(|()| l))
-            {
-                Ok(Ok(l)) => match TcpListener::from_std(l) {
-                    Ok(l) => Err((l, shutdown, why)),
-                    Err(e) => {
-                        *lock(&self.shared.engine_error) = Some(format!("{why}; {e}"));
-                        Ok(())
-                    }
-                },
-                _ => {
-                    *lock(&self.shared.engine_error) = Some(why);
-                    Ok(())
-                }
-            };
+            return Err((listener, shutdown, format!("io_uring unavailable: {why}")));
         }
-        shutdown.await;
+        let guard = StopGuard {
+            stop,
+            threads: gos.len() as u64,
+        };
+        match listener.into_std() {
+            Ok(l) => {
+                let listener = Arc::new(OwnedFd::from(l));
+                for go in gos {
+                    let _ = go.send(Arc::clone(&listener));
+                }
+                shutdown.await;
+            }
+            // into_std only fails to leave tokio's epoll: nothing is left to serve with.
+            Err(e) => {
+                drop(gos);
+                *lock(&self.shared.engine_error) = Some(format!("taking the listener: {e}"));
+            }
+        }
         drop(guard);
         let _ = tokio::task::spawn_blocking(join).await;
         Ok(())

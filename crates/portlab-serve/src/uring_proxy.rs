@@ -9,7 +9,7 @@
 //! `io_uring_enter` (submit-and-wait, `IORING_ENTER_EXT_ARG`), and with
 //! `IORING_FEAT_MIN_TIMEOUT` (6.12), while [`BATCH_MIN_ACTIVE`] or more connections moved data
 //! in the last [`ACTIVITY_WINDOW`], a wait gathers the completions that arrive within
-//! [`UringTuning::batch_wait_us`] of the first: one wake-up per batch of messages rather than one
+//! `--batch-wait` ([`crate::TcpProxyConfig::batch_wait_us`]) of the first: one wake-up per batch of messages rather than one
 //! per message — the epoll forwarder's `epoll_wait` + `recv` + `send` per message become a
 //! fraction of one system call. Fewer active connections, where a batch could not gather
 //! anything, never wait.
@@ -36,18 +36,11 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, squeue, types, IoUring};
 
+use crate::accept::is_resource_exhaustion;
 use crate::net::{add, bind_source_ip_raw};
 use crate::splice::{splice_nonblocking, Pipe, COPY_BUFFER_BYTES, SPLICE_CHUNK_BYTES};
 use crate::tcp_proxy::Shared;
 use crate::UpstreamErrorClass;
-
-/// Knobs of the io_uring forwarder.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct UringTuning {
-    /// How long (µs) a wait gathers completions after the first one arrived (0: every
-    /// completion is taken as it comes). A message can wait up to this long in the forwarder.
-    pub(crate) batch_wait_us: u32,
-}
 
 /// Connections that moved data within an [`ACTIVITY_WINDOW`] from which waits gather batches.
 const BATCH_MIN_ACTIVE: u32 = 8;
@@ -131,7 +124,6 @@ struct Dir {
     /// The copy buffer ([`COPY_BUFFER_BYTES`]); empty while the slot is cold.
     buf: Box<[u8]>,
     recv_inflight: bool,
-    send_inflight: bool,
     /// The recv in flight was linked behind a send.
     linked: bool,
     /// Bytes of `buf` the send in flight carries.
@@ -143,7 +135,6 @@ struct Dir {
     /// Splice mode: the pipe and the bytes it holds.
     pipe: Option<Pipe>,
     in_pipe: usize,
-    poll_inflight: bool,
 }
 
 impl Dir {
@@ -166,33 +157,8 @@ struct Slot {
     upstream: RawFd,
     /// Operations that name this slot and have not completed.
     inflight: u32,
-    connected: bool,
     closing: bool,
     dirs: [Dir; 2],
-}
-
-/// The socket address of the upstream, as connect(2) takes it.
-struct RawAddr {
-    storage: libc::sockaddr_storage,
-    len: libc::socklen_t,
-}
-
-impl RawAddr {
-    fn new(addr: SocketAddr) -> RawAddr {
-        let sock = socket2::SockAddr::from(addr);
-        // SAFETY: sockaddr_storage is plain data; all-zero is a valid value.
-        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
-        let len = sock.len();
-        // SAFETY: `sock` holds `len` ≤ size_of::<sockaddr_storage>() valid bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                sock.as_ptr().cast::<u8>(),
-                (&mut storage as *mut libc::sockaddr_storage).cast::<u8>(),
-                len as usize,
-            );
-        }
-        RawAddr { storage, len }
-    }
 }
 
 /// Runs one engine thread: accepts on `listener` until a read of `stop` (an `EFD_SEMAPHORE`
@@ -207,12 +173,11 @@ pub(crate) fn thread_main(
     listener: RawFd,
     stop: RawFd,
     cap: usize,
-    tuning: UringTuning,
+    batch_wait_us: u32,
     cx: &Shared,
 ) -> io::Result<()> {
-    let params = ring.params();
-    let batch_wait_us = if params.is_feature_min_timeout() {
-        tuning.batch_wait_us
+    let batch_wait_us = if ring.params().is_feature_min_timeout() {
+        batch_wait_us
     } else {
         0
     };
@@ -231,7 +196,7 @@ pub(crate) fn thread_main(
         listener,
         stop_fd: stop,
         stop_buf: Box::new(0),
-        upstream: Box::new(RawAddr::new(cx.config.upstream)),
+        upstream: Box::new(socket2::SockAddr::from(cx.config.upstream)),
         connect_ts: Box::new(types::Timespec::from(cx.config.connect_timeout)),
         pause_ts: Box::new(types::Timespec::from(Duration::from_millis(10))),
         batch_wait_us,
@@ -243,21 +208,10 @@ pub(crate) fn thread_main(
     };
     let result = lp.run();
     if result.is_err() {
-        // Operations may still point into the slots' buffers: never free them under the kernel.
-        std::mem::forget(std::mem::take(&mut lp.slots));
-        std::mem::forget(std::mem::replace(&mut lp.stop_buf, Box::new(0)));
-        std::mem::forget(std::mem::replace(
-            &mut lp.upstream,
-            Box::new(RawAddr::new(cx.config.upstream)),
-        ));
-        std::mem::forget(std::mem::replace(
-            &mut lp.connect_ts,
-            Box::new(types::Timespec::new()),
-        ));
-        std::mem::forget(std::mem::replace(
-            &mut lp.pause_ts,
-            Box::new(types::Timespec::new()),
-        ));
+        // Operations may still point into the slots' buffers, the addresses and the
+        // timespecs: leak the whole loop (the ring with them) rather than free any of it under
+        // the kernel.
+        std::mem::forget(lp);
     }
     result
 }
@@ -281,7 +235,8 @@ struct Loop<'a> {
     listener: RawFd,
     stop_fd: RawFd,
     stop_buf: Box<u64>,
-    upstream: Box<RawAddr>,
+    /// The upstream's address, as connect(2) takes it (boxed: the kernel reads it later).
+    upstream: Box<socket2::SockAddr>,
     connect_ts: Box<types::Timespec>,
     pause_ts: Box<types::Timespec>,
     batch_wait_us: u32,
@@ -398,14 +353,8 @@ impl Loop<'_> {
                         OP_CONNECT => self.on_connect(i, res),
                         OP_RECV => self.on_recv(i, dir, res),
                         OP_SEND => self.on_send(i, dir, res),
-                        OP_POLL_IN => {
-                            self.slots[i].dirs[dir].poll_inflight = false;
-                            self.splice_in(i, dir);
-                        }
-                        OP_POLL_OUT => {
-                            self.slots[i].dirs[dir].poll_inflight = false;
-                            self.splice_out(i, dir);
-                        }
+                        OP_POLL_IN => self.splice_in(i, dir),
+                        OP_POLL_OUT => self.splice_out(i, dir),
                         _ => {} // the connect's link timeout, cancels
                     }
                 }
@@ -442,10 +391,7 @@ impl Loop<'_> {
                 return;
             }
             add(&conns.accept_errors, 1);
-            if matches!(
-                -res,
-                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
-            ) {
+            if is_resource_exhaustion(&io::Error::from_raw_os_error(-res)) {
                 // Out of descriptors or memory: pause instead of spinning, as the tokio engine.
                 self.accept_paused = true;
                 let pause = opcode::Timeout::new(&*self.pause_ts as *const types::Timespec)
@@ -497,8 +443,8 @@ impl Loop<'_> {
         slot.inflight += 2;
         let connect = opcode::Connect::new(
             types::Fd(upstream),
-            (&self.upstream.storage as *const libc::sockaddr_storage).cast(),
-            self.upstream.len,
+            self.upstream.as_ptr().cast(),
+            self.upstream.len(),
         )
         .build()
         .flags(squeue::Flags::IO_LINK)
@@ -523,7 +469,6 @@ impl Loop<'_> {
             return;
         }
         add(&self.cx.counters.upstream_connects, 1);
-        self.slots[i].connected = true;
         for dir in 0..2 {
             let d = &mut self.slots[i].dirs[dir];
             if d.buf.is_empty() {
@@ -531,6 +476,19 @@ impl Loop<'_> {
             }
             self.arm_recv(i, dir, false);
         }
+    }
+
+    /// Adds `n` bytes written by direction `dir` to the live byte counters.
+    fn count_moved(&self, dir: usize, n: usize) {
+        let c = &self.cx.counters;
+        add(
+            if dir == 0 {
+                &c.to_upstream
+            } else {
+                &c.to_client
+            },
+            n as u64,
+        );
     }
 
     /// The source and destination descriptors of direction `dir` of slot `i`.
@@ -572,7 +530,6 @@ impl Loop<'_> {
     fn arm_poll(&mut self, i: usize, dir: usize, fd: RawFd, events: i16, kind: u64) {
         let slot = &mut self.slots[i];
         slot.inflight += 1;
-        slot.dirs[dir].poll_inflight = true;
         let poll = opcode::PollAdd::new(types::Fd(fd), events as u32)
             .build()
             .user_data(user_data(i, slot.generation, dir, kind));
@@ -584,7 +541,6 @@ impl Loop<'_> {
         let slot = &mut self.slots[i];
         let generation = slot.generation;
         let d = &mut slot.dirs[dir];
-        d.send_inflight = true;
         d.sending = n;
         slot.inflight += 1;
         let send = opcode::Send::new(types::Fd(dst), d.buf.as_ptr(), n as u32)
@@ -635,19 +591,12 @@ impl Loop<'_> {
     }
 
     fn on_send(&mut self, i: usize, dir: usize, res: i32) {
-        let d = &mut self.slots[i].dirs[dir];
-        d.send_inflight = false;
-        let sent = std::mem::take(&mut d.sending);
+        let sent = std::mem::take(&mut self.slots[i].dirs[dir].sending);
         if res < 0 {
             self.fail(i, -res);
             return;
         }
-        let counter = if dir == 0 {
-            &self.cx.counters.to_upstream
-        } else {
-            &self.cx.counters.to_client
-        };
-        add(counter, res as u64);
+        self.count_moved(dir, res as usize);
         if (res as usize) < sent {
             // MSG_WAITALL: a short send means the socket failed after part of it (the linked
             // recv is cancelled); the error itself is the socket's pending one.
@@ -697,12 +646,7 @@ impl Loop<'_> {
             match splice_nonblocking(pipe_read, dst, d.in_pipe) {
                 Ok(n) => {
                     self.slots[i].dirs[dir].in_pipe -= n;
-                    let counter = if dir == 0 {
-                        &self.cx.counters.to_upstream
-                    } else {
-                        &self.cx.counters.to_client
-                    };
-                    add(counter, n as u64);
+                    self.count_moved(dir, n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.arm_poll(i, dir, dst, libc::POLLOUT, OP_POLL_OUT);
@@ -810,7 +754,6 @@ impl Loop<'_> {
         slot.generation = slot.generation.wrapping_add(1);
         slot.client = -1;
         slot.upstream = -1;
-        slot.connected = false;
         slot.closing = false;
         self.free.push(i);
         self.live -= 1;
@@ -843,68 +786,37 @@ impl Loop<'_> {
 /// Both sockets of a pair are non-blocking (io_uring polls them either way): the splice path's
 /// `splice(2)` calls must return EAGAIN on a full or empty socket, not sleep the whole ring.
 fn upstream_socket(upstream: SocketAddr, source_ip: Option<std::net::IpAddr>) -> io::Result<RawFd> {
-    use std::os::fd::IntoRawFd;
-    let domain = if upstream.is_ipv4() {
-        socket2::Domain::IPV4
-    } else {
-        socket2::Domain::IPV6
-    };
+    use std::os::fd::{AsFd, IntoRawFd};
+    let domain = socket2::Domain::for_address(upstream);
     let socket = socket2::Socket::new(domain, socket2::Type::STREAM.nonblocking(), None)?;
     socket.set_tcp_nodelay(true)?;
     if let Some(ip) = source_ip {
-        bind_source_ip_raw(std::os::fd::AsFd::as_fd(&socket), ip)?;
+        bind_source_ip_raw(socket.as_fd(), ip)?;
     }
     Ok(socket.into_raw_fd())
 }
 
-fn set_nodelay(fd: RawFd) {
-    let one: libc::c_int = 1;
-    // SAFETY: setsockopt on a socket the caller owns, with a live c_int and its size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_NODELAY,
-            (&one as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
+/// Runs `f` on socket `fd` through socket2.
+fn with_socket<R>(fd: RawFd, f: impl FnOnce(socket2::SockRef<'_>) -> R) -> R {
+    // SAFETY: `fd` is a socket the calling slot owns and keeps open for the call.
+    let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    f(socket2::SockRef::from(&fd))
 }
 
+fn set_nodelay(fd: RawFd) {
+    let _ = with_socket(fd, |s| s.set_tcp_nodelay(true));
+}
+
+/// `SO_LINGER` 0: the close resets the connection (RST) instead of a FIN.
 fn set_linger_zero(fd: RawFd) {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
-    // SAFETY: setsockopt on a socket the caller owns, with a live linger and its size.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-        );
-    }
+    let _ = with_socket(fd, |s| s.set_linger(Some(Duration::ZERO)));
 }
 
 /// The socket's pending error (`SO_ERROR`), or EPIPE when none is left to read.
 fn pending_error(fd: RawFd) -> i32 {
-    let mut err: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt into a live c_int with its size.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast(),
-            &mut len,
-        )
-    };
-    if rc == 0 && err != 0 {
-        err
-    } else {
-        libc::EPIPE
-    }
+    with_socket(fd, |s| s.take_error())
+        .ok()
+        .flatten()
+        .and_then(|e| e.raw_os_error())
+        .unwrap_or(libc::EPIPE)
 }

@@ -15,8 +15,6 @@ use std::net::SocketAddr;
 
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-
 use common::{listener, Client};
 use portlab_serve::{
     HttpProxy, HttpProxyConfig, Server, ServerConfig, TcpProxy, TcpProxyConfig, UpstreamErrorClass,
@@ -113,12 +111,7 @@ fn tcp_forwarder_upstream_leg_runs_out_of_ports() {
             let Ok(mut client) = Client::try_connect(client_addr(i, port)).await else {
                 continue;
             };
-            if client
-                .stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-                .await
-                .is_err()
-            {
+            if client.try_get("/", "").await.is_err() {
                 continue;
             }
             match tokio::time::timeout(Duration::from_secs(5), client.read_response()).await {

@@ -171,13 +171,7 @@ impl Client {
             Ok(client) => client,
             Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
         };
-        if request
-            && client
-                .stream
-                .write_all(b"GET / HTTP/1.1\r\nHost: test\r\n\r\n")
-                .await
-                .is_err()
-        {
+        if request && client.try_get("/", "").await.is_err() {
             return true;
         }
         client.is_closed().await
@@ -190,8 +184,13 @@ impl Client {
 
     /// Sends `GET path` with extra header lines (each ending in \r\n).
     pub async fn get(&mut self, path: &str, extra: &str) {
+        self.try_get(path, extra).await.expect("send request");
+    }
+
+    /// [`Client::get`], or the write's error (the peer may already have reset the connection).
+    pub async fn try_get(&mut self, path: &str, extra: &str) -> std::io::Result<()> {
         let req = format!("GET {path} HTTP/1.1\r\nHost: test\r\n{extra}\r\n");
-        self.send(req.as_bytes()).await;
+        self.stream.write_all(req.as_bytes()).await
     }
 
     /// Reads one response (for a request that was not HEAD).

@@ -36,6 +36,24 @@ pub enum EngineArg {
     Tokio,
 }
 
+/// The engine `--engine` named, else the one `PORTLAB_ENGINE` names, else `auto` (`load` and
+/// `proxy`).
+///
+/// # Errors
+/// A usage error (exit 2) when `PORTLAB_ENGINE` names no engine.
+pub fn engine_or_env(flag: Option<EngineChoice>) -> anyhow::Result<EngineChoice> {
+    match flag {
+        Some(choice) => Ok(choice),
+        None => Ok(EngineChoice::from_env()
+            .map_err(|v| {
+                exit::usage(format!(
+                    "PORTLAB_ENGINE={v:?} names no engine: use auto, uring or tokio"
+                ))
+            })?
+            .unwrap_or_default()),
+    }
+}
+
 /// Output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputArg {
@@ -313,18 +331,11 @@ fn build_config(args: Args) -> anyhow::Result<LoadConfig> {
         (None, Some(r)) => RateLimit::Global { per_sec: r },
         (None, None) => RateLimit::Unlimited,
     };
-    let engine = match args.engine {
-        Some(EngineArg::Auto) => EngineChoice::Auto,
-        Some(EngineArg::Uring) => EngineChoice::Uring,
-        Some(EngineArg::Tokio) => EngineChoice::Tokio,
-        None => EngineChoice::from_env()
-            .map_err(|v| {
-                exit::usage(format!(
-                    "PORTLAB_ENGINE={v:?} names no engine: use auto, uring or tokio"
-                ))
-            })?
-            .unwrap_or_default(),
-    };
+    let engine = engine_or_env(args.engine.map(|e| match e {
+        EngineArg::Auto => EngineChoice::Auto,
+        EngineArg::Uring => EngineChoice::Uring,
+        EngineArg::Tokio => EngineChoice::Tokio,
+    }))?;
     let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     Ok(LoadConfig {
         url: args.url,

@@ -161,18 +161,13 @@ fn build(args: &Args) -> anyhow::Result<Proxy> {
             "--engine uring|auto needs --mode tcp (the HTTP proxy runs on tokio)",
         ));
     }
-    let engine = match args.engine {
-        Some(EngineArg::Auto) => EngineChoice::Auto,
-        Some(EngineArg::Uring) => EngineChoice::Uring,
-        Some(EngineArg::Tokio) => EngineChoice::Tokio,
-        None if args.mode == Mode::Http => EngineChoice::Tokio,
-        None => EngineChoice::from_env()
-            .map_err(|v| {
-                crate::exit::usage(format!(
-                    "PORTLAB_ENGINE={v:?} names no engine: use auto, uring or tokio"
-                ))
-            })?
-            .unwrap_or_default(),
+    let engine = match (args.mode, args.engine) {
+        (Mode::Http, _) => EngineChoice::Tokio,
+        (Mode::Tcp, flag) => crate::cmd::load::engine_or_env(flag.map(|e| match e {
+            EngineArg::Auto => EngineChoice::Auto,
+            EngineArg::Uring => EngineChoice::Uring,
+            EngineArg::Tokio => EngineChoice::Tokio,
+        }))?,
     };
     Ok(match args.mode {
         Mode::Tcp => {
